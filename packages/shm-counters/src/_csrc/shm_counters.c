@@ -1,0 +1,185 @@
+/* shm_counters.c: lock-free operations on shared memory; see the header. */
+#include "shm_counters.h"
+
+#define RLX __ATOMIC_RELAXED
+#define SC __ATOMIC_SEQ_CST
+
+static uint64_t stride = 64;
+
+void shmc_set_stride(uint64_t s) { stride = s; }
+
+uint64_t shmc_noop(uint64_t *cell)
+{
+	(void)cell;
+	return 0;
+}
+
+uint64_t shmc_noop2(uint64_t *cell, uint64_t n)
+{
+	(void)cell;
+	(void)n;
+	return 0;
+}
+
+uint64_t shmc_inc1(uint64_t *cell) { return __atomic_add_fetch(cell, 1, RLX); }
+uint64_t shmc_dec1(uint64_t *cell) { return __atomic_sub_fetch(cell, 1, RLX); }
+
+uint64_t shmc_load(const uint64_t *cell) { return __atomic_load_n(cell, RLX); }
+void shmc_store(uint64_t *cell, uint64_t v) { __atomic_store_n(cell, v, RLX); }
+uint64_t shmc_add(uint64_t *cell, uint64_t n) { return __atomic_add_fetch(cell, n, RLX); }
+uint64_t shmc_sub(uint64_t *cell, uint64_t n) { return __atomic_sub_fetch(cell, n, RLX); }
+uint64_t shmc_load_sc(const uint64_t *cell) { return __atomic_load_n(cell, SC); }
+void shmc_store_sc(uint64_t *cell, uint64_t v) { __atomic_store_n(cell, v, SC); }
+
+int shmc_cas(uint64_t *cell, uint64_t expected, uint64_t desired)
+{
+	return __atomic_compare_exchange_n(cell, &expected, desired, 0, SC, SC);
+}
+
+#define SLOT(slots, i) ((uint64_t *)((slots) + (i) * stride))
+
+uint64_t shmc_incr_at(char *slots, uint64_t i, uint64_t n)
+{
+	return __atomic_add_fetch(SLOT(slots, i), n, RLX);
+}
+
+uint64_t shmc_decr_at(char *slots, uint64_t i, uint64_t n)
+{
+	return __atomic_sub_fetch(SLOT(slots, i), n, RLX);
+}
+
+uint64_t shmc_load_at(char *slots, uint64_t i) { return __atomic_load_n(SLOT(slots, i), RLX); }
+
+void shmc_store_at(char *slots, uint64_t i, uint64_t v)
+{
+	__atomic_store_n(SLOT(slots, i), v, RLX);
+}
+
+void shmc_load_many(char *slots, uint64_t count, uint64_t *out)
+{
+	for (uint64_t i = 0; i < count; i++)
+		out[i] = __atomic_load_n(SLOT(slots, i), RLX);
+}
+
+void shmc_store_many(char *slots, uint64_t count, const uint64_t *values)
+{
+	for (uint64_t i = 0; i < count; i++)
+		__atomic_store_n(SLOT(slots, i), values[i], RLX);
+}
+
+void shmc_zero_cells(uint64_t *cells, uint64_t count)
+{
+	for (uint64_t i = 0; i < count; i++)
+		__atomic_store_n(&cells[i], 0, RLX);
+}
+
+uint64_t shmc_sb_scan(char *rows, uint64_t nrows, uint64_t row_bytes,
+                      uint64_t nfields, uint64_t now,
+                      const uint64_t *cache_owner, const uint64_t *cache_stime,
+                      const uint64_t *cache_expiry, const uint8_t *cache_alive,
+                      uint64_t *totals, uint64_t *stale)
+{
+	uint64_t nstale = 0;
+	for (uint64_t f = 0; f < nfields; f++)
+		totals[f] = 0;
+	for (uint64_t r = 0; r < nrows; r++) {
+		uint64_t *row = (uint64_t *)(rows + r * row_bytes);
+		uint64_t owner = __atomic_load_n(&row[0], SC);
+		if (owner == 0 || (owner & SHMC_CLAIMING))
+			continue;
+		uint64_t stime = __atomic_load_n(&row[1], SC);
+		if (owner != cache_owner[r] || stime != cache_stime[r] ||
+		    now > cache_expiry[r]) {
+			stale[nstale++] = r;
+			continue;
+		}
+		if (!cache_alive[r])
+			continue;
+		for (uint64_t f = 0; f < nfields; f++)
+			totals[f] += __atomic_load_n(&row[2 + f], RLX);
+	}
+	return nstale;
+}
+
+static void min_cas(uint64_t *cell, uint64_t v)
+{
+	uint64_t cur = __atomic_load_n(cell, RLX);
+	while (v < cur &&
+	       !__atomic_compare_exchange_n(cell, &cur, v, 1, RLX, RLX))
+		;
+}
+
+static void max_cas(uint64_t *cell, uint64_t v)
+{
+	uint64_t cur = __atomic_load_n(cell, RLX);
+	while (v > cur &&
+	       !__atomic_compare_exchange_n(cell, &cur, v, 1, RLX, RLX))
+		;
+}
+
+/* Adds a 128-bit amount to a (lo, hi) pair of cells: exact, lock-free;
+ * a reader may briefly see the carry missing from hi. */
+static void add128(uint64_t *lo, uint64_t *hi, uint64_t add_lo, uint64_t add_hi)
+{
+	uint64_t old = __atomic_fetch_add(lo, add_lo, RLX);
+	if (old + add_lo < old)
+		add_hi++;
+	if (add_hi)
+		__atomic_fetch_add(hi, add_hi, RLX);
+}
+
+int shmc_hist_record(uint64_t *cells, uint64_t log2, uint64_t nbuckets,
+                     int64_t value)
+{
+	if (value < 0)
+		return -1;
+	uint64_t v = (uint64_t)value;
+	unsigned __int128 sq = (unsigned __int128)v * v;
+
+	__atomic_fetch_add(&cells[SHMC_H_COUNT], 1, RLX);
+	add128(&cells[SHMC_H_SUM_LO], &cells[SHMC_H_SUM_HI], v, 0);
+	add128(&cells[SHMC_H_SQ_LO], &cells[SHMC_H_SQ_HI], (uint64_t)sq,
+	       (uint64_t)(sq >> 64));
+	min_cas(&cells[SHMC_H_MIN], v);
+	max_cas(&cells[SHMC_H_MAX], v);
+
+	uint64_t *data = cells + SHMC_H_DATA;
+	if (log2) {
+		/* bucket 0 holds 0 and 1, bucket k holds [2**k, 2**(k+1)) */
+		uint64_t k = v < 2 ? 0 : 63 - (uint64_t)__builtin_clzll(v);
+		if (k >= nbuckets)
+			__atomic_fetch_add(&cells[SHMC_H_HIGH], 1, RLX);
+		else
+			__atomic_fetch_add(&data[k], 1, RLX);
+		return 0;
+	}
+	/* explicit: edges data[0..nbuckets], bucket k is [edge k, edge k+1) */
+	const uint64_t *edges = data;
+	uint64_t *buckets = data + nbuckets + 1;
+	if (v < edges[0]) {
+		__atomic_fetch_add(&cells[SHMC_H_LOW], 1, RLX);
+		return 0;
+	}
+	if (v >= edges[nbuckets]) {
+		__atomic_fetch_add(&cells[SHMC_H_HIGH], 1, RLX);
+		return 0;
+	}
+	/* binary search: the last edge <= v, always in [0, nbuckets) */
+	uint64_t lo = 0, hi = nbuckets;
+	while (hi - lo > 1) {
+		uint64_t mid = lo + (hi - lo) / 2;
+		if (edges[mid] <= v)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	__atomic_fetch_add(&buckets[lo], 1, RLX);
+	return 0;
+}
+
+void shmc_hist_reset(uint64_t *cells, uint64_t log2, uint64_t nbuckets)
+{
+	shmc_zero_cells(cells, SHMC_H_DATA);
+	__atomic_store_n(&cells[SHMC_H_MIN], UINT64_MAX, RLX);
+	shmc_zero_cells(cells + SHMC_H_DATA + (log2 ? 0 : nbuckets + 1), nbuckets);
+}

@@ -1,0 +1,85 @@
+/*
+ * shm_counters.h: the whole C surface of shm-counters, as cffi sees it.
+ *
+ * Every function works on memory that Python mapped (mmap) and handed over
+ * as a pointer; no function allocates, locks, or makes a system call.
+ *
+ * Memory orders (GCC/Clang __atomic builtins, the same model as C11
+ * <stdatomic.h>):
+ *   - counter arithmetic, loads and stores are __ATOMIC_RELAXED: each
+ *     counter is independent, a read-modify-write is exact whatever the
+ *     order, and no other memory is published through a counter;
+ *   - scoreboard owner cells use __ATOMIC_SEQ_CST compare-and-swap, loads
+ *     and stores: a row's counters are zeroed before its owner is stored,
+ *     and readers must see them in that order.
+ */
+#ifndef SHM_COUNTERS_H
+#define SHM_COUNTERS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Stride between two Counters slots, in bytes (the cache line size).
+ * Set once per process at import. */
+void shmc_set_stride(uint64_t stride);
+
+/* The floor of a cffi design: calls that do nothing. cffi passes one
+ * argument directly (METH_O) and several through a tuple, so the one-argument
+ * call is the cheapest there is; the hot paths use one-argument functions. */
+uint64_t shmc_noop(uint64_t *cell);
+uint64_t shmc_noop2(uint64_t *cell, uint64_t n);
+
+/* Add or subtract 1: the one-argument hot path. */
+uint64_t shmc_inc1(uint64_t *cell);
+uint64_t shmc_dec1(uint64_t *cell);
+
+/* One cell. */
+uint64_t shmc_load(const uint64_t *cell);
+void shmc_store(uint64_t *cell, uint64_t value);
+uint64_t shmc_add(uint64_t *cell, uint64_t n);
+uint64_t shmc_sub(uint64_t *cell, uint64_t n);
+int shmc_cas(uint64_t *cell, uint64_t expected, uint64_t desired);
+uint64_t shmc_load_sc(const uint64_t *cell);
+void shmc_store_sc(uint64_t *cell, uint64_t value);
+
+/* Slot i of an array of cache-line-sized slots. */
+uint64_t shmc_incr_at(char *slots, uint64_t i, uint64_t n);
+uint64_t shmc_decr_at(char *slots, uint64_t i, uint64_t n);
+uint64_t shmc_load_at(char *slots, uint64_t i);
+void shmc_store_at(char *slots, uint64_t i, uint64_t value);
+void shmc_load_many(char *slots, uint64_t count, uint64_t *out);
+void shmc_store_many(char *slots, uint64_t count, const uint64_t *values);
+
+/* Scoreboard: nrows rows of row_bytes bytes, each
+ * [owner, start_time, field_0, ..., field_{nfields-1}].
+ * Sums into totals[nfields] the rows whose owner is cached as alive and
+ * unexpired; writes the indexes of rows that need a liveness check into
+ * stale[] and returns how many. Rows with owner 0 or being claimed
+ * (SHMC_CLAIMING bit set) are skipped. */
+#define SHMC_CLAIMING 0x8000000000000000ULL
+uint64_t shmc_sb_scan(char *rows, uint64_t nrows, uint64_t row_bytes,
+                      uint64_t nfields, uint64_t now,
+                      const uint64_t *cache_owner, const uint64_t *cache_stime,
+                      const uint64_t *cache_expiry, const uint8_t *cache_alive,
+                      uint64_t *totals, uint64_t *stale);
+void shmc_zero_cells(uint64_t *cells, uint64_t count);
+
+/* Histogram: cells[0..15] statistics, see SHMC_H_* below; explicit mode
+ * keeps nbuckets + 1 edges at cells[16..] and the buckets after them;
+ * log2 mode keeps the buckets at cells[16..]. Returns 0, or -1 for a
+ * negative value (nothing recorded). */
+#define SHMC_H_COUNT 0
+#define SHMC_H_SUM_LO 1
+#define SHMC_H_SUM_HI 2
+#define SHMC_H_SQ_LO 3
+#define SHMC_H_SQ_HI 4
+#define SHMC_H_MIN 5
+#define SHMC_H_MAX 6
+#define SHMC_H_LOW 7
+#define SHMC_H_HIGH 8
+#define SHMC_H_DATA 16
+int shmc_hist_record(uint64_t *cells, uint64_t log2, uint64_t nbuckets,
+                     int64_t value);
+void shmc_hist_reset(uint64_t *cells, uint64_t log2, uint64_t nbuckets);
+
+#endif

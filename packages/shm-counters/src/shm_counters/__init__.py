@@ -1,0 +1,57 @@
+"""Lock-free atomic counters in shared memory.
+
+``Counters`` (one unsigned 64-bit counter per cache line), ``counter_struct``
+(named counters), ``Scoreboard`` (one row of counters per worker process,
+dead workers' rows drop out) and ``Histogram`` (lock-free shared histogram),
+all in anonymous shared memory inherited across fork or in a named segment
+file that spawned processes attach to.
+"""
+
+from __future__ import annotations
+
+from ._counters import Counters
+from ._errors import (
+    BoundsError,
+    CapacityError,
+    ClosedError,
+    CounterIndexError,
+    CounterSizeError,
+    CounterValueError,
+    FieldNameError,
+    ScoreboardFullError,
+    SegmentError,
+    ShmCountersError,
+)
+from ._histogram import Histogram, HistogramSnapshot
+from ._native import CACHE_LINE_SIZE, MAX, PAGE_SIZE
+from ._scoreboard import RowInfo, Scoreboard, ScoreboardRow
+from ._segment import unlink
+from ._struct import CounterStruct, counter_struct
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CACHE_LINE_SIZE",
+    "MAX",
+    "PAGE_SIZE",
+    "BoundsError",
+    "CapacityError",
+    "ClosedError",
+    "CounterIndexError",
+    "CounterSizeError",
+    "CounterStruct",
+    "CounterValueError",
+    "Counters",
+    "FieldNameError",
+    "Histogram",
+    "HistogramSnapshot",
+    "RowInfo",
+    "Scoreboard",
+    "ScoreboardFullError",
+    "ScoreboardRow",
+    "SegmentError",
+    "ShmCountersError",
+    "__version__",
+    "counter_struct",
+    "unlink",
+]

@@ -1,0 +1,355 @@
+"""Counters: an array of unsigned 64-bit counters, one per cache line."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+from ._errors import (
+    CapacityError,
+    ClosedError,
+    CounterIndexError,
+    CounterSizeError,
+    CounterValueError,
+    SegmentError,
+)
+from ._native import CACHE_LINE_SIZE, MAX, lib, new_u64
+from ._segment import Kind, Layout, PathArg, Segment, page_round, unlink
+
+__all__ = ["CLOSED", "ONE", "Counters", "amount_error", "check_size"]
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+_MAX_BYTES = 2**40
+_MAX_SIZE = _MAX_BYTES // CACHE_LINE_SIZE
+# Counters below this index get a prebuilt pointer each, for the one-argument
+# incr/decr-by-1 path (a cffi call with one argument skips the argument tuple).
+_FAST_LIMIT = 4096
+# The small int 1 is a singleton in CPython: `n is ONE` is the cheapest test
+# for "increment by one" and refuses 1.0 and True (they take the checked path).
+ONE = 1
+
+_inc1 = lib.shmc_inc1
+_dec1 = lib.shmc_dec1
+_incr_at = lib.shmc_incr_at
+_decr_at = lib.shmc_decr_at
+_load_at = lib.shmc_load_at
+_store_at = lib.shmc_store_at
+
+
+class _Closed:
+    """Stands where a pointer was; cffi refuses it, so a call fails cleanly."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<closed>"
+
+
+CLOSED: Any = _Closed()
+
+
+def check_size(size: object, what: str = "counters") -> int:
+    """Return ``size`` if it is an int in ``[1, 2**40 / CACHE_LINE_SIZE]``."""
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise CounterSizeError(f"size must be an int, not {type(size).__name__} {size!r}")
+    if not 1 <= size <= _MAX_SIZE:
+        raise CounterSizeError(f"size {size} out of range: {what} need 1 <= size <= {_MAX_SIZE}")
+    return size
+
+
+def amount_error(name: str, value: object, low: int = 0, high: int = MAX) -> Exception:
+    """The error for a value cffi refused (or that is out of range)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return TypeError(f"{name} must be an int, not {type(value).__name__}")
+    return CounterValueError(f"{name} {value} out of range: allowed {low} <= {name} <= {high}")
+
+
+class Counters:
+    """At least ``size`` unsigned 64-bit counters in shared memory.
+
+    Each counter sits on its own cache line. Without ``path`` the memory is
+    anonymous and shared with children forked after construction; with
+    ``path`` it is a named segment file (e.g. under ``/dev/shm``) that any
+    process can attach to. Arithmetic is modulo ``2**64``.
+
+    Example::
+
+        >>> c = Counters(4)
+        >>> c.incr(0)
+        1
+        >>> c.decr(1)
+        18446744073709551615
+        >>> c[2] = 7
+        >>> c.to_list()
+        [1, 18446744073709551615, 7, 0]
+        >>> c.close()
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_capacity",
+        "_fast",
+        "_keep",
+        "_path",
+        "_ptrs",
+        "_seg",
+        "_size",
+        "_slots",
+    )
+
+    def __init__(
+        self,
+        size: int | None = None,
+        *,
+        path: PathArg | None = None,
+        create: bool = True,
+        zero: bool = False,
+        mode: int = 0o600,
+    ) -> None:
+        if path is None:
+            n = check_size(size)
+            nbytes = page_round(n * CACHE_LINE_SIZE)
+            seg = Segment.anonymous(nbytes)
+            capacity = nbytes // CACHE_LINE_SIZE
+        else:
+            n_or_none = None if size is None else check_size(size)
+
+            def want() -> Layout:
+                n = check_size(size)
+                header = Layout(Kind.COUNTERS, n, 0).header_size
+                capacity = (page_round(header + n * CACHE_LINE_SIZE) - header) // (CACHE_LINE_SIZE)
+                return Layout(Kind.COUNTERS, n, capacity)
+
+            seg = Segment.named(path, kind=Kind.COUNTERS, want=want if create else None, mode=mode)
+            layout = seg.header()
+            capacity = layout.capacity
+            if n_or_none is None:
+                n = layout.count
+            elif n_or_none > capacity:
+                raise SegmentError(
+                    errno.EINVAL,
+                    f"segment holds {capacity} counters at most, {n_or_none} asked",
+                    seg.path,
+                )
+            else:
+                n = n_or_none
+        self._seg: Segment | None = seg
+        # Held until this object dies, even after close(): a call in flight in
+        # another thread, or a pointer handed out by cell(), must never find
+        # the memory unmapped.
+        self._keep = seg
+        self._path = seg.path
+        self._capacity = capacity
+        self._size = n
+        self._slots: Any = seg.chars(0)
+        self._ptrs = [seg.cells(k * CACHE_LINE_SIZE) for k in range(min(capacity, _FAST_LIMIT))]
+        self._fast = min(n, _FAST_LIMIT)
+        if zero and path is not None:
+            lib.shmc_store_many(self._slots, capacity, new_u64(capacity))
+
+    @classmethod
+    def attach(cls, path: PathArg) -> Counters:
+        """Attach to an existing named segment, with the size in its header.
+
+        Example::
+
+            c = Counters.attach("/dev/shm/myapp.counters")
+        """
+        return cls(path=path, create=False)
+
+    # -- errors (off the hot path) ------------------------------------------
+
+    def _closed_error(self) -> ClosedError:
+        return ClosedError("operation on closed Counters")
+
+    def _index_error(self, i: object) -> Exception:
+        if self._seg is None:
+            return self._closed_error()
+        if isinstance(i, bool) or not isinstance(i, int):
+            return TypeError(f"counter index must be an int, not {type(i).__name__}")
+        return CounterIndexError(
+            f"index {i} out of range for {self._size} counters (allowed 0 <= index < {self._size})"
+        )
+
+    def _call_error(self, i: object, name: str, value: object) -> Exception:
+        if self._seg is None:
+            return self._closed_error()
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            return self._index_error(i)
+        return amount_error(name, value)
+
+    # -- the hot path -------------------------------------------------------
+
+    def incr(self, i: int, n: int = 1) -> int:
+        """Add ``n`` to counter ``i`` atomically; return the new value.
+
+        Example::
+
+            >>> Counters(1).incr(0, 5)
+            5
+        """
+        if n is ONE and 0 <= i < self._fast:
+            return _inc1(self._ptrs[i])
+        if i >= self._size:
+            raise self._index_error(i)
+        try:
+            return _incr_at(self._slots, i, n)
+        except (OverflowError, TypeError):
+            raise self._call_error(i, "amount", n) from None
+
+    def decr(self, i: int, n: int = 1) -> int:
+        """Subtract ``n`` from counter ``i`` atomically; return the new value.
+
+        Example::
+
+            >>> Counters(1).decr(0)
+            18446744073709551615
+        """
+        if n is ONE and 0 <= i < self._fast:
+            return _dec1(self._ptrs[i])
+        if i >= self._size:
+            raise self._index_error(i)
+        try:
+            return _decr_at(self._slots, i, n)
+        except (OverflowError, TypeError):
+            raise self._call_error(i, "amount", n) from None
+
+    def __getitem__(self, i: int) -> int:
+        if i >= self._size:
+            raise self._index_error(i)
+        try:
+            return _load_at(self._slots, i)
+        except (OverflowError, TypeError):
+            raise self._call_error(i, "value", 0) from None
+
+    def __setitem__(self, i: int, value: int) -> None:
+        if i >= self._size:
+            raise self._index_error(i)
+        try:
+            _store_at(self._slots, i, value)
+        except (OverflowError, TypeError):
+            raise self._call_error(i, "value", value) from None
+
+    # -- the rest -------------------------------------------------------------
+
+    def _check_open(self) -> Segment:
+        if self._seg is None:
+            raise self._closed_error()
+        return self._seg
+
+    def __len__(self) -> int:
+        self._check_open()
+        return self._size
+
+    @property
+    def capacity(self) -> int:
+        """How many counters fit in the segment (``resize`` up to this)."""
+        self._check_open()
+        return self._capacity
+
+    @property
+    def path(self) -> str | None:
+        """The named segment's path, or None for anonymous memory."""
+        return self._path
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._seg is None
+
+    def resize(self, size: int) -> None:
+        """Change the number of counters within capacity; values are kept.
+
+        Example::
+
+            >>> c = Counters(1)
+            >>> c.resize(8)
+            >>> len(c)
+            8
+        """
+        seg = self._check_open()
+        check_size(size)
+        if size > self._capacity:
+            raise CapacityError(f"cannot resize to {size} counters: capacity is {self._capacity}")
+        self._size = size
+        self._fast = min(size, _FAST_LIMIT)
+        if seg.path is not None:
+            seg.set_count(size)
+
+    def to_list(self) -> list[int]:
+        """All values, in index order (each read atomically, not all at once)."""
+        self._check_open()
+        out = new_u64(self._size)
+        lib.shmc_load_many(self._slots, self._size, out)
+        return list(out)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.to_list())
+
+    def copy(self) -> Counters:
+        """A fresh anonymous segment holding the same values.
+
+        Example::
+
+            >>> c = Counters(2)
+            >>> c.incr(1)
+            1
+            >>> c.copy().to_list()
+            [0, 1]
+        """
+        values = self.to_list()
+        other = Counters(self._size)
+        buf = new_u64(self._size)
+        buf[0 : self._size] = values
+        lib.shmc_store_many(other._slots, self._size, buf)
+        return other
+
+    def _cell_pointer(self, i: int) -> tuple[Any, Segment]:
+        """A raw ``uint64_t *`` on counter ``i`` and the segment to keep alive with it."""
+        seg = self._check_open()
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self._size:
+            raise self._index_error(i)
+        return seg.cells(i * CACHE_LINE_SIZE), seg
+
+    def close(self) -> None:
+        """Close: later use raises :class:`ClosedError`.
+
+        The memory is unmapped when the object (and anything bound to it, such
+        as a struct's ``incr_`` functions) is garbage-collected, so no call can
+        ever touch unmapped memory. Closing a named segment never deletes its
+        file: see :meth:`unlink`.
+        """
+        self._seg = None
+        self._slots = CLOSED
+        self._size = 0
+        self._fast = 0
+        self._ptrs = []
+
+    def unlink(self) -> None:
+        """Delete the named segment's file (attached processes keep their mapping)."""
+        if self._path is None:
+            raise SegmentError(errno.EINVAL, "anonymous Counters have no file to unlink")
+        unlink(self._path)
+
+    def __enter__(self) -> Counters:
+        self._check_open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._seg is None:
+            return "<Counters closed>"
+        where = f" path={self._path!r}" if self._path else ""
+        return f"<Counters size={self._size} capacity={self._capacity}{where}>"

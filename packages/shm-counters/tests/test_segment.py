@@ -1,0 +1,301 @@
+"""Named segments: create, attach, header checks, spawned processes."""
+
+from __future__ import annotations
+
+import errno
+import multiprocessing
+import os
+import stat
+import struct
+
+import pytest
+import shmc_test_workers as workers
+from shm_counters import (
+    CACHE_LINE_SIZE,
+    PAGE_SIZE,
+    Counters,
+    CounterSizeError,
+    Histogram,
+    Scoreboard,
+    SegmentError,
+    unlink,
+)
+
+SPAWN = multiprocessing.get_context("spawn")
+FORK = multiprocessing.get_context("fork")
+HEADER = struct.Struct("<8sIIIIQQII")
+
+
+def _header(path: str) -> tuple[object, ...]:
+    with open(path, "rb") as f:
+        return HEADER.unpack(f.read(HEADER.size))
+
+
+def _patch(path: str, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def test_named_segment_is_shared_between_objects(shm_path: str) -> None:
+    """Two objects on one path see each other's increments."""
+    a = Counters(3, path=shm_path)
+    b = Counters.attach(shm_path)
+    a.incr(2, 5)
+    assert b.incr(2) == 6
+    assert a.to_list() == [0, 0, 6]
+    assert len(b) == 3
+    assert b.path == shm_path
+    assert repr(b) == f"<Counters size=3 capacity={b.capacity} path={shm_path!r}>"
+
+
+def test_header_layout(shm_path: str) -> None:
+    """The file starts with magic, version, kind, slot size, header size, count, capacity."""
+    c = Counters(3, path=shm_path)
+    magic, version, kind, slot, header_size, count, capacity, param, extra = _header(shm_path)
+    assert (magic, version, kind, slot) == (b"SHMCTRS\x00", 1, 1, CACHE_LINE_SIZE)
+    assert header_size == max(64, CACHE_LINE_SIZE)
+    assert (count, capacity, param, extra) == (3, c.capacity, 0, 0)
+    assert os.path.getsize(shm_path) == header_size + capacity * CACHE_LINE_SIZE
+    assert os.path.getsize(shm_path) % PAGE_SIZE == 0
+
+
+def test_default_mode_is_0600(shm_path: str) -> None:
+    """A new segment file is created with mode 0600 whatever the umask."""
+    old = os.umask(0)
+    try:
+        Counters(1, path=shm_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(shm_path).st_mode) == 0o600
+
+
+def test_explicit_mode(shm_path: str) -> None:
+    """mode= sets the new file's permission bits exactly."""
+    Counters(1, path=shm_path, mode=0o640)
+    assert stat.S_IMODE(os.stat(shm_path).st_mode) == 0o640
+
+
+def test_bad_mode(shm_path: str) -> None:
+    """A mode outside 0..0o7777 is a SegmentError with EINVAL."""
+    with pytest.raises(SegmentError) as info:
+        Counters(1, path=shm_path, mode=0o10000)
+    assert info.value.errno == errno.EINVAL
+    assert not os.path.exists(shm_path)
+
+
+def test_attach_missing_is_enoent(shm_path: str) -> None:
+    """attach() and create=False on a missing file raise ENOENT with the path."""
+    for make in (
+        lambda: Counters.attach(shm_path),
+        lambda: Counters(2, path=shm_path, create=False),
+    ):
+        with pytest.raises(SegmentError) as info:
+            make()
+        assert info.value.errno == errno.ENOENT
+        assert info.value.filename == shm_path
+        assert isinstance(info.value, OSError)
+    assert not os.path.exists(shm_path)
+
+
+def test_create_in_missing_directory_is_enoent(tmp_path: object) -> None:
+    """Creating under a directory that does not exist raises ENOENT."""
+    path = os.path.join(str(tmp_path), "nope", "seg")
+    with pytest.raises(SegmentError) as info:
+        Counters(1, path=path)
+    assert info.value.errno == errno.ENOENT
+    assert info.value.filename == path
+
+
+@pytest.mark.parametrize("path", ["", "a\x00b", 42])
+def test_bad_path_is_einval(path: object) -> None:
+    """An empty path, a NUL byte or a non-path raise SegmentError EINVAL."""
+    with pytest.raises(SegmentError) as info:
+        Counters(1, path=path)  # type: ignore[arg-type]
+    assert info.value.errno == errno.EINVAL
+
+
+def test_create_true_attaches_to_existing(shm_path: str) -> None:
+    """create=True on an existing valid segment attaches and keeps its values."""
+    a = Counters(2, path=shm_path)
+    a.incr(1, 9)
+    b = Counters(2, path=shm_path)
+    assert b.to_list() == [0, 9]
+    c = Counters(5, path=shm_path)  # within capacity
+    assert c.to_list() == [0, 9, 0, 0, 0]
+
+
+def test_create_true_beyond_capacity_is_segment_error(shm_path: str) -> None:
+    """Asking an existing segment for more counters than its capacity raises EINVAL."""
+    a = Counters(2, path=shm_path)
+    with pytest.raises(SegmentError) as info:
+        Counters(a.capacity + 1, path=shm_path)
+    assert info.value.errno == errno.EINVAL
+    assert f"holds {a.capacity} counters at most, {a.capacity + 1} asked" in str(info.value)
+
+
+def test_zero_true_zeroes_existing_values(shm_path: str) -> None:
+    """zero=True clears an existing segment's values."""
+    a = Counters(2, path=shm_path)
+    a.incr(0, 3)
+    b = Counters(2, path=shm_path, zero=True)
+    assert b.to_list() == [0, 0]
+    assert a[0] == 0
+
+
+def test_size_is_required_to_create(shm_path: str) -> None:
+    """Creating a named segment without a size raises CounterSizeError."""
+    with pytest.raises(CounterSizeError):
+        Counters(path=shm_path)
+    assert not os.path.exists(shm_path)
+
+
+def test_close_keeps_file_and_unlink_removes_it(shm_path: str) -> None:
+    """close() never deletes the file; unlink() does; a second unlink is ENOENT."""
+    c = Counters(1, path=shm_path)
+    c.incr(0)
+    c.close()
+    assert Counters.attach(shm_path)[0] == 1
+    unlink(shm_path)
+    assert not os.path.exists(shm_path)
+    with pytest.raises(SegmentError) as info:
+        unlink(shm_path)
+    assert info.value.errno == errno.ENOENT
+
+
+def test_counters_unlink_method(shm_path: str) -> None:
+    """Counters.unlink() removes its own file; anonymous counters have none."""
+    c = Counters(1, path=shm_path)
+    c.unlink()
+    assert not os.path.exists(shm_path)
+    with pytest.raises(SegmentError):
+        Counters(1).unlink()
+
+
+def test_resize_of_named_segment_is_seen_by_attach(shm_path: str) -> None:
+    """resize() records the new count in the header for later attachers."""
+    c = Counters(2, path=shm_path)
+    c.resize(7)
+    assert len(Counters.attach(shm_path)) == 7
+    assert _header(shm_path)[5] == 7
+
+
+def _expect_einval(path: str, fragment: str) -> None:
+    with pytest.raises(SegmentError) as info:
+        Counters.attach(path)
+    assert info.value.errno == errno.EINVAL
+    assert info.value.filename == path
+    assert fragment in str(info.value)
+
+
+def test_attach_to_foreign_file(shm_path: str) -> None:
+    """A file without our magic is refused with EINVAL."""
+    with open(shm_path, "wb") as f:
+        f.write(b"#!/bin/sh\n" + b"\0" * 4086)
+    _expect_einval(shm_path, "not a shm-counters segment: magic b'#!/bin/s'")
+
+
+def test_attach_to_short_file(shm_path: str) -> None:
+    """A file shorter than a header is refused with EINVAL."""
+    with open(shm_path, "wb") as f:
+        f.write(b"SHMCTRS\0")
+    _expect_einval(shm_path, "8 bytes is too short")
+
+
+def test_attach_to_empty_file(shm_path: str) -> None:
+    """An empty file is refused with EINVAL."""
+    open(shm_path, "wb").close()
+    _expect_einval(shm_path, "0 bytes is too short")
+
+
+def test_attach_to_truncated_segment(shm_path: str) -> None:
+    """A segment cut short is refused with EINVAL, naming both sizes."""
+    Counters(3, path=shm_path)
+    full = os.path.getsize(shm_path)
+    os.truncate(shm_path, full - CACHE_LINE_SIZE)
+    _expect_einval(
+        shm_path, f"segment truncated: {full - CACHE_LINE_SIZE} bytes, its header says {full}"
+    )
+
+
+def test_attach_to_oversized_segment(shm_path: str) -> None:
+    """A segment longer than its header says is refused with EINVAL."""
+    Counters(3, path=shm_path)
+    full = os.path.getsize(shm_path)
+    os.truncate(shm_path, full + PAGE_SIZE)
+    _expect_einval(shm_path, "segment oversized")
+
+
+def test_attach_to_other_version(shm_path: str) -> None:
+    """A segment of another layout version is refused with EINVAL."""
+    Counters(3, path=shm_path)
+    _patch(shm_path, 8, struct.pack("<I", 2))
+    _expect_einval(shm_path, "segment layout version 2, this reads 1")
+
+
+def test_attach_to_other_slot_size(shm_path: str) -> None:
+    """A segment laid out for another cache line size is refused with EINVAL."""
+    Counters(3, path=shm_path)
+    _patch(shm_path, 16, struct.pack("<I", CACHE_LINE_SIZE * 2))
+    _expect_einval(
+        shm_path,
+        f"segment slot size {CACHE_LINE_SIZE * 2} bytes, this machine's cache line is "
+        f"{CACHE_LINE_SIZE}",
+    )
+
+
+def test_attach_to_bad_count(shm_path: str) -> None:
+    """A header whose count exceeds its capacity is refused with EINVAL."""
+    c = Counters(3, path=shm_path)
+    _patch(shm_path, 24, struct.pack("<Q", c.capacity + 1))
+    _expect_einval(shm_path, f"segment count {c.capacity + 1} exceeds capacity {c.capacity}")
+
+
+def test_attach_to_bad_header_size(shm_path: str) -> None:
+    """A header size that disagrees with the layout is refused with EINVAL."""
+    Counters(3, path=shm_path)
+    _patch(shm_path, 20, struct.pack("<I", 4 * CACHE_LINE_SIZE))
+    _expect_einval(shm_path, "header size")
+
+
+def test_attach_to_other_kind(shm_path: str) -> None:
+    """Counters refuse a scoreboard or histogram segment, and the reverse."""
+    Scoreboard(2, ["a"], path=shm_path)
+    _expect_einval(shm_path, "segment holds scoreboard, not counters")
+    with pytest.raises(SegmentError, match="holds scoreboard, not histogram"):
+        Histogram.attach(shm_path)
+    unlink(shm_path)
+    Counters(1, path=shm_path)
+    with pytest.raises(SegmentError, match="holds counters, not scoreboard"):
+        Scoreboard(2, ["a"], path=shm_path)
+
+
+def test_exact_total_from_spawned_processes(shm_path: str) -> None:
+    """4 spawned processes attached by path x 50,000 incr give exactly 200,000."""
+    c = Counters(2, path=shm_path)
+    procs = [
+        SPAWN.Process(target=workers.incr_counters, args=(shm_path, 1, 50_000)) for _ in range(4)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert c.to_list() == [0, 200_000]
+
+
+def test_racing_creators_end_up_on_one_segment(shm_path: str) -> None:
+    """Processes creating the same path at once all share one segment."""
+    start = FORK.Event()
+    procs = [
+        FORK.Process(target=workers.create_and_incr, args=(shm_path, 1, start)) for _ in range(6)
+    ]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert Counters.attach(shm_path).to_list() == [6]
+    leftovers = [n for n in os.listdir(os.path.dirname(shm_path)) if n.endswith(".tmp")]
+    assert leftovers == []
