@@ -1,0 +1,98 @@
+"""A prometheus_client collector over the scoreboard (extra ``prometheus``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from shm_counters import Scoreboard
+
+from ._extras import require
+
+__all__ = ["ProcessUtilizationCollector"]
+
+
+class ProcessUtilizationCollector:
+    """Exposes every worker's row of ``scoreboard`` to prometheus_client.
+
+    Metrics, each labelled ``pid`` and ``worker`` (the row index):
+
+    - ``process_utilization_busy_seconds_total`` (counter): seconds with at
+      least one request in flight, settled at each request end, so
+      ``rate()`` of it is the worker's exact utilization (0..1);
+    - ``process_utilization_requests_total`` (counter): completed requests;
+    - ``process_utilization_response_seconds_total`` (counter): sum of
+      request durations (divide its rate by the requests rate for the mean);
+    - ``process_utilization_in_flight`` (gauge): requests in flight now;
+    - ``process_utilization_gc_seconds_total`` and
+      ``process_utilization_gc_collections_total`` (counters), with
+      ``track_gc=True``.
+
+    Example::
+
+        from prometheus_client import REGISTRY
+        from process_utilization import ProcessUtilization, ProcessUtilizationCollector
+
+        app = ProcessUtilization(app)
+        REGISTRY.register(ProcessUtilizationCollector(app.scoreboard))
+    """
+
+    def __init__(
+        self,
+        scoreboard: Scoreboard,
+        *,
+        namespace: str = "process_utilization",
+    ) -> None:
+        self._core = require(
+            "prometheus_client.core",
+            feature="ProcessUtilizationCollector",
+            extra="prometheus",
+        )
+        self.scoreboard = scoreboard
+        self._ns = namespace
+
+    def __repr__(self) -> str:
+        return f"<ProcessUtilizationCollector {self.scoreboard!r}>"
+
+    def describe(self) -> list[Any]:
+        """Nothing to describe ahead of time (rows come and go)."""
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        """One family per metric, one sample per live worker."""
+        core = self._core
+        ns = self._ns
+        labels = ["pid", "worker"]
+        busy = core.CounterMetricFamily(
+            f"{ns}_busy_seconds",
+            "Seconds with at least one request in flight (settled at request end).",
+            labels=labels,
+        )
+        requests = core.CounterMetricFamily(f"{ns}_requests", "Requests completed.", labels=labels)
+        response = core.CounterMetricFamily(
+            f"{ns}_response_seconds", "Sum of request durations.", labels=labels
+        )
+        in_flight = core.GaugeMetricFamily(
+            f"{ns}_in_flight", "Requests in flight now.", labels=labels
+        )
+        gc_seconds = core.CounterMetricFamily(
+            f"{ns}_gc_seconds", "Seconds spent in garbage collection.", labels=labels
+        )
+        gc_collections = core.CounterMetricFamily(
+            f"{ns}_gc_collections", "Garbage collections.", labels=labels
+        )
+        for info in self.scoreboard.rows():
+            v = info.values
+            lv = [str(info.pid), str(info.index)]
+            busy.add_metric(lv, v["busy_ns"] / 1e9)
+            requests.add_metric(lv, v["requests"])
+            response.add_metric(lv, v["response_ns"] / 1e9)
+            in_flight.add_metric(lv, v["in_flight"])
+            gc_seconds.add_metric(lv, v["gc_ns"] / 1e9)
+            gc_collections.add_metric(lv, v["gc_collections"])
+        yield busy
+        yield requests
+        yield response
+        yield in_flight
+        yield gc_seconds
+        yield gc_collections

@@ -1,0 +1,127 @@
+"""Pure ASGI middleware (no Starlette needed)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, ClassVar
+
+from ._core import UtilizationCore
+from ._wsgi import _wants_json
+
+__all__ = ["ProcessUtilization"]
+
+_log = logging.getLogger("process_utilization")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ProcessUtilization(UtilizationCore):
+    """ASGI middleware measuring how busy this worker process is.
+
+    The same accounting and attributes as the WSGI middleware: busy time is
+    the time with at least one HTTP request in flight, however many run at
+    once in the event loop. A request counts as finished when the
+    application returns. ``scope["process.request_start"]`` and
+    ``scope["process.total_requests"]`` are set and an ``x-request-start``
+    header is removed. The periodic report goes to the
+    ``process_utilization`` logger at INFO. Non-HTTP scopes (websocket,
+    lifespan) pass through untouched.
+
+    Example::
+
+        from process_utilization.asgi import ProcessUtilization
+
+        app = ProcessUtilization(app, stats_path="/_utilization")
+    """
+
+    singleton: ClassVar[ProcessUtilization | None] = None
+
+    def __init__(self, app: ASGIApp, **options: Any) -> None:
+        super().__init__(**options)
+        self.app = app
+
+    def __repr__(self) -> str:
+        return f"<asgi.ProcessUtilization app={self.app!r} window={self.window}>"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        stats_path = self.stats_path
+        if stats_path is not None and scope.get("path") == stats_path:
+            await self._serve_stats(scope, send)
+            return
+        try:
+            started = self.start_request()
+        except Exception as exc:  # never break a request over accounting
+            _log.warning("process_utilization: start_request failed: %r", exc)
+            await self.app(scope, receive, send)
+            return
+        scope["process.request_start"] = self._wall_clock()
+        scope["process.total_requests"] = self.total_requests
+        headers = scope.get("headers")
+        if headers and any(k == b"x-request-start" for k, _ in headers):
+            scope["headers"] = [(k, v) for k, v in headers if k != b"x-request-start"]
+        if self._statsd is None:
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                try:
+                    line = self.record_request(started)
+                    if line is not None:
+                        _log.info("%s", line)
+                except Exception as exc:
+                    _log.warning("process_utilization: record_request failed: %r", exc)
+            return
+        await self._call_with_statsd(scope, receive, send, started)
+
+    async def _call_with_statsd(
+        self, scope: Scope, receive: Receive, send: Send, started: int
+    ) -> None:
+        status = [0]
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            try:
+                line = self.record_request(started)
+                self._send_statsd(started, str(scope.get("method", "")), status[0])
+                if line is not None:
+                    _log.info("%s", line)
+            except Exception as exc:
+                _log.warning("process_utilization: record_request failed: %r", exc)
+
+    async def _serve_stats(self, scope: Scope, send: Send) -> None:
+        accept = ""
+        for key, value in scope.get("headers") or ():
+            if key == b"accept":
+                accept = value.decode("latin-1")
+        query = scope.get("query_string", b"").decode("latin-1")
+        try:
+            ctype, body = self.render_stats(_wants_json(query, accept))
+            status = 200
+        except Exception as exc:
+            _log.warning("process_utilization: stats endpoint failed: %r", exc)
+            ctype, body, status = "text/plain; charset=utf-8", b"stats unavailable\n", 500
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", ctype.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,33 @@
+"""Shared fixtures: a settable clock, and the ``linux`` marker's skip."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+
+class FakeClock:
+    """A clock that reads whatever the test set, in seconds."""
+
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake monotonic clock starting at 1000 s."""
+    return FakeClock()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``@pytest.mark.linux`` tests off Linux."""
+    if sys.platform.startswith("linux"):
+        return
+    skip = pytest.mark.skip(reason="needs Linux (/proc, CLOCK_MONOTONIC shared)")
+    for item in items:
+        if "linux" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,409 @@
+"""The accounting core, driven through the WSGI middleware with a fake clock."""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
+from process_utilization import (
+    ConfigError,
+    MissingExtraError,
+    ProcessUtilization,
+    ProcessUtilizationError,
+)
+from process_utilization.wsgi import ProcessUtilization as WsgiProcessUtilization
+
+
+def hello(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+def environ(path: str = "/", **extra: Any) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "wsgi.errors": io.StringIO(),
+    }
+    env.update(extra)
+    return env
+
+
+def run(mw: ProcessUtilization, clock: Any, start: float, end: float) -> dict[str, Any]:
+    """One request from clock ``start`` to ``end``; returns its environ."""
+    env = environ()
+    clock.t = start
+    body = mw(env, lambda *a: None)
+    assert b"".join(body) == b"hello"
+    clock.t = end
+    body.close()  # type: ignore[attr-defined]
+    return env
+
+
+def test_wsgi_module_exports_the_same_class() -> None:
+    """process_utilization.wsgi.ProcessUtilization is the top-level class."""
+    assert WsgiProcessUtilization is ProcessUtilization
+
+
+def test_known_durations_give_exact_figures(clock: Any) -> None:
+    """Two sequential requests give exact active/idle time, %, req/s and average."""
+    mw = ProcessUtilization(hello, clock=clock)
+    run(mw, clock, 1000.0, 1000.25)
+    run(mw, clock, 1000.5, 1001.0)
+    clock.t = 1002.0
+    assert mw.horizon == 1000.0
+    assert mw.horizon_time == 2.0
+    assert mw.active_time == 0.75
+    assert mw.idle_time == 1.25
+    assert mw.percentage_active == 37.5
+    assert mw.percentage_idle == 62.5
+    assert mw.requests == 2
+    assert mw.total_requests == 2
+    assert mw.requests_per_second == 1.0
+    assert mw.average_response_time == 375.0
+    assert mw.in_flight == 0
+
+
+def test_request_in_flight_counts_as_busy_up_to_now(clock: Any) -> None:
+    """A request not yet finished counts busy from its start to the reading."""
+    mw = ProcessUtilization(hello, clock=clock)
+    run(mw, clock, 1000.0, 1001.0)
+    clock.t = 1002.0
+    body = mw(environ(), lambda *a: None)
+    clock.t = 1003.5
+    assert mw.in_flight == 1
+    assert mw.active_time == 2.5
+    assert mw.total_requests == 2
+    assert mw.requests == 1
+    body.close()  # type: ignore[attr-defined]
+    assert mw.in_flight == 0
+    assert mw.requests == 2
+
+
+def test_environ_keys_set_and_request_start_header_removed(clock: Any) -> None:
+    """The environ gets request_start (wall clock) and total_requests; X-Request-Start goes."""
+    mw = ProcessUtilization(hello, clock=clock, wall_clock=lambda: 1700000000.5)
+    seen: dict[str, Any] = {}
+
+    def app(env: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        seen.update(env)
+        return hello(env, start_response)
+
+    mw.app = app
+    env = environ(HTTP_X_REQUEST_START="t=123")
+    list(mw(env, lambda *a: None))
+    assert seen["process.request_start"] == 1700000000.5
+    assert seen["process.total_requests"] == 1
+    assert "HTTP_X_REQUEST_START" not in seen
+
+
+def test_first_request_starts_the_horizon_once(clock: Any) -> None:
+    """The horizon starts at the first request, not at construction, and only once."""
+    clock.t = 5.0
+    mw = ProcessUtilization(hello, clock=clock)
+    assert mw.horizon == 0.0
+    assert mw.horizon_time == 0.0
+    assert mw.percentage_active == 0.0
+    assert mw.percentage_idle == 100.0
+    run(mw, clock, 7.0, 8.0)
+    assert mw.horizon == 7.0
+    clock.t = 9.0
+    mw.first_request()
+    assert mw.horizon == 7.0
+
+
+def test_horizon_resets_after_window(clock: Any) -> None:
+    """A request ending more than ``window`` seconds after the horizon starts a new one."""
+    mw = ProcessUtilization(hello, clock=clock, window=10)
+    run(mw, clock, 1000.0, 1001.0)
+    run(mw, clock, 1009.0, 1010.0)  # exactly window: no reset
+    assert mw.horizon == 1000.0
+    assert mw.requests == 2
+    run(mw, clock, 1010.0, 1010.5)
+    assert mw.horizon == 1010.5
+    assert mw.requests == 0
+    assert mw.total_requests == 3
+    clock.t = 1011.5
+    assert mw.active_time == 0.0
+    assert mw.horizon_time == 1.0
+    run(mw, clock, 1011.5, 1012.0)
+    clock.t = 1012.5
+    assert mw.active_time == 0.5
+    assert mw.percentage_active == 25.0
+    assert mw.average_response_time == 500.0
+
+
+def test_horizon_reset_with_a_request_in_flight_keeps_its_tail(clock: Any) -> None:
+    """A request spanning a horizon reset counts only its part after the reset."""
+    mw = ProcessUtilization(hello, clock=clock, window=10)
+    clock.t = 1000.0
+    long_body = mw(environ(), lambda *a: None)
+    run(mw, clock, 1001.0, 1011.0)  # ends after the window: reset at 1011
+    assert mw.horizon == 1011.0
+    clock.t = 1012.0
+    long_body.close()  # type: ignore[attr-defined]
+    clock.t = 1013.0
+    assert mw.active_time == 1.0
+    assert mw.horizon_time == 2.0
+
+
+def test_reset_horizon_and_reset_stats(clock: Any) -> None:
+    """reset_horizon() zeroes the horizon figures; reset_stats() also total_requests."""
+    mw = ProcessUtilization(hello, clock=clock)
+    run(mw, clock, 1000.0, 1001.0)
+    clock.t = 1002.0
+    mw.reset_horizon()
+    assert (mw.horizon, mw.requests, mw.total_requests) == (1002.0, 0, 1)
+    mw.reset_stats()
+    assert (mw.horizon, mw.requests, mw.total_requests) == (1002.0, 0, 0)
+    assert mw.stats().busy_seconds_total == 1.0
+
+
+def test_interleaved_requests_count_overlap_once(clock: Any) -> None:
+    """Overlapping requests count their union as busy time, never above 100 %."""
+    mw = ProcessUtilization(hello, clock=clock)
+    clock.t = 1000.0
+    a = mw(environ(), lambda *x: None)
+    clock.t = 1000.5
+    b = mw(environ(), lambda *x: None)
+    clock.t = 1001.0
+    a.close()  # type: ignore[attr-defined]
+    clock.t = 1002.0
+    b.close()  # type: ignore[attr-defined]
+    assert mw.active_time == 2.0
+    assert mw.percentage_active == 100.0
+    assert mw.average_response_time == 1250.0
+    clock.t = 1004.0
+    assert mw.percentage_active == 50.0
+
+
+def test_overlapping_requests_in_threads_count_once(clock: Any) -> None:
+    """Two requests inside the app in two threads at once count busy time once."""
+    inside = threading.Barrier(3, timeout=10)
+    release = threading.Event()
+
+    def slow(env: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        inside.wait()
+        assert release.wait(10)
+        return hello(env, start_response)
+
+    mw = ProcessUtilization(slow, clock=clock)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            body = mw(environ(), lambda *a: None)
+            body.close()  # type: ignore[attr-defined]
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    clock.t = 1000.0
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    inside.wait()
+    assert mw.in_flight == 2
+    clock.t = 1003.0
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert errors == []
+    clock.t = 1004.0
+    assert mw.active_time == 3.0
+    assert mw.percentage_active == 75.0
+    assert mw.requests == 2
+    assert mw.average_response_time == 3000.0
+
+
+def test_many_threads_leave_consistent_counts() -> None:
+    """8 threads x 200 requests leave 0 in flight, exact counts, busy <= horizon."""
+    mw = ProcessUtilization(hello)
+
+    def worker() -> None:
+        for _ in range(200):
+            list(body := mw(environ(), lambda *a: None))
+            body.close()  # type: ignore[attr-defined]
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        sys.setswitchinterval(old)
+    s = mw.stats()
+    assert (s.in_flight, s.total_requests, s.requests) == (0, 1600, 1600)
+    assert s.active_time <= s.horizon_time
+    row = mw.scoreboard.rows()[0].values
+    assert (row["in_flight"], row["requests"]) == (0, 1600)
+
+
+def test_app_exception_still_records_the_request(clock: Any) -> None:
+    """An exception from the app ends the request in the accounting and propagates."""
+
+    def boom(env: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        clock.t = 1000.5
+        raise RuntimeError("boom")
+
+    mw = ProcessUtilization(boom, clock=clock)
+    clock.t = 1000.0
+    with pytest.raises(RuntimeError, match="boom"):
+        mw(environ(), lambda *a: None)
+    assert (mw.in_flight, mw.requests) == (0, 1)
+    assert mw.active_time == 0.5
+
+
+def test_body_close_calls_inner_close_and_records_once(clock: Any) -> None:
+    """Closing the body closes the app's iterable, records once even if close raises."""
+    closed: list[int] = []
+
+    class Body:
+        def __iter__(self) -> Any:
+            return iter([b"a", b"b"])
+
+        def close(self) -> None:
+            closed.append(1)
+            raise OSError("inner close failed")
+
+    def app(env: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        return Body()
+
+    mw = ProcessUtilization(app, clock=clock)
+    body = mw(environ(), lambda *a: None)
+    assert list(body) == [b"a", b"b"]
+    with pytest.raises(OSError, match="inner close failed"):
+        body.close()  # type: ignore[attr-defined]
+    body.close()  # type: ignore[attr-defined]
+    assert closed == [1]
+    assert (mw.in_flight, mw.requests) == (0, 1)
+
+
+def test_report_line_appears_when_due_and_not_before(clock: Any) -> None:
+    """The report goes to wsgi.errors once report_interval has passed, then again later."""
+    mw = ProcessUtilization(hello, clock=clock, report_interval=60, window=1000)
+    first = run(mw, clock, 1000.0, 1000.5)
+    early = run(mw, clock, 1059.0, 1059.5)
+    assert first["wsgi.errors"].getvalue() == ""
+    assert early["wsgi.errors"].getvalue() == ""
+    due = run(mw, clock, 1059.5, 1060.0)
+    line = due["wsgi.errors"].getvalue()
+    assert line == (
+        f"process-utilization pid={__import__('os').getpid()} worker=0 requests=3"
+        " total_requests=3 in_flight=0 horizon=60.000s active=1.500s idle=58.500s"
+        " util=2.5% rps=0.05 avg=500.0ms\n"
+    )
+    after = run(mw, clock, 1061.0, 1062.0)
+    assert after["wsgi.errors"].getvalue() == ""
+    again = run(mw, clock, 1119.0, 1120.0)
+    assert again["wsgi.errors"].getvalue().startswith("process-utilization pid=")
+
+
+def test_report_disabled_with_none(clock: Any) -> None:
+    """report_interval=None never writes a report."""
+    mw = ProcessUtilization(hello, clock=clock, report_interval=None)
+    run(mw, clock, 1000.0, 1000.5)
+    env = run(mw, clock, 5000.0, 5000.5)
+    assert env["wsgi.errors"].getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"window": 0}, "window must be a positive number of seconds, got 0"),
+        ({"window": True}, "window must be a positive number of seconds, got True"),
+        (
+            {"report_interval": -1},
+            "report_interval must be a positive number of seconds or None, got -1",
+        ),
+        (
+            {"stats_path": "stats"},
+            "stats_path must be None or a path starting with '/', got 'stats'",
+        ),
+        ({"statsd": "nohost"}, "statsd must be a client or 'host:port', got 'nohost'"),
+        ({"slots": 0}, "slots must be a positive integer, got 0"),
+    ],
+)
+def test_bad_options_raise_config_error(options: dict[str, Any], message: str) -> None:
+    """Bad option values raise ConfigError (a ValueError) naming the value."""
+    with pytest.raises(ConfigError) as info:
+        ProcessUtilization(hello, **options)
+    assert str(info.value) == message
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, ProcessUtilizationError)
+
+
+def test_missing_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Enabling proctitle without setproctitle installed raises MissingExtraError."""
+    monkeypatch.setitem(sys.modules, "setproctitle", None)
+    with pytest.raises(MissingExtraError) as info:
+        ProcessUtilization(hello, proctitle=True)
+    assert str(info.value) == (
+        "proctitle=True needs the 'setproctitle' module, which is not installed; "
+        "install it with: pip install 'process-utilization[setproctitle]'"
+    )
+    assert isinstance(info.value, ImportError)
+    assert info.value.extra == "setproctitle"
+
+
+class BrokenBoard:
+    """A scoreboard whose every operation fails."""
+
+    def claim(self) -> Any:
+        raise OSError("no shared memory here")
+
+    def rows(self) -> list[Any]:
+        raise OSError("no shared memory here")
+
+
+def test_accounting_errors_never_break_a_request(
+    clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failing scoreboard logs one warning; requests and local stats go on."""
+    mw = ProcessUtilization(hello, clock=clock, scoreboard=BrokenBoard())  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="process_utilization"):
+        run(mw, clock, 1000.0, 1001.0)
+        run(mw, clock, 1001.0, 1002.0)
+    assert mw.requests == 2
+    assert mw.active_time == 2.0
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    assert "no scoreboard row" in warnings[0]
+    assert "no shared memory here" in warnings[0]
+
+
+def test_failing_row_write_is_dropped_not_raised(
+    clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row that starts failing mid-request is dropped with a warning; the request ends."""
+    mw = ProcessUtilization(hello, clock=clock)
+    run(mw, clock, 1000.0, 1001.0)
+
+    class BadRow:
+        index = 0
+
+        def __setattr__(self, name: str, value: object) -> None:
+            raise OSError("row gone")
+
+    mw._row = BadRow()
+    with caplog.at_level(logging.WARNING, logger="process_utilization"):
+        run(mw, clock, 1002.0, 1003.0)
+    assert mw.requests == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "process_utilization: scoreboard update failed: OSError('row gone')"
+    ]
+
+
+def test_singleton_is_the_latest_instance(clock: Any) -> None:
+    """ProcessUtilization.singleton is the instance built last in this process."""
+    mw = ProcessUtilization(hello, clock=clock)
+    assert ProcessUtilization.singleton is mw
+    assert repr(mw).startswith("<ProcessUtilization app=<function hello")
