@@ -1,0 +1,62 @@
+"""Socket statistics over Linux netlink sock_diag.
+
+Listener active/queued/backlog for TCP (IPv4, IPv6) and Unix sockets,
+``struct tcp_info`` per connection, and the kernel's listen-overflow counters.
+Imports on every platform; the Linux-only calls raise UnavailableError
+elsewhere.
+
+>>> from linux_inet_diag import tcp_listener_stats
+>>> tcp_listener_stats("127.0.0.1:1")["127.0.0.1:1"].total
+0
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ._address import Address, parse_address
+from ._api import (
+    AVAILABLE,
+    AsyncDiagSocket,
+    DiagSocket,
+    available,
+    tcp_info_for,
+    tcp_listener_stats,
+    unix_listener_stats,
+)
+from ._errors import (
+    AddressError,
+    DumpInterruptedError,
+    LinuxInetDiagError,
+    NetlinkError,
+    UnavailableError,
+)
+from ._netstat import ListenOverflows, listen_overflows
+from ._stats import ListenStats
+from ._tcpinfo import TcpCaState, TcpInfo, TcpState
+
+__all__ = [
+    "AVAILABLE",
+    "Address",
+    "AddressError",
+    "AsyncDiagSocket",
+    "DiagSocket",
+    "DumpInterruptedError",
+    "LinuxInetDiagError",
+    "ListenOverflows",
+    "ListenStats",
+    "NetlinkError",
+    "TcpCaState",
+    "TcpInfo",
+    "TcpState",
+    "UnavailableError",
+    "available",
+    "listen_overflows",
+    "parse_address",
+    "tcp_info_for",
+    "tcp_listener_stats",
+    "unix_listener_stats",
+]
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,486 @@
+"""Netlink sockets (sync and asyncio) and the module-level entry points."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any
+
+from . import _kernel as k
+from ._address import AF_INET, AF_INET6, Address, parse_address
+from ._errors import AddressError, DumpInterruptedError, NetlinkError, UnavailableError
+from ._stats import (
+    ListenStats,
+    Parser,
+    Steps,
+    names_arg,
+    parse_proc_net_unix,
+    tally_proc_unix,
+    tcp_steps,
+    unix_steps,
+    unix_targets,
+)
+from ._tcpinfo import TcpInfo
+
+__all__ = [
+    "AVAILABLE",
+    "AsyncDiagSocket",
+    "DiagSocket",
+    "available",
+    "tcp_info_for",
+    "tcp_listener_stats",
+    "unix_listener_stats",
+]
+
+log = logging.getLogger(__name__)
+
+AVAILABLE: bool = sys.platform.startswith("linux") and hasattr(socket, "AF_NETLINK")
+_RECV_SIZE = 1 << 16
+_MAX_RETRIES = 5
+_UNAVAILABLE = "netlink sock_diag is unavailable on this platform"
+PROC_NET_UNIX = "/proc/net/unix"
+
+HostPort = tuple[str, int] | str
+
+
+def available() -> bool:
+    """True when netlink sock_diag can be used here (Linux)."""
+    return AVAILABLE
+
+
+def _open() -> socket.socket:
+    if not AVAILABLE:
+        raise UnavailableError(errno.EAFNOSUPPORT, f"{_UNAVAILABLE} ({sys.platform})")
+    try:
+        s = socket.socket(
+            socket.AF_NETLINK,  # type: ignore[attr-defined,unused-ignore]
+            socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+            k.NETLINK_SOCK_DIAG,
+        )
+    except OSError as e:
+        raise UnavailableError(e.errno, f"{_UNAVAILABLE}: {e.strerror}") from e
+    s.bind((0, 0))
+    return s
+
+
+def _host(value: object, what: str) -> tuple[int, bytes, int]:
+    """(family, 16-byte packed, port) of an ASGI (host, port) or 'host:port'."""
+    if isinstance(value, str):
+        a = parse_address(value)
+        if a.is_unix:
+            raise AddressError(f"{what} {value!r} is a Unix socket, not TCP")
+        host, port = a.host, a.port
+    elif (
+        isinstance(value, (tuple, list))
+        and len(value) >= 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+    ):
+        host, port = value[0].split("%")[0], value[1]
+    else:
+        raise AddressError(f"invalid {what} {value!r}: expected (host, port) or 'host:port'")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise AddressError(f"invalid {what} {value!r}: {host!r} is not an IP") from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if not 0 < port < 65536:
+        raise AddressError(f"invalid {what} {value!r}: port out of range 1-65535")
+    if ip.version == 4:
+        return AF_INET, ip.packed + bytes(12), port
+    return AF_INET6, ip.packed, port
+
+
+class _Core:
+    """Request building and result assembly shared by the sync and async sockets."""
+
+    def __init__(self) -> None:
+        self._seq = 0
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        return self._seq
+
+    @staticmethod
+    def _tcp_args(addrs: object) -> tuple[list[str] | None, list[Address] | None]:
+        asked = names_arg(addrs, "addrs")
+        if asked is None:
+            return None, None
+        parsed = [parse_address(a) for a in asked]
+        for name, a in zip(asked, parsed, strict=True):
+            if a.is_unix:
+                raise AddressError(
+                    f"invalid TCP listener name {name!r}: a Unix path; use unix_listener_stats"
+                )
+        return asked, parsed
+
+    @staticmethod
+    def _unix_args(paths: object) -> list[str] | None:
+        wanted = names_arg(paths, "paths")
+        if wanted is not None:
+            unix_targets(wanted)  # validate before any I/O
+        return wanted
+
+    @staticmethod
+    def _unix_fallback(paths: list[str] | None, err: NetlinkError) -> dict[str, ListenStats]:
+        warnings.warn(
+            f"netlink unix_diag is unavailable ({err.strerror}); falling back to "
+            f"scanning {PROC_NET_UNIX}, which is slower and gives no backlog",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        with open(PROC_NET_UNIX, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+        return tally_proc_unix(paths, parse_proc_net_unix(text))
+
+
+class DiagSocket(_Core):
+    """One reusable netlink sock_diag socket for repeated queries.
+
+    Thread-safe (a lock serialises queries), usable from inside a running
+    asyncio loop (it is a plain blocking socket that never touches the loop;
+    a query blocks the caller for as long as the kernel takes to answer), and
+    reopened automatically in a forked child.
+
+    >>> with DiagSocket() as diag:
+    ...     stats = diag.tcp_listener_stats(["127.0.0.1:1"])
+    >>> stats["127.0.0.1:1"]
+    ListenStats(active=0, queued=0, backlog=None)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._pid = 0
+
+    def __repr__(self) -> str:
+        state = "closed" if self._sock is None else f"fd={self._sock.fileno()}"
+        return f"<DiagSocket {state}>"
+
+    def __enter__(self) -> DiagSocket:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the netlink socket; the next query opens a new one."""
+        with self._lock:
+            self._drop()
+
+    def __del__(self) -> None:
+        # Thread-local default sockets die with their thread: close quietly.
+        sock = getattr(self, "_sock", None)
+        if sock is not None and getattr(self, "_pid", 0) == os.getpid():
+            sock.close()
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            if self._pid == os.getpid():
+                self._sock.close()
+            else:
+                self._sock.detach()
+            self._sock = None
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None or self._pid != os.getpid():
+            self._drop()
+            self._sock = _open()
+            self._pid = os.getpid()
+        return self._sock
+
+    def _run(self, request: bytes, feed: Callable[[bytes], bool]) -> None:
+        """Send ``request`` and feed each answer datagram until feed says done."""
+        sock = self._socket()
+        try:
+            sock.send(request)
+            while not feed(sock.recv(_RECV_SIZE)):
+                pass
+        except BaseException:
+            self._drop()  # leftovers of this dump must not reach the next one
+            raise
+
+    def _dump(self, make: Callable[[int], bytes], parse: Parser) -> list[Any]:
+        """Run one dump to NLMSG_DONE, again if NLM_F_DUMP_INTR (bounded)."""
+        for _ in range(_MAX_RETRIES):
+            out: list[Any] = []
+            intr = [False]
+
+            def feed(data: bytes, acc: list[Any] = out, flag: list[bool] = intr) -> bool:
+                items, done, interrupted = parse(data)
+                acc.extend(items)
+                flag[0] |= interrupted
+                return done
+
+            self._run(make(self._next_seq()), feed)
+            if not intr[0]:
+                return out
+        raise DumpInterruptedError(
+            errno.EINTR, f"sock_diag dump interrupted {_MAX_RETRIES} times in a row"
+        )
+
+    def tcp_listener_stats(
+        self, addrs: Iterable[str] | str | None = None
+    ) -> dict[str, ListenStats]:
+        """Active/queued/backlog per TCP listener; see :func:`tcp_listener_stats`."""
+        asked, parsed = self._tcp_args(addrs)
+        return self._drive(tcp_steps(asked, parsed))
+
+    def _drive(self, steps: Steps) -> dict[str, ListenStats]:
+        """Run a query's dumps (see tcp_steps) under the lock."""
+        with self._lock:
+            try:
+                make, parse = next(steps)
+                while True:
+                    make, parse = steps.send(self._dump(make, parse))
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+
+    def unix_listener_stats(
+        self, paths: Iterable[str] | str | None = None
+    ) -> dict[str, ListenStats]:
+        """Active/queued/backlog per Unix listener; see :func:`unix_listener_stats`."""
+        wanted = self._unix_args(paths)
+        try:
+            return self._drive(unix_steps(wanted))
+        except NetlinkError as e:
+            if e.errno not in (errno.ENOENT, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            return self._unix_fallback(wanted, e)
+
+    def tcp_info_for(self, local: HostPort, remote: HostPort) -> TcpInfo | None:
+        """TcpInfo of the connection ``local`` <-> ``remote``, None if absent."""
+        lf, lsrc, lport = _host(local, "local address")
+        rf, rdst, rport = _host(remote, "remote address")
+        if lf != rf:
+            raise AddressError(f"local {local!r} and remote {remote!r} are of different families")
+        width = 4 if lf == AF_INET else 16
+        got: list[k.InetSocket] = []
+
+        def feed(data: bytes) -> bool:
+            socks, done = k.parse_inet_full(data)
+            got.extend(socks)
+            return done or bool(socks)
+
+        req = k.inet_lookup_request(
+            lf, lsrc[:width] + bytes(16 - width), lport,
+            rdst[:width] + bytes(16 - width), rport, self._next_seq(),
+        )  # fmt: skip
+        try:
+            with self._lock:
+                self._run(req, feed)
+        except NetlinkError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            raise
+        for s in got:
+            # A lookup that misses every connection falls back to a listener
+            # on the local address (inet_lookup): that is not the connection.
+            if s.state == k.TCP_LISTEN or s.dport != rport:
+                continue
+            info = s.attrs.get(k.INET_DIAG_INFO)
+            if info is not None and len(info) >= 104:
+                return TcpInfo.from_bytes(info)
+        return None
+
+
+class AsyncDiagSocket(_Core):
+    """The asyncio twin of :class:`DiagSocket`: ``async`` query methods.
+
+    The netlink socket is non-blocking and read through the running loop
+    (``loop.sock_recv``, i.e. ``add_reader``), so no thread is involved and
+    the loop is never blocked waiting for the kernel; parsing runs on the loop
+    like any other Python code. Concurrent coroutines are serialised by an
+    ``asyncio.Lock``.
+
+    >>> async def main():
+    ...     async with AsyncDiagSocket() as diag:
+    ...         return await diag.tcp_listener_stats("127.0.0.1:1")
+    >>> asyncio.run(main())["127.0.0.1:1"].total
+    0
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = asyncio.Lock()
+        self._sync = DiagSocket()  # for the /proc fallback path only
+        self._sock: socket.socket | None = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._sock is None else f"fd={self._sock.fileno()}"
+        return f"<AsyncDiagSocket {state}>"
+
+    async def __aenter__(self) -> AsyncDiagSocket:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the netlink socket."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._sync.close()
+
+    async def _run(self, request: bytes, feed: Callable[[bytes], bool]) -> None:
+        loop = asyncio.get_running_loop()
+        if self._sock is None:
+            self._sock = _open()
+            self._sock.setblocking(False)
+        sock = self._sock
+        try:
+            await loop.sock_sendall(sock, request)
+            while not feed(await loop.sock_recv(sock, _RECV_SIZE)):
+                pass
+        except BaseException:
+            self._sock = None
+            sock.close()
+            raise
+
+    async def _dump(self, make: Callable[[int], bytes], parse: Parser) -> list[Any]:
+        for _ in range(_MAX_RETRIES):
+            out: list[Any] = []
+            intr = [False]
+
+            def feed(data: bytes, acc: list[Any] = out, flag: list[bool] = intr) -> bool:
+                recs, done, i = parse(data)
+                acc.extend(recs)
+                flag[0] |= i
+                return done
+
+            await self._run(make(self._next_seq()), feed)
+            if not intr[0]:
+                return out
+        raise DumpInterruptedError(
+            errno.EINTR, f"sock_diag dump interrupted {_MAX_RETRIES} times in a row"
+        )
+
+    async def tcp_listener_stats(
+        self, addrs: Iterable[str] | str | None = None
+    ) -> dict[str, ListenStats]:
+        """Async :func:`tcp_listener_stats`."""
+        asked, parsed = self._tcp_args(addrs)
+        return await self._drive(tcp_steps(asked, parsed))
+
+    async def _drive(self, steps: Steps) -> dict[str, ListenStats]:
+        async with self._lock:
+            try:
+                make, parse = next(steps)
+                while True:
+                    make, parse = steps.send(await self._dump(make, parse))
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+
+    async def unix_listener_stats(
+        self, paths: Iterable[str] | str | None = None
+    ) -> dict[str, ListenStats]:
+        """Async :func:`unix_listener_stats`."""
+        wanted = self._unix_args(paths)
+        try:
+            return await self._drive(unix_steps(wanted))
+        except NetlinkError as e:
+            if e.errno not in (errno.ENOENT, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            return self._unix_fallback(wanted, e)
+
+    async def tcp_info_for(self, local: HostPort, remote: HostPort) -> TcpInfo | None:
+        """Async :func:`tcp_info_for` (the lookup is one small round trip)."""
+        return await asyncio.to_thread(self._sync.tcp_info_for, local, remote)
+
+
+_local = threading.local()
+
+
+def _default(sock: DiagSocket | None) -> DiagSocket:
+    if sock is not None:
+        return sock
+    diag: DiagSocket | None = getattr(_local, "diag", None)
+    if diag is None:
+        diag = _local.diag = DiagSocket()
+    return diag
+
+
+def tcp_listener_stats(
+    addrs: Iterable[str] | str | None = None, *, sock: DiagSocket | None = None
+) -> dict[str, ListenStats]:
+    """Active, queued and backlog for TCP listeners, from the kernel.
+
+    ``addrs``: names such as ``"127.0.0.1:8080"``, ``"[::1]:8080"``,
+    ``"0.0.0.0:8080"``, ``"[::]:8080"`` (one string or an iterable); every
+    name asked for is answered, spelled as asked, ``0/0`` (backlog None) when
+    nothing listens there. None: every TCP listener (IPv4 and IPv6), by
+    canonical name. A wildcard name counts accepted connections on any local
+    address of its port and family (IPv4-mapped ones included for ``[::]``);
+    SO_REUSEPORT listeners on one name add up. Names are filtered in the
+    kernel (inet_diag bytecode), so cost does not grow with unrelated sockets.
+
+    >>> import socket
+    >>> with socket.create_server(("127.0.0.1", 0), backlog=16) as srv:
+    ...     name = "127.0.0.1:%d" % srv.getsockname()[1]
+    ...     tcp_listener_stats([name])[name]
+    ListenStats(active=0, queued=0, backlog=16)
+    """
+    return _default(sock).tcp_listener_stats(addrs)
+
+
+def unix_listener_stats(
+    paths: Iterable[str] | str | None = None, *, sock: DiagSocket | None = None
+) -> dict[str, ListenStats]:
+    """Active, queued and backlog for Unix stream listeners, over unix_diag.
+
+    ``paths``: ``"/path/to.sock"`` or ``"@abstract"`` names; a symlinked path
+    is resolved and answered under both names. None: every named Unix
+    listener. Falls back to scanning /proc/net/unix (with a RuntimeWarning,
+    backlog None) only where the kernel lacks unix_diag.
+
+    >>> import socket, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "s")
+    >>> with socket.socket(socket.AF_UNIX) as srv:
+    ...     srv.bind(path)
+    ...     srv.listen(8)
+    ...     unix_listener_stats(path)[path]
+    ListenStats(active=0, queued=0, backlog=8)
+    """
+    return _default(sock).unix_listener_stats(paths)
+
+
+def tcp_info_for(
+    local: HostPort, remote: HostPort, *, sock: DiagSocket | None = None
+) -> TcpInfo | None:
+    """TcpInfo of a connection found by its address pair (INET_DIAG_INFO).
+
+    ``local``/``remote`` are ``(host, port)`` tuples as in an ASGI scope's
+    ``"server"`` and ``"client"``, or ``"host:port"`` strings. Returns None
+    when no such connection exists.
+
+    >>> import socket
+    >>> with socket.create_server(("127.0.0.1", 0)) as srv:
+    ...     with socket.create_connection(srv.getsockname()) as cli:
+    ...         conn, peer = srv.accept()
+    ...         with conn:
+    ...             tcp_info_for(conn.getsockname(), peer).state.name
+    'ESTABLISHED'
+    """
+    return _default(sock).tcp_info_for(local, remote)

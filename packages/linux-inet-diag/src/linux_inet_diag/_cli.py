@@ -1,0 +1,121 @@
+"""``linux-listener-stats``: print listener active/queued rows, repeatedly."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from ._address import parse_address
+from ._api import DiagSocket
+from ._errors import LinuxInetDiagError
+from ._stats import ListenStats
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="linux-listener-stats",
+        description=(
+            "Print active (accepted) and queued (not yet accepted) connections "
+            "of TCP and Unix listeners, read from the kernel over netlink."
+        ),
+        epilog=(
+            "ADDR: 127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080, [::]:8080, "
+            "/path/to/unix.sock or @abstract. No ADDR: every listener."
+        ),
+    )
+    p.add_argument("addrs", nargs="*", metavar="ADDR", help="listener names")
+    p.add_argument(
+        "-d", "--delay", type=float, default=None, metavar="DELAY",
+        help="repeat every DELAY seconds until interrupted",
+    )  # fmt: skip
+    p.add_argument(
+        "-t", "--threshold", type=int, default=0, metavar="QUEUED_THRESHOLD",
+        help="only print rows with queued >= QUEUED_THRESHOLD (default 0)",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help="one JSON object per sample")
+    return p
+
+
+def _sample(diag: DiagSocket, addrs: list[str]) -> dict[str, ListenStats]:
+    if not addrs:
+        return {**diag.tcp_listener_stats(), **diag.unix_listener_stats()}
+    tcp = [a for a in addrs if not parse_address(a).is_unix]
+    unix = [a for a in addrs if parse_address(a).is_unix]
+    out: dict[str, ListenStats] = {}
+    if tcp:
+        out.update(diag.tcp_listener_stats(tcp))
+    if unix:
+        out.update(diag.unix_listener_stats(unix))
+    return out
+
+
+def _hints(diag: DiagSocket, stats: dict[str, ListenStats]) -> list[str]:
+    """'did you mean' lines for 127.x names only listening as a wildcard."""
+    hints = []
+    missing = [
+        n
+        for n, s in stats.items()
+        if s.backlog is None and not parse_address(n).is_unix
+        and parse_address(n).host.startswith("127.")
+    ]  # fmt: skip
+    if missing:
+        every = diag.tcp_listener_stats()
+        for n in missing:
+            port = parse_address(n).port
+            for wild in (f"0.0.0.0:{port}", f"[::]:{port}"):
+                if wild in every:
+                    hints.append(f"{n}: nothing listens there; did you mean {wild}?")
+                    break
+    return hints
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``linux-listener-stats``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        for a in args.addrs:
+            parse_address(a)
+        with DiagSocket() as diag:
+            first = True
+            while True:
+                stats = _sample(diag, args.addrs)
+                now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+                rows = {n: s for n, s in stats.items() if s.queued >= args.threshold}
+                if args.json:
+                    print(json.dumps({
+                        "timestamp": now,
+                        "listeners": {
+                            n: {"active": s.active, "queued": s.queued,
+                                "backlog": s.backlog}
+                            for n, s in rows.items()
+                        },
+                    }))  # fmt: skip
+                else:
+                    if first:
+                        print("timestamp address active queued backlog")
+                    for n, s in rows.items():
+                        backlog = "-" if s.backlog is None else s.backlog
+                        print(f"{now} {n} {s.active} {s.queued} {backlog}")
+                if first:
+                    for h in _hints(diag, stats):
+                        print(h, file=sys.stderr)
+                first = False
+                sys.stdout.flush()
+                if args.delay is None:
+                    return 0
+                time.sleep(args.delay)
+    except KeyboardInterrupt:
+        return 130
+    except LinuxInetDiagError as e:
+        print(f"linux-listener-stats: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

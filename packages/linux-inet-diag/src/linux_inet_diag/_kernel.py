@@ -1,0 +1,449 @@
+"""Sans-IO netlink sock_diag core: requests are built and dumps parsed as bytes.
+
+Nothing here touches a socket. Struct layouts mirror the kernel headers named
+next to them; every dump is walked by ``nlmsg_len`` because the kernel may
+append attributes nobody asked for (an ``inet_diag_msg`` is 124 bytes, not 88,
+when the reader is root).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ._errors import NetlinkError
+
+# linux/netlink.h
+NETLINK_SOCK_DIAG = 4
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x01
+NLM_F_MULTI = 0x02
+NLM_F_DUMP_INTR = 0x10
+NLM_F_ROOT = 0x100
+NLM_F_MATCH = 0x200
+NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH
+# struct nlmsghdr { __u32 nlmsg_len; __u16 nlmsg_type; __u16 nlmsg_flags;
+#                   __u32 nlmsg_seq; __u32 nlmsg_pid; };
+NLMSGHDR = struct.Struct("=IHHII")
+# struct nlattr { __u16 nla_len; __u16 nla_type; };
+NLATTR = struct.Struct("=HH")
+# struct nlmsgerr { int error; struct nlmsghdr msg; };
+NLMSGERR = struct.Struct("=i")
+
+# linux/sock_diag.h
+SOCK_DIAG_BY_FAMILY = 20
+
+# linux/tcp_states.h (TCP_* states, also used by AF_UNIX sockets)
+TCP_ESTABLISHED = 1
+TCP_LISTEN = 10
+
+# linux/inet_diag.h
+INET_DIAG_REQ_BYTECODE = 1
+INET_DIAG_INFO = 2
+INET_DIAG_NOCOOKIE = 0xFFFFFFFF
+INET_DIAG_BC_JMP = 1
+INET_DIAG_BC_S_COND = 7
+# struct inet_diag_req_v2 { __u8 sdiag_family; __u8 sdiag_protocol;
+#   __u8 idiag_ext; __u8 pad; __u32 idiag_states; struct inet_diag_sockid id; };
+# struct inet_diag_sockid { __be16 idiag_sport; __be16 idiag_dport;
+#   __be32 idiag_src[4]; __be32 idiag_dst[4]; __u32 idiag_if;
+#   __u32 idiag_cookie[2]; };
+INET_DIAG_REQ_V2 = struct.Struct("=BBBxI2s2s16s16sIII")
+# struct inet_diag_msg { __u8 idiag_family, idiag_state, idiag_timer,
+#   idiag_retrans; struct inet_diag_sockid id; __u32 idiag_expires,
+#   idiag_rqueue, idiag_wqueue, idiag_uid, idiag_inode; };  (72 bytes)
+INET_DIAG_MSG_SIZE = 72
+# The hot-path view of nlmsghdr + inet_diag_msg: only the fields counted.
+# nlmsg_len, nlmsg_type, nlmsg_flags, family, state, sport (raw be16 read as
+# native u16), src, rqueue, wqueue, inode.
+INET_HOT = struct.Struct("=IHH8xBB2xH2x16s16x4x8x4xII4xI")
+# Full view used for single-socket answers (tcp_info_for).
+INET_FULL = struct.Struct("=BBBB2s2s16s16sIIIIIIII")
+# struct inet_diag_bc_op { unsigned char code; unsigned char yes;
+#                          unsigned short no; };
+BC_OP = struct.Struct("=BBH")
+# struct inet_diag_hostcond { __u8 family; __u8 prefix_len; int port;
+#                             __be32 addr[0]; };
+BC_HOSTCOND = struct.Struct("=BBxxi")
+
+# linux/unix_diag.h
+UDIAG_SHOW_NAME = 0x01
+UDIAG_SHOW_RQLEN = 0x10
+UNIX_DIAG_NAME = 0
+UNIX_DIAG_RQLEN = 4
+# struct unix_diag_req { __u8 sdiag_family; __u8 sdiag_protocol; __u16 pad;
+#   __u32 udiag_states; __u32 udiag_ino; __u32 udiag_show;
+#   __u32 udiag_cookie[2]; };
+UNIX_DIAG_REQ = struct.Struct("=BBxxIIIII")
+# struct unix_diag_msg { __u8 udiag_family, udiag_type, udiag_state, pad;
+#   __u32 udiag_ino; __u32 udiag_cookie[2]; };
+UNIX_DIAG_MSG = struct.Struct("=BBBxIII")
+# struct unix_diag_rqlen { __u32 udiag_rqueue; __u32 udiag_wqueue; };
+UNIX_DIAG_RQLEN_S = struct.Struct("=II")
+
+LISTEN_AND_ESTABLISHED = (1 << TCP_LISTEN) | (1 << TCP_ESTABLISHED)
+ALL_STATES = 0xFFFFFFFF
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def nlmsg(msg_type: int, flags: int, seq: int, payload: bytes) -> bytes:
+    """Frame ``payload`` in a struct nlmsghdr (linux/netlink.h)."""
+    return NLMSGHDR.pack(16 + len(payload), msg_type, flags, seq, 0) + payload
+
+
+def nlattr(attr_type: int, payload: bytes) -> bytes:
+    """One netlink attribute, padded to 4 bytes."""
+    size = 4 + len(payload)
+    return NLATTR.pack(size, attr_type) + payload + bytes(_align(size) - size)
+
+
+@dataclass(frozen=True, slots=True)
+class HostCond:
+    """One ``INET_DIAG_BC_S_COND`` test: source address prefix and port."""
+
+    family: int
+    prefix_len: int
+    port: int
+    addr: bytes  # 4 bytes for AF_INET, 16 for AF_INET6
+
+    def pack(self) -> bytes:
+        return BC_HOSTCOND.pack(self.family, self.prefix_len, self.port) + self.addr
+
+
+def source_filter(conds: Iterable[HostCond]) -> bytes:
+    """Inet_diag bytecode accepting a socket whose source matches any condition.
+
+    Each test is followed by a jump to the end (accept); a failed test skips
+    that jump to the next test, and the last failed test jumps past the end,
+    which the kernel treats as reject (linux/inet_diag.h, inet_diag_bc_run).
+    ``yes`` is a u8, so tests never jump further than their own length.
+    """
+    bodies = [c.pack() for c in dict.fromkeys(conds)]
+    total = sum(4 + len(b) + 4 for b in bodies)
+    out = bytearray()
+    for i, body in enumerate(bodies):
+        oplen = 4 + len(body)
+        last = i == len(bodies) - 1
+        no = total - len(out) + 4 if last else oplen + 4
+        out += BC_OP.pack(INET_DIAG_BC_S_COND, oplen, no) + body
+        out += BC_OP.pack(INET_DIAG_BC_JMP, 4, total - len(out))
+    return bytes(out)
+
+
+def inet_dump_request(
+    family: int, states: int, seq: int, bytecode: bytes = b"", ext: int = 0
+) -> bytes:
+    """A SOCK_DIAG_BY_FAMILY dump request for TCP sockets (linux/inet_diag.h)."""
+    req = INET_DIAG_REQ_V2.pack(
+        family, socket.IPPROTO_TCP, ext, states,
+        b"\0\0", b"\0\0", bytes(16), bytes(16), 0,
+        INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE,
+    )  # fmt: skip
+    if bytecode:
+        req += nlattr(INET_DIAG_REQ_BYTECODE, bytecode)
+    return nlmsg(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, req)
+
+
+def inet_lookup_request(
+    family: int, src: bytes, sport: int, dst: bytes, dport: int, seq: int
+) -> bytes:
+    """An exact-socket request asking for INET_DIAG_INFO (struct tcp_info)."""
+    req = INET_DIAG_REQ_V2.pack(
+        family, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), ALL_STATES,
+        sport.to_bytes(2, "big"), dport.to_bytes(2, "big"), src, dst, 0,
+        INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE,
+    )  # fmt: skip
+    return nlmsg(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, req)
+
+
+def unix_dump_request(states: int, show: int, seq: int) -> bytes:
+    """A SOCK_DIAG_BY_FAMILY dump request for AF_UNIX (linux/unix_diag.h)."""
+    req = UNIX_DIAG_REQ.pack(
+        socket.AF_UNIX, 0, states, 0, show, INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE
+    )
+    return nlmsg(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, req)
+
+
+def raise_for_error(buf: bytes, off: int, length: int) -> None:
+    """Raise NetlinkError for an NLMSG_ERROR carrying a non-zero error."""
+    if length < 20:
+        raise NetlinkError(errno.EPROTO, f"truncated NLMSG_ERROR ({length} bytes)")
+    (err,) = NLMSGERR.unpack_from(buf, off + 16)
+    if err:
+        raise NetlinkError(-err, f"netlink sock_diag: {os.strerror(-err)}")
+
+
+def _bad_length(length: int, off: int, size: int) -> NetlinkError:
+    return NetlinkError(
+        errno.EPROTO, f"malformed netlink message: nlmsg_len {length} at {off} of {size}"
+    )
+
+
+@dataclass(slots=True)
+class Chunk:
+    """What one datagram of a dump held."""
+
+    records: list[tuple[int, int, int, bytes, int, int, int]]
+    done: bool
+    interrupted: bool
+
+
+def parse_inet_dump(buf: bytes) -> Chunk:
+    """Parse one datagram of an inet_diag dump into hot records.
+
+    Each record is ``(family, state, sport_raw, src16, rqueue, wqueue,
+    inode)`` where
+    ``sport_raw`` is the big-endian port read as a native u16. Raises
+    NetlinkError on NLMSG_ERROR; ``done`` is set by NLMSG_DONE.
+    """
+    records: list[tuple[int, int, int, bytes, int, int, int]] = []
+    append = records.append
+    unpack = INET_HOT.unpack_from
+    size = len(buf)
+    off = 0
+    done = False
+    intr = 0
+    while off + 16 <= size:
+        length, mtype, flags = NLMSGHDR.unpack_from(buf, off)[:3]
+        if length < 16 or off + length > size:
+            raise _bad_length(length, off, size)
+        intr |= flags
+        if mtype == SOCK_DIAG_BY_FAMILY:
+            if length < 16 + INET_DIAG_MSG_SIZE:
+                raise _bad_length(length, off, size)
+            append(unpack(buf, off)[3:])
+        elif mtype == NLMSG_DONE:
+            done = True
+        elif mtype == NLMSG_ERROR:
+            raise_for_error(buf, off, length)
+            done = True
+        off += _align(length)
+    return Chunk(records, done, bool(intr & NLM_F_DUMP_INTR))
+
+
+def iter_attrs(buf: bytes, off: int, end: int) -> Iterable[tuple[int, bytes]]:
+    """Yield ``(nla_type, payload)`` for the attributes in ``buf[off:end]``."""
+    while off + 4 <= end:
+        nla_len, nla_type = NLATTR.unpack_from(buf, off)
+        if nla_len < 4 or off + nla_len > end:
+            raise _bad_length(nla_len, off, end)
+        yield nla_type & 0x3FFF, bytes(buf[off + 4 : off + nla_len])
+        off += _align(nla_len)
+
+
+@dataclass(frozen=True, slots=True)
+class InetSocket:
+    """One full inet_diag_msg with its attributes (single-socket answers)."""
+
+    family: int
+    state: int
+    src: bytes
+    sport: int
+    dst: bytes
+    dport: int
+    rqueue: int
+    wqueue: int
+    uid: int
+    inode: int
+    attrs: dict[int, bytes]
+
+
+def parse_inet_full(buf: bytes) -> tuple[list[InetSocket], bool]:
+    """Parse a whole inet_diag answer into InetSocket records and ``done``."""
+    out: list[InetSocket] = []
+    off = 0
+    size = len(buf)
+    done = False
+    while off + 16 <= size:
+        length, mtype = NLMSGHDR.unpack_from(buf, off)[:2]
+        if length < 16 or off + length > size:
+            raise _bad_length(length, off, size)
+        if mtype == SOCK_DIAG_BY_FAMILY:
+            if length < 16 + INET_DIAG_MSG_SIZE:
+                raise _bad_length(length, off, size)
+            f = INET_FULL.unpack_from(buf, off + 16)
+            attrs = dict(iter_attrs(buf, off + 16 + INET_DIAG_MSG_SIZE, off + length))
+            out.append(
+                InetSocket(
+                    family=f[0],
+                    state=f[1],
+                    src=f[6],
+                    sport=int.from_bytes(f[4], "big"),
+                    dst=f[7],
+                    dport=int.from_bytes(f[5], "big"),
+                    rqueue=f[12],
+                    wqueue=f[13],
+                    uid=f[14],
+                    inode=f[15],
+                    attrs=attrs,
+                )
+            )
+        elif mtype == NLMSG_DONE:
+            done = True
+        elif mtype == NLMSG_ERROR:
+            raise_for_error(buf, off, length)
+            done = True
+        off += _align(length)
+    return out, done
+
+
+@dataclass(frozen=True, slots=True)
+class UnixSocket:
+    """One unix_diag_msg: state, inode, bound name and queue lengths."""
+
+    type: int
+    state: int
+    inode: int
+    name: str | None
+    rqueue: int
+    wqueue: int
+
+
+def _unix_name(raw: bytes) -> str:
+    if raw[:1] == b"\0":
+        return "@" + os.fsdecode(raw[1:])
+    return os.fsdecode(raw.rstrip(b"\0"))
+
+
+def parse_unix_dump(buf: bytes) -> tuple[list[UnixSocket], bool, bool]:
+    """Parse one datagram of a unix_diag dump: records, done, interrupted."""
+    out: list[UnixSocket] = []
+    off = 0
+    size = len(buf)
+    done = False
+    intr = 0
+    while off + 16 <= size:
+        length, mtype, flags = NLMSGHDR.unpack_from(buf, off)[:3]
+        if length < 16 or off + length > size:
+            raise _bad_length(length, off, size)
+        intr |= flags
+        if mtype == SOCK_DIAG_BY_FAMILY:
+            if length < 16 + UNIX_DIAG_MSG.size:
+                raise _bad_length(length, off, size)
+            _fam, stype, state, ino, _c0, _c1 = UNIX_DIAG_MSG.unpack_from(buf, off + 16)
+            name = None
+            rq = wq = 0
+            for atype, payload in iter_attrs(buf, off + 16 + UNIX_DIAG_MSG.size, off + length):
+                if atype == UNIX_DIAG_NAME:
+                    name = _unix_name(payload)
+                elif atype == UNIX_DIAG_RQLEN and len(payload) >= 8:
+                    rq, wq = UNIX_DIAG_RQLEN_S.unpack_from(payload)
+            out.append(UnixSocket(stype, state, ino, name, rq, wq))
+        elif mtype == NLMSG_DONE:
+            done = True
+        elif mtype == NLMSG_ERROR:
+            raise_for_error(buf, off, length)
+            done = True
+        off += _align(length)
+    return out, done, bool(intr & NLM_F_DUMP_INTR)
+
+
+@dataclass(slots=True)
+class CountChunk:
+    """One datagram of a single-name dump: its listeners and a count."""
+
+    listeners: list[tuple[int, int, int, bytes, int, int, int]]
+    active: int
+    done: bool
+    interrupted: bool
+
+
+def count_inet_dump(buf: bytes) -> CountChunk:
+    """Parse a datagram of a dump whose sockets all belong to one name.
+
+    ``active`` counts ESTABLISHED sockets with an inode (accepted); LISTEN
+    records come back whole. When every message in the datagram has the same
+    ``nlmsg_len`` and type (the usual case: the kernel fills a datagram with
+    same-sized inet_diag_msg records) the columns are read with strided
+    slices, at C speed; anything else goes through :func:`parse_inet_dump`.
+    """
+    size = len(buf)
+    if size >= 16 + INET_DIAG_MSG_SIZE:
+        length, mtype = NLMSGHDR.unpack_from(buf, 0)[:2]
+        stride = _align(length)
+        if (
+            mtype == SOCK_DIAG_BY_FAMILY
+            and length >= 16 + INET_DIAG_MSG_SIZE
+            and size % stride == 0
+        ):
+            n = size // stride
+            # nlmsg_len and nlmsg_type (bytes 0-5) identical in every message
+            if all(buf[j::stride] == buf[j : j + 1] * n for j in range(6)):
+                return _count_uniform(buf, stride, n)
+    chunk = parse_inet_dump(buf)
+    active = 0
+    listeners = []
+    for rec in chunk.records:
+        if rec[1] == TCP_LISTEN:
+            listeners.append(rec)
+        elif rec[1] == TCP_ESTABLISHED and rec[6]:
+            active += 1
+    return CountChunk(listeners, active, chunk.done, chunk.interrupted)
+
+
+def _count_uniform(buf: bytes, stride: int, n: int) -> CountChunk:
+    states = buf[17::stride]  # idiag_state of each message
+    flags = buf[6::stride]  # low byte of nlmsg_flags
+    interrupted = any(f & NLM_F_DUMP_INTR for f in set(flags))
+    zero_inodes = memoryview(buf).cast("I")[84 // 4 :: stride // 4].tolist().count(0)
+    established = states.count(TCP_ESTABLISHED)
+    listeners = []
+    pos = states.find(TCP_LISTEN)
+    while pos >= 0:
+        listeners.append(INET_HOT.unpack_from(buf, pos * stride)[3:])
+        pos = states.find(TCP_LISTEN, pos + 1)
+    other = n - established - len(listeners)
+    if other:  # states nobody asked for: count them the slow way
+        chunk = parse_inet_dump(buf)
+        active = sum(1 for r in chunk.records if r[1] == TCP_ESTABLISHED and r[6])
+        return CountChunk(listeners, active, False, interrupted)
+    zero_listeners = sum(1 for r in listeners if not r[6])
+    active = established - (zero_inodes - zero_listeners)
+    return CountChunk(listeners, active, False, interrupted)
+
+
+def unix_name_attr(name: str) -> bytes:
+    """The UNIX_DIAG_NAME attribute the kernel writes for a socket name.
+
+    The kernel stores a path with its terminating NUL and an abstract name
+    (``@name`` here) as a leading NUL and the name's bytes (linux/unix_diag.h,
+    af_unix.c unix_mkname_bsd).
+    """
+    raw = b"\0" + os.fsencode(name[1:]) if name[:1] == "@" else os.fsencode(name) + b"\0"
+    return NLATTR.pack(4 + len(raw), UNIX_DIAG_NAME) + raw
+
+
+def count_unix_names(buf: bytes, needles: dict[str, bytes]) -> tuple[dict[str, int], bool, bool]:
+    """Count messages of a unix_diag dump (UDIAG_SHOW_NAME only) per name.
+
+    Messages are stepped by ``nlmsg_len`` to find NLMSG_DONE/NLMSG_ERROR and
+    NLM_F_DUMP_INTR; each name is counted by searching its exact
+    UNIX_DIAG_NAME attribute (length, type and bytes) in the datagram, which
+    a path cannot contain by accident (it holds NUL bytes).
+    """
+    size = len(buf)
+    off = 0
+    done = False
+    intr = 0
+    unpack = NLMSGHDR.unpack_from
+    while off + 16 <= size:
+        length, mtype, flags, _seq, _pid = unpack(buf, off)
+        if length < 16 or off + length > size:
+            raise _bad_length(length, off, size)
+        intr |= flags
+        if mtype == NLMSG_DONE:
+            done = True
+        elif mtype == NLMSG_ERROR:
+            raise_for_error(buf, off, length)
+            done = True
+        off += (length + 3) & ~3
+    counts = {name: buf.count(needle) for name, needle in needles.items()}
+    return counts, done, bool(intr & NLM_F_DUMP_INTR)

@@ -1,0 +1,61 @@
+"""TcpExt ListenOverflows and ListenDrops from /proc/net/netstat."""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+
+from ._errors import UnavailableError
+
+__all__ = ["ListenOverflows", "listen_overflows", "parse_netstat"]
+
+NETSTAT_PATH = "/proc/net/netstat"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenOverflows:
+    """Kernel counters since boot, for the caller's network namespace.
+
+    ``listen_overflows``: times a completed handshake found the accept queue
+    full (TcpExt ListenOverflows). ``listen_drops``: every SYN or handshake
+    dropped on a listener, overflows included (TcpExt ListenDrops), so
+    ``listen_drops >= listen_overflows``.
+    """
+
+    listen_overflows: int
+    listen_drops: int
+
+
+def parse_netstat(text: str) -> dict[str, dict[str, int]]:
+    """Parse /proc/net/netstat (or /proc/net/snmp) text: {section: {key: value}}.
+
+    Each section is a header line ``TcpExt: Name ...`` followed by a value line
+    ``TcpExt: 1 ...`` with the same prefix.
+    """
+    out: dict[str, dict[str, int]] = {}
+    lines = text.splitlines()
+    for head, values in zip(lines[::2], lines[1::2], strict=False):
+        hp, _, hkeys = head.partition(":")
+        vp, _, vvals = values.partition(":")
+        if hp != vp:
+            raise ValueError(f"mismatched netstat lines {head[:20]!r} / {values[:20]!r}")
+        out[hp] = dict(zip(hkeys.split(), map(int, vvals.split()), strict=True))
+    return out
+
+
+def listen_overflows(path: str = NETSTAT_PATH) -> ListenOverflows:
+    """Read TcpExt ListenOverflows and ListenDrops.
+
+    >>> counters = listen_overflows()
+    >>> counters.listen_drops >= counters.listen_overflows
+    True
+    """
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise UnavailableError(
+            errno.ENOENT, f"{path} is unavailable on this platform (Linux only)"
+        ) from None
+    tcpext = parse_netstat(text).get("TcpExt", {})
+    return ListenOverflows(tcpext.get("ListenOverflows", 0), tcpext.get("ListenDrops", 0))
