@@ -1,0 +1,140 @@
+"""The ASGI glue: count ``calling``/``writing`` around the app, serve the endpoint.
+
+Pure ASGI (no ``BaseHTTPMiddleware``): per-request state lives in locals
+and one closure, bookkeeping in ``try/finally``.  Everything else is
+:class:`raindrops_core.RaindropsState`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from raindrops_core import DEFAULT_ALLOW, DEFAULT_PATH, DEFAULT_SLOTS, RaindropsState
+from starlette.requests import Request
+from starlette.responses import Response
+
+__all__ = ["RaindropsMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_CALLING, _WRITING, _DONE = 1, 2, 3
+
+
+def _is_last(message: Message, trailers: bool) -> bool:
+    """Whether ``message`` ends the response (body, pathsend, zero-copy, trailers)."""
+    kind = message["type"]
+    if kind == "http.response.body" or kind == "http.response.zerocopysend":
+        return not trailers and not message.get("more_body", False)
+    if kind == "http.response.pathsend":
+        return True
+    if kind == "http.response.trailers":
+        return not message.get("more_trailers", False)
+    return False
+
+
+class RaindropsMiddleware:
+    """Pure ASGI middleware: raindrops gauges around ``app``, the stats endpoint at ``path``.
+
+    ``calling`` counts HTTP requests from entering ``app`` until it sends
+    ``http.response.start``; ``writing`` counts them from then until the last
+    body message has been sent (``more_body`` false, or
+    ``http.response.pathsend``, or the last trailers), or until ``app``
+    raises or is cancelled.  Exceptions propagate and leave the gauges exact.
+    Lifespan and websocket scopes pass through untouched.  A request to
+    ``path`` (any method; no body for ``HEAD``) answers the snapshot of every
+    worker, queried without blocking the event loop, and is not counted itself.
+
+    Options are those of :class:`raindrops_core.RaindropsState` (``listeners``,
+    ``segment``, ``allow``, ``slots``), or pass a ready ``state``.
+
+    Example::
+
+        from starlette.applications import Starlette
+        from raindrops_asgi import RaindropsMiddleware
+
+        app = RaindropsMiddleware(Starlette(routes=...))
+        # uvicorn --workers 4 app:app ; curl http://127.0.0.1:8000/_raindrops
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        path: str = DEFAULT_PATH,
+        listeners: Iterable[str] | None = None,
+        segment: str | os.PathLike[str] | None = None,
+        allow: Iterable[str] = DEFAULT_ALLOW,
+        slots: int = DEFAULT_SLOTS,
+        state: RaindropsState | None = None,
+    ) -> None:
+        self.app = app
+        if state is None:
+            state = RaindropsState(
+                path=path, listeners=listeners, segment=segment, allow=allow, slots=slots
+            )
+        self.state = state
+        self._path = state.path
+
+    def __repr__(self) -> str:
+        return f"RaindropsMiddleware({self.app!r}, state={self.state!r})"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == self._path:
+            await self._endpoint(scope, receive, send)
+            return
+        state = self.state
+        row = state.row
+        if row is None:
+            row = state.claim()
+        phase = _CALLING
+        trailers = False
+
+        async def counted_send(message: Message) -> None:
+            nonlocal phase, trailers
+            if phase == _CALLING:
+                if message["type"] == "http.response.start":
+                    phase = _WRITING
+                    trailers = bool(message.get("trailers", False))
+                    row.decr_calling()
+                    row.incr_writing()
+                await send(message)
+                return
+            await send(message)
+            if phase == _WRITING:
+                if message["type"] == "http.response.body":
+                    if trailers or message.get("more_body", False):
+                        return
+                elif not _is_last(message, trailers):
+                    return
+                phase = _DONE
+                row.decr_writing()
+
+        row.incr_calling()
+        try:
+            await self.app(scope, receive, counted_send)
+        finally:
+            if phase == _CALLING:
+                row.decr_calling()
+            elif phase == _WRITING:
+                row.decr_writing()
+
+    async def _endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope)
+        client = scope.get("client")
+        reply = await self.state.arespond(
+            request.method,
+            str(client[0]) if client else None,
+            request.headers.get("accept"),
+            scope.get("query_string", b"").decode("latin-1"),
+        )
+        response = Response(reply.body, status_code=reply.status, headers=dict(reply.headers))
+        await response(scope, receive, send)

@@ -1,0 +1,229 @@
+"""The pure ASGI middleware, driven with Starlette's TestClient and by hand."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from raindrops_asgi import ConfigError, RaindropsMiddleware
+from raindrops_core import ANONYMOUS
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+LOCAL = ("127.0.0.1", 50000)
+
+
+def _middleware(app: Any, **kwargs: Any) -> RaindropsMiddleware:
+    kwargs.setdefault("listeners", [])
+    kwargs.setdefault("segment", ANONYMOUS)
+    return RaindropsMiddleware(app, **kwargs)
+
+
+def _app(seen: list[tuple[int, int]]) -> RaindropsMiddleware:
+    async def hello(request: Request) -> Response:
+        seen.append(mw.state.counts())
+        return PlainTextResponse("hello\n")
+
+    async def stream(request: Request) -> Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(2):
+                seen.append(mw.state.counts())
+                yield f"chunk {i}\n".encode()
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    async def fail(request: Request) -> Response:
+        raise RuntimeError("app failed")
+
+    routes = [Route("/", hello), Route("/stream", stream), Route("/fail", fail)]
+    mw = _middleware(Starlette(routes=routes))
+    return mw
+
+
+def test_endpoint_answers_ruby_text_with_exact_headers() -> None:
+    """GET /_raindrops answers the plain text with Content-Type and Content-Length only."""
+    mw = _app([])
+    with TestClient(mw, client=LOCAL) as client:
+        resp = client.get("/_raindrops")
+    assert (resp.status_code, resp.content) == (200, b"calling: 0\nwriting: 0\n")
+    assert resp.headers.multi_items() == [
+        ("content-type", "text/plain"),
+        ("content-length", "22"),
+    ]
+
+
+def test_calling_inside_the_app_and_writing_while_streaming() -> None:
+    """``calling`` is 1 inside the app; ``writing`` is 1 while the body streams; then 0."""
+    seen: list[tuple[int, int]] = []
+    mw = _app(seen)
+    with TestClient(mw, client=LOCAL) as client:
+        assert client.get("/").text == "hello\n"
+        assert client.get("/stream").text == "chunk 0\nchunk 1\n"
+        stats = client.get("/_raindrops").content
+    assert seen == [(1, 0), (0, 1), (0, 1)]
+    assert stats == b"calling: 0\nwriting: 0\n"
+
+
+def test_app_exception_propagates_and_leaves_gauges_at_zero() -> None:
+    """An exception from the app reaches the server and both gauges return to 0."""
+    mw = _app([])
+    with TestClient(mw, client=LOCAL) as client, pytest.raises(RuntimeError, match="app failed"):
+        client.get("/fail")
+    assert mw.state.counts() == (0, 0)
+
+
+def test_endpoint_formats_head_and_access() -> None:
+    """Accept/format pick JSON or Prometheus; HEAD has no body; others get 403 or 400."""
+    mw = _app([])
+    with TestClient(mw, client=LOCAL) as client:
+        doc = client.get("/_raindrops", headers={"accept": "application/json"}).json()
+        prom = client.get("/_raindrops?format=prometheus")
+        head = client.head("/_raindrops")
+        post = client.post("/_raindrops")
+        bad = client.get("/_raindrops?format=xml")
+    assert doc == {
+        "calling": 0,
+        "writing": 0,
+        "listeners": {},
+        "listen_overflows": doc["listen_overflows"],
+        "unavailable": doc["unavailable"],
+    }
+    assert prom.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert b"\nraindrops_writing 0.0\n" in prom.content
+    assert (head.status_code, head.content, head.headers["content-length"]) == (200, b"", "22")
+    assert post.content == b"calling: 0\nwriting: 0\n"
+    assert bad.status_code == 400
+    with TestClient(mw, client=("192.0.2.9", 1)) as client:
+        denied = client.get("/_raindrops")
+    assert (denied.status_code, denied.content) == (
+        403,
+        b"403 Forbidden: client 192.0.2.9 is not in the allow-list\n",
+    )
+
+
+def _scope(path: str = "/x") -> dict[str, Any]:
+    return {"type": "http", "path": path, "method": "GET", "headers": [], "query_string": b""}
+
+
+async def _no_receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def test_cancelled_app_leaves_gauges_exact() -> None:
+    """Cancelling a request inside the app or mid-body brings both gauges back to 0."""
+    started = asyncio.Event()
+    phase: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/body":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        phase.append(str(mw.state.counts()))
+        started.set()
+        await asyncio.sleep(30)
+
+    mw = _middleware(app)
+
+    async def sent(message: Any) -> None:
+        return None
+
+    async def run(path: str) -> None:
+        started.clear()
+        task = asyncio.ensure_future(mw(_scope(path), _no_receive, sent))
+        await asyncio.wait_for(started.wait(), 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    async def main() -> None:
+        await run("/x")
+        await run("/body")
+
+    asyncio.run(main())
+    assert phase == ["(1, 0)", "(0, 1)"]
+    assert mw.state.counts() == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("messages", "writing_after"),
+    [
+        ([{"type": "http.response.pathsend", "path": "/etc/hostname"}], [0]),
+        (
+            [
+                {"type": "http.response.body", "body": b"a", "more_body": True},
+                {"type": "http.response.body", "body": b"b"},
+            ],
+            [1, 0],
+        ),
+    ],
+)
+def test_writing_ends_at_the_last_body_message(
+    messages: list[dict[str, Any]], writing_after: list[int]
+) -> None:
+    """``writing`` ends once the final body (or pathsend) message has been sent."""
+    after: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for message in messages:
+            await send(message)
+            after.append(mw.state.counts()[1])
+
+    mw = _middleware(app)
+
+    async def sent(message: Any) -> None:
+        return None
+
+    asyncio.run(mw(_scope(), _no_receive, sent))
+    assert after == writing_after
+
+
+def test_trailers_end_writing_after_the_last_trailers() -> None:
+    """With ``trailers: True`` the response ends at the last trailers message, not the body."""
+    after: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.body", "body": b"a"})
+        after.append(mw.state.counts()[1])
+        await send({"type": "http.response.trailers", "headers": []})
+        after.append(mw.state.counts()[1])
+
+    mw = _middleware(app)
+
+    async def sent(message: Any) -> None:
+        return None
+
+    asyncio.run(mw(_scope(), _no_receive, sent))
+    assert after == [1, 0]
+
+
+def test_lifespan_and_websocket_scopes_pass_through_untouched() -> None:
+    """Non-HTTP scopes reach the app with the very same receive and send callables."""
+    calls: list[tuple[str, bool, bool]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {}
+
+    async def send(message: Any) -> None:
+        return None
+
+    async def app(scope: Any, r: Any, s: Any) -> None:
+        calls.append((scope["type"], r is receive, s is send))
+
+    mw = _middleware(app)
+    asyncio.run(mw({"type": "lifespan"}, receive, send))
+    asyncio.run(mw({"type": "websocket", "path": "/_raindrops"}, receive, send))
+    assert calls == [("lifespan", True, True), ("websocket", True, True)]
+    assert mw.state.counts() == (0, 0)
+
+
+def test_malformed_listener_fails_at_construction() -> None:
+    """A bad listener name is a ConfigError when the middleware is built."""
+    with pytest.raises(ConfigError, match=r"malformed listener '1\.2\.3\.4'"):
+        RaindropsMiddleware(_app([]), listeners=["1.2.3.4"])

@@ -1,0 +1,312 @@
+"""The ASGI Watcher and LastDataRecv apps, driven by hand-made ASGI messages (no server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from raindrops_asgi.watcher import LastDataRecv, Watcher
+
+L = "127.0.0.1:8080"
+
+
+@dataclass(frozen=True)
+class Stats:
+    active: int
+    queued: int
+
+
+class Feed:
+    """An async fetch returning whatever the test set last, counting calls."""
+
+    def __init__(self, values: Mapping[str, tuple[int, int]]) -> None:
+        self.values = dict(values)
+        self.calls = 0
+
+    async def __call__(self, names: Sequence[str] | None) -> Mapping[str, Stats]:
+        self.calls += 1
+        return {k: Stats(*v) for k, v in self.values.items()}
+
+
+def scope(path: str, method: str = "GET", query: bytes = b"", **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "root_path": extra.pop("root_path", ""),
+        "query_string": query,
+        "headers": extra.pop("headers", [(b"host", b"testserver")]),
+        **extra,
+    }
+
+
+async def call(app: Any, sc: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(sc, receive, send)
+    start = sent[0]
+    headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return start["status"], headers, body
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def make(**kw: Any) -> Watcher:
+    return Watcher([L], delay=3600, afetch=Feed({L: (1, 2)}), **kw)
+
+
+def test_lifespan_starts_and_stops_the_sampler() -> None:
+    """Lifespan startup starts one sampler task; shutdown cancels it."""
+    app = make()
+
+    async def main() -> tuple[bool, bool, int]:
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        sent: list[str] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message["type"])
+
+        await inbox.put({"type": "lifespan.startup"})
+        task = asyncio.ensure_future(app({"type": "lifespan"}, inbox.get, send))
+        while not sent:
+            await asyncio.sleep(0.001)
+        running = app.engine.task_running
+        status, _, _ = await call(app, scope("/"))
+        await inbox.put({"type": "lifespan.shutdown"})
+        await asyncio.wait_for(task, 5)
+        assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+        return running, app.engine.task_running, status
+
+    assert run(main()) == (True, False, 200)
+    assert app.engine._afetch.calls == 1  # type: ignore[union-attr]
+
+
+def test_first_request_starts_sampler_without_lifespan() -> None:
+    """Without lifespan the first request starts the task; later ones reuse it."""
+    app = make()
+
+    async def main() -> tuple[int, bytes]:
+        for _ in range(3):
+            status, _, body = await call(app, scope("/"))
+        await app.aclose()
+        return status, body
+
+    status, body = run(main())
+    assert status == 200
+    assert b'<a href="/queued/127.0.0.1%3A8080.html">2</a>' in body
+    assert app.engine._afetch.calls == 1  # type: ignore[union-attr]
+
+
+def test_queued_txt_headers_and_head() -> None:
+    """GET /queued/<L>.txt answers the X-* headers; HEAD the same without body."""
+    app = make()
+
+    async def main() -> Any:
+        await call(app, scope("/"))
+        app.engine.record({L: Stats(0, 6)})
+        got = await call(app, scope("/queued/127.0.0.1:8080.txt"))
+        head = await call(app, scope("/queued/127.0.0.1:8080.txt", "HEAD"))
+        await app.aclose()
+        return got, head
+
+    (status, headers, body), (hstatus, hheaders, hbody) = run(main())
+    assert status == 200
+    assert (headers["x-count"], headers["x-min"], headers["x-max"]) == ("2", "2", "6")
+    assert (headers["x-mean"], headers["x-std-dev"], headers["x-current"]) == ("4", "2", "6")
+    assert headers["content-length"] == str(len(body))
+    assert body.startswith(b"value |")
+    assert (hstatus, hbody, hheaders["content-length"]) == (200, b"", str(len(body)))
+
+
+def test_mounted_under_root_path() -> None:
+    """Under a root_path, links and redirects carry the prefix."""
+    app = make()
+
+    async def main() -> Any:
+        page = await call(app, scope("/mon/", root_path="/mon"))
+        reset = await call(app, scope("/mon/reset/127.0.0.1:8080", "POST", root_path="/mon"))
+        js = await call(app, scope("/mon/active/127.0.0.1:8080.json", root_path="/mon"))
+        await app.aclose()
+        return page, reset, js
+
+    page, reset, js = run(main())
+    assert b'href="/mon/active/127.0.0.1%3A8080.html"' in page[2]
+    assert (reset[0], reset[1]["location"]) == (303, "/mon/")
+    assert json.loads(js[2])["count"] == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/queued/10.0.0.9:1.txt", 404),
+        ("GET", "/queued/\ufffd.txt", 404),
+        ("GET", "/nothing", 404),
+        ("PATCH", "/", 405),
+        ("GET", "/reset/127.0.0.1:8080", 405),
+    ],
+)
+def test_errors(method: str, path: str, status: int) -> None:
+    """Unknown or malformed names are 404, wrong methods 405 with Allow, never 500."""
+    app = make()
+
+    async def main() -> Any:
+        got = await call(app, scope(path, method))
+        await app.aclose()
+        return got
+
+    got_status, headers, _ = run(main())
+    assert got_status == status
+    assert ("allow" in headers) is (status == 405)
+
+
+def test_tail_streams_until_disconnect() -> None:
+    """The tail streams qualifying lines and ends cleanly on http.disconnect."""
+    app = make()
+
+    async def main() -> tuple[list[bytes], int, bool]:
+        await call(app, scope("/"))
+        disconnect = asyncio.Event()
+        bodies: list[bytes] = []
+
+        async def receive() -> dict[str, Any]:
+            await disconnect.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                bodies.append(message["body"])
+                if len(bodies) == 2:
+                    disconnect.set()
+
+        sc = scope("/tail/127.0.0.1:8080.txt", query=b"active_min=2")
+        task = asyncio.ensure_future(app(sc, receive, send))
+        await asyncio.sleep(0.05)
+        for at, active in ((0.0, 1), (1.0, 2), (2.0, 3)):
+            app.engine.record({L: Stats(active, 0)}, at=at)
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(task, 5)
+        subs = app.engine.subscribers
+        await app.aclose()
+        return bodies, subs, task.done()
+
+    bodies, subs, done = run(main())
+    assert bodies == [
+        b"1970-01-01T00:00:01Z 127.0.0.1:8080 2 0\n",
+        b"1970-01-01T00:00:02Z 127.0.0.1:8080 3 0\n",
+    ]
+    assert (subs, done) == (0, True)
+
+
+def test_tail_max_seconds_ends_with_final_message() -> None:
+    """With tail_max_seconds the stream ends itself with a final empty body message."""
+    app = make(tail_max_seconds=0.1)
+
+    async def main() -> Any:
+        got = await call(app, scope("/tail/127.0.0.1:8080.json"))
+        await app.aclose()
+        return got
+
+    status, headers, body = run(main())
+    assert (status, headers["content-type"], body) == (200, "application/x-ndjson", b"")
+
+
+# -- LastDataRecv ---------------------------------------------------------------
+
+
+async def hello(sc: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hi"})
+
+
+def test_last_data_recv_records_each_request() -> None:
+    """One sample per request, looked up by the scope's address pair; then the report."""
+    seen: list[tuple[Any, Any]] = []
+
+    @dataclass
+    class Info:
+        last_data_recv: int
+
+    async def lookup(local: Any, remote: Any) -> Info:
+        seen.append((local, remote))
+        return Info(10 * len(seen))
+
+    app = LastDataRecv(hello, segment="anonymous", tcp_info_for=lookup)
+
+    async def main() -> Any:
+        for port in (5001, 5002, 5003):
+            extra = {"server": ("127.0.0.1", 8000), "client": ("127.0.0.1", port)}
+            assert (await call(app, scope("/", **extra)))[2] == b"hi"
+        return await call(app, scope("/raindrops/last_data_recv"))
+
+    status, headers, body = run(main())
+    assert seen[0] == (("127.0.0.1", 8000), ("127.0.0.1", 5001))
+    assert (status, headers["x-count"], headers["x-min"], headers["x-max"]) == (
+        200,
+        "3",
+        "10",
+        "30",
+    )
+    assert headers["x-mean"] == "20"
+    assert body.startswith(b"value |")
+
+
+def test_last_data_recv_json_and_passthrough() -> None:
+    """.json answers JSON; unknown connections are not recorded; lifespan passes through."""
+
+    async def lookup(local: Any, remote: Any) -> None:
+        return None
+
+    app = LastDataRecv(hello, segment="anonymous", tcp_info_for=lookup)
+
+    async def main() -> Any:
+        await call(app, scope("/", server=("127.0.0.1", 1), client=("127.0.0.1", 2)))
+        return await call(app, scope("/raindrops/last_data_recv.json"))
+
+    status, headers, body = run(main())
+    assert (status, headers["content-type"], json.loads(body)["count"]) == (
+        200,
+        "application/json",
+        0,
+    )
+
+
+@pytest.mark.linux
+def test_last_data_recv_finds_the_connection_by_address_pair() -> None:
+    """The default lookup (netlink, by scope server/client) records tcpi_last_data_recv in ms."""
+    import socket
+    import time
+
+    app = LastDataRecv(hello, segment="anonymous")
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        client = socket.create_connection(srv.getsockname())
+        conn, _ = srv.accept()
+        with client, conn:
+            client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            conn.recv(100)
+            time.sleep(0.25)  # the request's data arrived at least 250 ms ago
+            extra = {"server": conn.getsockname(), "client": conn.getpeername()}
+
+            async def main() -> Any:
+                await call(app, scope("/", **extra))
+                return await call(app, scope("/raindrops/last_data_recv"))
+
+            try:
+                status, headers, _ = run(main())
+            finally:
+                app.close()
+    assert (status, headers["x-count"]) == (200, "1")
+    assert 200 <= int(app.core.histogram.snapshot().min) < 10_000

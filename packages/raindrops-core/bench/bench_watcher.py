@@ -1,0 +1,128 @@
+"""Benchmark the Watcher's per-sample and per-page costs and LastDataRecv's per-request cost.
+
+Run: ``python bench/bench_watcher.py`` (or ``nox -s bench``); bounded to well
+under two minutes. Prints a Markdown table of ns/op (µs for pages) with
+ratios against the peers measured in the same run:
+
+- one sample into the aggregates vs keeping raw samples and computing the
+  same statistics with the ``statistics`` module when read;
+- one ``tcpi_last_data_recv`` record into the shared histogram vs
+  ``prometheus_client.Histogram.observe`` (in-process);
+- rendering a listener's text, JSON and HTML page.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from raindrops_core.watcher import Aggregate, LastDataRecvCore, WatcherCore
+
+
+@dataclass(frozen=True)
+class _Stats:
+    active: int
+    queued: int
+
+
+def _ns_per_op(fn: Callable[[], object], *, budget: float = 1.0) -> float:
+    n = 1
+    while True:
+        began = time.perf_counter_ns()
+        for _ in range(n):
+            fn()
+        took = time.perf_counter_ns() - began
+        if took > budget * 1e9 / 4 or n >= 1 << 24:
+            break
+        n *= 2
+    best = took / n
+    for _ in range(3):
+        began = time.perf_counter_ns()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter_ns() - began) / n)
+    return best
+
+
+def main() -> None:
+    rows: list[tuple[str, float, str, str]] = []
+
+    agg = Aggregate(reset_at=0.0)
+    values = [i % 17 for i in range(4096)]
+    it = iter(range(1 << 62))
+
+    def add() -> None:
+        agg.add(values[next(it) & 4095], 0.0)
+
+    raw: list[int] = []
+
+    def append() -> None:
+        raw.append(values[next(it) & 4095])
+
+    ours_add = _ns_per_op(add)
+    peer_add = _ns_per_op(append)
+    rows.append(("record one sample: Aggregate.add", ours_add, "ns", "1.00"))
+    rows.append(("peer: list.append (raw samples)", peer_add, "ns", f"{peer_add / ours_add:.2f}"))
+
+    full = Aggregate(reset_at=0.0)
+    window = values[:3600]
+    for v in window:
+        full.add(v, 0.0)
+
+    def peer_read() -> object:
+        return (
+            len(window),
+            min(window),
+            max(window),
+            statistics.fmean(window),
+            statistics.pstdev(window),
+        )
+
+    ours_read = _ns_per_op(full.stats)
+    peer_read_ns = _ns_per_op(peer_read)
+    rows.append(("read stats (3600 samples): Aggregate.stats", ours_read, "ns", "1.00"))
+    rows.append(
+        ("peer: statistics over raw samples", peer_read_ns, "ns", f"{peer_read_ns / ours_read:.2f}")
+    )
+
+    ldr = LastDataRecvCore(segment="anonymous")
+    ldr.record(1)
+    ours_ldr = _ns_per_op(lambda: ldr.record(7))
+    rows.append(("LastDataRecv record (shm histogram)", ours_ldr, "ns", "1.00"))
+    try:
+        from prometheus_client import CollectorRegistry, Histogram
+
+        prom = Histogram("ldr_ms", "wait", registry=CollectorRegistry())
+        peer_ldr = _ns_per_op(lambda: prom.observe(7))
+        rows.append(
+            (
+                "peer: prometheus_client Histogram.observe",
+                peer_ldr,
+                "ns",
+                f"{peer_ldr / ours_ldr:.2f}",
+            )
+        )
+    except ImportError:
+        rows.append(("peer: prometheus_client (not installed)", float("nan"), "ns", "-"))
+
+    name = "127.0.0.1:8080"
+    core = WatcherCore([name], fetch=lambda names: {}, history=300)
+    for i in range(300):
+        core.engine.record({name: _Stats(i % 7, i % 13)}, at=float(i))
+    txt = _ns_per_op(lambda: core.handle("GET", f"/queued/{name}.txt", ""), budget=0.5)
+    js = _ns_per_op(lambda: core.handle("GET", f"/queued/{name}.json", ""), budget=0.5)
+    page = _ns_per_op(lambda: core.handle("GET", f"/queued/{name}.html", ""), budget=0.5)
+    rows.append(("page /queued/L.txt", txt / 1000, "µs", "1.00"))
+    rows.append(("page /queued/L.json (300 history points)", js / 1000, "µs", f"{js / txt:.2f}"))
+    rows.append(("page /queued/L.html (2 SVG charts)", page / 1000, "µs", f"{page / txt:.2f}"))
+
+    print("| operation | time | unit | ratio (peer / ours, or vs .txt) |")
+    print("| --- | ---: | --- | ---: |")
+    for label, value, unit, ratio in rows:
+        print(f"| {label} | {value:,.0f} | {unit} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""raindrops-core: the framework-neutral core of the raindrops stats endpoint.
+
+The shared ``calling``/``writing`` gauges (a shm-counters scoreboard, one row
+per worker), listener discovery, the :class:`Snapshot` and its renderers:
+the Ruby original's plain text, JSON and Prometheus.  The WSGI and ASGI
+middleware (raindrops-wsgi, raindrops-asgi) are thin adapters over it.
+
+Example::
+
+    from raindrops_core import RaindropsState, render_text
+
+    state = RaindropsState(listeners=["127.0.0.1:8080"])
+    print(render_text(state.snapshot()).decode())
+"""
+
+from __future__ import annotations
+
+from ._access import ALLOW_ALL, DEFAULT_ALLOW, AccessList
+from ._discover import InheritedListener, discover_listeners, socket_name
+from ._errors import ConfigError, FormatError, RaindropsError
+from ._prometheus import RaindropsCollector, render_prometheus
+from ._render import render_json, render_text
+from ._snapshot import CONTENT_TYPES, Format, Snapshot, negotiate
+from ._state import (
+    ANONYMOUS,
+    DEFAULT_PATH,
+    DEFAULT_SLOTS,
+    FIELDS,
+    SEGMENT_ENV,
+    RaindropsState,
+    Reply,
+    default_segment_path,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALLOW_ALL",
+    "ANONYMOUS",
+    "CONTENT_TYPES",
+    "DEFAULT_ALLOW",
+    "DEFAULT_PATH",
+    "DEFAULT_SLOTS",
+    "FIELDS",
+    "SEGMENT_ENV",
+    "AccessList",
+    "ConfigError",
+    "Format",
+    "FormatError",
+    "InheritedListener",
+    "RaindropsCollector",
+    "RaindropsError",
+    "RaindropsState",
+    "Reply",
+    "Snapshot",
+    "default_segment_path",
+    "discover_listeners",
+    "negotiate",
+    "render_json",
+    "render_prometheus",
+    "render_text",
+    "socket_name",
+]

@@ -1,0 +1,159 @@
+"""Prometheus exposition of a snapshot, through prometheus_client.
+
+:class:`RaindropsCollector` is a custom collector: the endpoint renders
+with it, and users who already run prometheus_client register it in their
+own registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, cast
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest as _generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as _generate_openmetrics
+
+from ._snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from ._state import RaindropsState
+
+__all__ = ["RaindropsCollector", "render_prometheus"]
+
+# Typed views: prometheus_client annotates these loosely (or not at all),
+# and they only call ``.collect()`` on what they are given.
+generate_latest = cast(Callable[[Any], bytes], _generate_latest)
+generate_openmetrics = cast(Callable[[Any], bytes], _generate_openmetrics)
+
+
+def _metrics(snapshot: Snapshot, namespace: str) -> Iterator[Metric]:
+    ns = f"{namespace}_" if namespace else ""
+    yield GaugeMetricFamily(
+        f"{ns}calling",
+        "Requests inside the application right now, on every worker.",
+        value=snapshot.calling,
+    )
+    yield GaugeMetricFamily(
+        f"{ns}writing",
+        "Responses whose body is still being sent, on every worker.",
+        value=snapshot.writing,
+    )
+    available = "listeners" not in snapshot.unavailable
+    yield GaugeMetricFamily(
+        f"{ns}listeners_available",
+        "1 if listener queue statistics could be read (Linux netlink), else 0.",
+        value=1 if available else 0,
+    )
+    if available:
+        active = GaugeMetricFamily(
+            f"{ns}listener_active",
+            "Connections accepted on the listener and not yet closed.",
+            labels=["listener"],
+        )
+        queued = GaugeMetricFamily(
+            f"{ns}listener_queued",
+            "Connections waiting in the listen queue, not yet accepted.",
+            labels=["listener"],
+        )
+        backlog = GaugeMetricFamily(
+            f"{ns}listener_backlog",
+            "The listen queue's capacity (the listen() backlog).",
+            labels=["listener"],
+        )
+        for name, stats in snapshot.listeners.items():
+            active.add_metric([name], stats.active)
+            queued.add_metric([name], stats.queued)
+            if stats.backlog is not None:  # None: nothing listens there (yet)
+                backlog.add_metric([name], stats.backlog)
+        yield from (active, queued, backlog)
+    if snapshot.overflows is not None:
+        yield CounterMetricFamily(
+            f"{ns}listen_overflows",
+            "Times a listen queue was full (TcpExtListenOverflows, whole machine).",
+            value=snapshot.overflows.listen_overflows,
+        )
+        yield CounterMetricFamily(
+            f"{ns}listen_drops",
+            "SYNs dropped on listeners (TcpExtListenDrops, whole machine).",
+            value=snapshot.overflows.listen_drops,
+        )
+
+
+class RaindropsCollector:
+    """A prometheus_client collector of raindrops snapshots.
+
+    ``source`` is a :class:`RaindropsState` (the middleware's ``.state``) or
+    any callable returning a :class:`Snapshot`.  Metrics: ``raindrops_calling``,
+    ``raindrops_writing``, ``raindrops_listener_active``/``_queued``/``_backlog``
+    (label ``listener``), ``raindrops_listeners_available`` and, when
+    readable, ``raindrops_listen_overflows_total``/``raindrops_listen_drops_total``.
+
+    Example::
+
+        >>> from prometheus_client import CollectorRegistry, generate_latest
+        >>> registry = CollectorRegistry()
+        >>> registry.register(RaindropsCollector(middleware.state))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        source: RaindropsState | Callable[[], Snapshot],
+        *,
+        namespace: str = "raindrops",
+    ) -> None:
+        snapshot = getattr(source, "snapshot", None)
+        self._snapshot: Callable[[], Snapshot] = snapshot if callable(snapshot) else source  # type: ignore[assignment]
+        self._namespace = namespace
+
+    def __repr__(self) -> str:
+        return f"RaindropsCollector({self._snapshot!r}, namespace={self._namespace!r})"
+
+    def collect(self) -> Iterator[Metric]:
+        """Take one snapshot and yield its metric families."""
+        yield from _metrics(self._snapshot(), self._namespace)
+
+    def describe(self) -> list[Metric]:
+        """Nothing: registering must not take a snapshot (netlink) up front."""
+        return []
+
+
+class _Fixed:
+    """A collector of one given snapshot (what the endpoint renders)."""
+
+    __slots__ = ("_namespace", "_snapshot")
+
+    def __init__(self, snapshot: Snapshot, namespace: str) -> None:
+        self._snapshot = snapshot
+        self._namespace = namespace
+
+    def collect(self) -> Iterator[Metric]:
+        return _metrics(self._snapshot, self._namespace)
+
+
+def render_prometheus(
+    snapshot: Snapshot, *, openmetrics: bool = False, namespace: str = "raindrops"
+) -> bytes:
+    """The snapshot in Prometheus text exposition (0.0.4), or OpenMetrics 1.0.
+
+    In the Prometheus text format, a part that could not be read adds a
+    comment such as ``# listeners unavailable: ...`` at the end (OpenMetrics
+    has no comments: ``raindrops_listeners_available 0`` says it there too).
+
+    Example::
+
+        >>> print(render_prometheus(Snapshot(1, 0, {})).decode())  # doctest: +ELLIPSIS
+        # HELP raindrops_calling Requests inside the application right now, on every worker.
+        # TYPE raindrops_calling gauge
+        raindrops_calling 1.0
+        ...
+    """
+    fixed = _Fixed(snapshot, namespace)
+    if openmetrics:
+        return generate_openmetrics(fixed)
+    body = generate_latest(fixed)
+    notes = "".join(
+        f"# {part} unavailable: {' '.join(reason.split())}\n"
+        for part, reason in snapshot.unavailable.items()
+    )
+    return body + notes.encode()

@@ -1,0 +1,391 @@
+"""RaindropsState: where the gauges live, across fork and SIGKILL, and the endpoint's answers."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import stat
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import raindrops_core._state as state_module
+from linux_inet_diag import UnavailableError
+from raindrops_core import (
+    ANONYMOUS,
+    SEGMENT_ENV,
+    ConfigError,
+    Format,
+    InheritedListener,
+    RaindropsState,
+    default_segment_path,
+)
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"not true within {timeout}s")
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_INET)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock
+    finally:
+        sock.close()
+
+
+def _name(sock: socket.socket) -> str:
+    host, port = sock.getsockname()
+    return f"{host}:{port}"
+
+
+# -- configuration -----------------------------------------------------------
+
+
+def test_malformed_listener_is_a_config_error_at_construction() -> None:
+    """A listener name that is no address raises ConfigError naming it, not a silent drop."""
+    with pytest.raises(ConfigError) as info:
+        RaindropsState(listeners=["127.0.0.1:8080", "localhost:http"])
+    assert isinstance(info.value, ValueError)
+    message = str(info.value)
+    assert message.startswith("malformed listener 'localhost:http': ")
+    assert message.endswith("expected 'host:port', '[v6]:port' or '/unix/path'")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"listeners": "127.0.0.1:80"},
+            "listeners must be a list of names, not the single string '127.0.0.1:80'",
+        ),
+        (
+            {"segment": "rd.shm"},
+            "segment 'rd.shm' is not an absolute path; give one like "
+            "'/dev/shm/myapp.raindrops', or 'anonymous'",
+        ),
+        ({"path": "_raindrops"}, "path must be a string starting with '/', not '_raindrops'"),
+        ({"slots": 0}, "slots must be an int >= 1, not 0"),
+        (
+            {"allow": ["nope"]},
+            "allow entry 'nope' is not an IP network like '10.0.0.0/8' or '::1/128'",
+        ),
+    ],
+)
+def test_bad_options_raise_config_error(kwargs: dict[str, object], message: str) -> None:
+    """Every option is checked when the state is built, with a message naming the value."""
+    with pytest.raises(ConfigError) as info:
+        RaindropsState(**kwargs)  # type: ignore[arg-type]
+    assert str(info.value) == message
+
+
+def test_duplicate_listeners_are_reported_once_tcp_first() -> None:
+    """Listener names keep their given order, TCP before Unix, each once."""
+    state = RaindropsState(
+        listeners=["/run/a.sock", "127.0.0.1:80", "[::1]:80", "127.0.0.1:80"], segment=ANONYMOUS
+    )
+    assert state.listener_names() == ("127.0.0.1:80", "[::1]:80", "/run/a.sock")
+
+
+# -- where the scoreboard lives ----------------------------------------------
+
+
+def test_default_segment_path_is_derived_from_the_listener_inode() -> None:
+    """Workers holding the same listening socket derive the same path; none gives None."""
+    uid = os.getuid()
+    found = [InheritedListener(5, "[::]:80", 900), InheritedListener(3, "0.0.0.0:80", 700)]
+    path = default_segment_path(found)
+    assert path is not None
+    assert os.path.basename(path) == f"raindrops-{uid}-700"
+    assert default_segment_path([]) is None
+
+
+def test_env_var_names_the_segment_created_0600(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$RAINDROPS_SEGMENT chooses the segment file, created with mode 0600."""
+    path = tmp_path / "board"
+    monkeypatch.setenv(SEGMENT_ENV, str(path))
+    state = RaindropsState(listeners=[])
+    assert state.segment == str(path)
+    state.board  # noqa: B018 - opens the segment
+    assert state.segment_path == str(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_default_segment_under_a_server_listener(listener: socket.socket) -> None:
+    """With no option, a process holding a listener shares a segment named after it."""
+    expected = default_segment_path(
+        [InheritedListener(listener.fileno(), _name(listener), os.fstat(listener.fileno()).st_ino)]
+    )
+    assert expected is not None
+    try:
+        state = RaindropsState(listeners=[])
+        state.board  # noqa: B018 - opens the segment
+        assert state.segment_path == expected
+        assert os.path.exists(expected)
+    finally:
+        if os.path.exists(expected):
+            os.unlink(expected)
+
+
+def test_unusable_segment_warns_and_counts_in_anonymous_memory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A segment that cannot be created logs one warning; counting still works."""
+    path = tmp_path / "missing-dir" / "board"
+    state = RaindropsState(listeners=[], segment=path)
+    with caplog.at_level(logging.WARNING, logger="raindrops_core._state"):
+        row = state.claim()
+    row.incr_calling()
+    assert state.segment_path is None
+    assert state.counts() == (1, 0)
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        f"raindrops: cannot use the shared segment {path}"
+    ]
+
+
+# -- across processes --------------------------------------------------------
+
+
+def _fork_holding(state: RaindropsState, calling: int, writing: int) -> tuple[int, int]:
+    """Fork a child that claims a row, adds the gauges, reports its row, and waits."""
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.close(ready_r)
+            row = state.row or state.claim()
+            row.incr_calling(calling) if calling else None
+            row.incr_writing(writing) if writing else None
+            os.write(ready_w, str(row.index).encode())
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    try:
+        index = int(os.read(ready_r, 16) or b"-1")
+    finally:
+        os.close(ready_r)
+    return pid, index
+
+
+@pytest.mark.linux
+@pytest.mark.parametrize("where", ["named", "anonymous-before-fork"])
+def test_gauges_add_up_across_forked_workers_and_drop_a_killed_one(
+    where: str, tmp_path: Path
+) -> None:
+    """Children's rows add up in the parent's totals, and a SIGKILLed child stops counting."""
+    segment = tmp_path / "board" if where == "named" else ANONYMOUS
+    state = RaindropsState(listeners=[], segment=segment, liveness_ttl=0.1)
+    state.board  # noqa: B018 - made before fork, as under gunicorn --preload
+    mine = state.claim()
+    mine.incr_calling()
+    pids = []
+    try:
+        first, first_row = _fork_holding(state, 2, 1)
+        pids.append(first)
+        second, second_row = _fork_holding(state, 3, 0)
+        pids.append(second)
+        assert len({mine.index, first_row, second_row}) == 3
+        assert state.counts() == (6, 1)
+        os.kill(first, signal.SIGKILL)
+        os.waitpid(first, 0)
+        pids.remove(first)
+        _wait_until(lambda: state.counts() == (4, 0), timeout=2.0)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        mine.decr_calling()
+
+
+@pytest.mark.linux
+def test_a_child_forgets_the_parents_row(tmp_path: Path) -> None:
+    """After fork, the cached row is dropped so the child claims a row of its own."""
+    state = RaindropsState(listeners=[], segment=tmp_path / "board")
+    parent_row = state.claim()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            was_none = state.row is None
+            os.write(w, f"{was_none} {state.claim().index}".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as out:
+        was_none, index = out.read().decode().split()
+    os.waitpid(pid, 0)
+    assert (was_none, int(index) != parent_row.index) == ("True", True)
+
+
+# -- snapshots and the endpoint ----------------------------------------------
+
+
+@pytest.mark.linux
+def test_snapshot_counts_queued_and_active_connections(listener: socket.socket) -> None:
+    """Connections the test made are ``queued`` until accepted, then ``active``."""
+    name = _name(listener)
+    state = RaindropsState(listeners=[name], segment=ANONYMOUS)
+    clients = [socket.create_connection(listener.getsockname(), timeout=5) for _ in range(3)]
+    accepted: list[socket.socket] = []
+    try:
+        _wait_until(lambda: state.snapshot().listeners[name].queued == 3)
+        snap = state.snapshot()
+        assert (snap.listeners[name].active, snap.listeners[name].queued) == (0, 3)
+        accepted.append(listener.accept()[0])
+        snap = state.snapshot()
+        assert (snap.listeners[name].active, snap.listeners[name].queued) == (1, 2)
+        assert snap.unavailable == {}
+    finally:
+        for s in clients + accepted:
+            s.close()
+
+
+def _unavailable(*args: object, **kwargs: object) -> None:
+    raise UnavailableError(errno.ENOSYS, "netlink sock_diag needs Linux")
+
+
+def test_no_listener_means_no_netlink_query(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without listeners the snapshot holds only the gauges and asks the kernel nothing."""
+    monkeypatch.setattr(state_module, "tcp_listener_stats", _unavailable)
+    monkeypatch.setattr(state_module, "unix_listener_stats", _unavailable)
+    monkeypatch.setattr(state_module, "discover_listeners", lambda: ())
+    state = RaindropsState(segment=ANONYMOUS)
+    snap = state.snapshot()
+    assert (snap.calling, snap.writing, dict(snap.listeners)) == (0, 0, {})
+    assert "listeners" not in snap.unavailable
+
+
+def test_netlink_failure_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing listener query leaves calling/writing and names the missing part."""
+    monkeypatch.setattr(state_module, "tcp_listener_stats", _unavailable)
+    state = RaindropsState(listeners=["127.0.0.1:9", "/run/x.sock"], segment=ANONYMOUS)
+    state.claim().incr_writing()
+    reply = state.respond("GET", "127.0.0.1", None, "")
+    assert reply.body == b"calling: 0\nwriting: 1\n"
+    doc = json.loads(state.respond("GET", "127.0.0.1", "application/json", "").body)
+    assert doc["listeners"] == {}
+    assert doc["unavailable"] == {"listeners": "[Errno 38] netlink sock_diag needs Linux"}
+    prom = state.respond("GET", "127.0.0.1", None, "format=prometheus").body
+    assert prom.endswith(b"# listeners unavailable: [Errno 38] netlink sock_diag needs Linux\n")
+
+
+def test_async_snapshot_failure_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The async snapshot reports a failing query the same way."""
+
+    class FailingAsync:
+        async def tcp_listener_stats(self, addrs: object) -> None:
+            _unavailable()
+
+        def close(self) -> None:
+            return None
+
+    monkeypatch.setattr(state_module, "AsyncDiagSocket", FailingAsync)
+    state = RaindropsState(listeners=["127.0.0.1:9"], segment=ANONYMOUS)
+    snap = asyncio.run(state.asnapshot())
+    assert (dict(snap.listeners), dict(snap.unavailable)) == (
+        {},
+        {"listeners": "[Errno 38] netlink sock_diag needs Linux"},
+    )
+
+
+@pytest.mark.linux
+def test_async_snapshot_matches_the_kernel(listener: socket.socket) -> None:
+    """The async snapshot counts queued connections like the blocking one."""
+    name = _name(listener)
+    state = RaindropsState(listeners=[name], segment=ANONYMOUS)
+    client = socket.create_connection(listener.getsockname(), timeout=5)
+    try:
+        _wait_until(lambda: state.snapshot().listeners[name].queued == 1)
+        snap = asyncio.run(state.asnapshot())
+        assert (snap.listeners[name].active, snap.listeners[name].queued) == (0, 1)
+        assert snap.listeners[name].backlog == 16
+    finally:
+        client.close()
+
+
+def test_endpoint_refuses_clients_outside_the_allow_list() -> None:
+    """A client outside ``allow`` gets 403 text, before any snapshot is taken."""
+    state = RaindropsState(listeners=[], segment=ANONYMOUS)
+    reply = state.respond("GET", "192.0.2.1", None, "")
+    body = b"403 Forbidden: client 192.0.2.1 is not in the allow-list\n"
+    assert (reply.status_line, reply.headers, reply.body) == (
+        "403 Forbidden",
+        (("Content-Type", "text/plain"), ("Content-Length", str(len(body)))),
+        body,
+    )
+
+
+def test_endpoint_rejects_an_unknown_format_with_400() -> None:
+    """``?format=xml`` is a 400 naming the allowed formats; HEAD gets no body."""
+    state = RaindropsState(listeners=[], segment=ANONYMOUS)
+    reply = state.respond("GET", None, None, "format=xml")
+    assert reply.status == 400
+    assert reply.body.startswith(b"400 Bad Request: unknown format 'xml'; allowed: json")
+    head = state.respond("HEAD", None, None, "format=xml")
+    assert (head.status, head.body, head.headers) == (400, b"", reply.headers)
+
+
+def test_head_gets_the_headers_of_get_and_no_body() -> None:
+    """HEAD answers the same Content-Type and Content-Length as GET, with no body."""
+    state = RaindropsState(listeners=[], segment=ANONYMOUS)
+    get = state.respond("GET", "::1", None, None)
+    head = state.respond("HEAD", "::1", None, None)
+    assert get.body == b"calling: 0\nwriting: 0\n"
+    assert get.headers == (("Content-Type", "text/plain"), ("Content-Length", "22"))
+    assert (head.headers, head.body) == (get.headers, b"")
+
+
+def test_preflight_picks_the_format() -> None:
+    """Preflight returns the negotiated format for an allowed client."""
+    state = RaindropsState(listeners=[], segment=ANONYMOUS)
+    assert state.preflight("127.0.0.1", "application/json", "") is Format.JSON
+
+
+@pytest.mark.linux
+def test_full_scoreboard_warns_and_counts_privately(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With every row owned by a live worker, a new worker warns and still serves."""
+    state = RaindropsState(listeners=[], segment=tmp_path / "board", slots=1)
+    state.board  # noqa: B018 - opened before fork
+    pid, _ = _fork_holding(state, 1, 0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="raindrops_core._state"):
+            row = state.claim()
+        row.incr_calling()
+        assert state.counts() == (1, 0)  # the child's; this process's row is private
+        assert [r.getMessage() for r in caplog.records] == [
+            "raindrops: all 1 scoreboard rows are owned by live processes; this worker "
+            "counts in private memory (raise slots= above 1)"
+        ]
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def test_collector_reads_a_state() -> None:
+    """RaindropsCollector given a RaindropsState takes its snapshot at each collect."""
+    from raindrops_core import RaindropsCollector
+
+    state = RaindropsState(listeners=[], segment=ANONYMOUS)
+    state.claim().incr_calling(2)
+    metrics = {m.name: [s.value for s in m.samples] for m in RaindropsCollector(state).collect()}
+    assert (metrics["raindrops_calling"], metrics["raindrops_writing"]) == ([2.0], [0.0])
+    assert metrics["raindrops_listener_active"] == []

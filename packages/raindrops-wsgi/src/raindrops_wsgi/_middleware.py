@@ -1,0 +1,194 @@
+"""The WSGI glue: count ``calling``/``writing`` around the app, serve the endpoint.
+
+Everything else (where the counters live, listeners, formats, access) is
+:class:`raindrops_core.RaindropsState`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from raindrops_core import DEFAULT_ALLOW, DEFAULT_PATH, DEFAULT_SLOTS, RaindropsState
+from webob import Request, Response
+
+if TYPE_CHECKING:
+    from shm_counters import ScoreboardRow
+
+__all__ = ["RaindropsMiddleware"]
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+
+class _Closer:
+    """``close()`` for a body: forward to the inner one, then stop counting it as writing.
+
+    The bookkeeping runs in ``finally``, even when the inner ``close()``
+    raises, and only once however often ``close()`` is called.
+    """
+
+    __slots__ = ("_inner", "_row")
+
+    def __init__(self, inner: Callable[[], object] | None, row: ScoreboardRow) -> None:
+        self._inner = inner
+        self._row: ScoreboardRow | None = row
+
+    def __call__(self) -> None:
+        row = self._row
+        if row is None:
+            return
+        self._row = None
+        try:
+            if self._inner is not None:
+                self._inner()
+        finally:
+            row.decr_writing()
+
+
+class _CountedBody:
+    """The PEP 3333 body proxy: iterates the app's body, ``close()`` ends ``writing``.
+
+    ``close()`` forwards to the body's own, then does the bookkeeping in
+    ``finally`` (even when the inner ``close()`` raises), once.
+    """
+
+    __slots__ = ("_body", "_row")
+
+    def __init__(self, body: Iterable[bytes], row: ScoreboardRow) -> None:
+        self._body = body
+        self._row: ScoreboardRow | None = row
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        """Close the app's body (if it has ``close``), then stop counting it."""
+        row = self._row
+        if row is None:
+            return
+        self._row = None
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            row.decr_writing()
+
+    def __repr__(self) -> str:
+        return f"<counted body of {self._body!r}>"
+
+
+class _CountedList(_CountedBody):
+    """:class:`_CountedBody` for a list body, which has no ``close()`` to forward."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        """Stop counting the body as writing (once)."""
+        row = self._row
+        if row is not None:
+            self._row = None
+            row.decr_writing()
+
+
+def _count_file_wrapper(body: Any, row: ScoreboardRow) -> bool:
+    """Make the server's own file wrapper end ``writing`` on close, keeping its type.
+
+    Servers send a ``wsgi.file_wrapper`` body with sendfile() only if it is
+    an instance of their wrapper class (gunicorn:
+    ``isinstance(respiter, environ['wsgi.file_wrapper'])``), so a proxy
+    would lose that path.  Instead the instance's ``close`` attribute is
+    replaced (an instance attribute shadows the class's method); ``False``
+    if the object does not allow it (``__slots__``).
+    """
+    try:
+        body.close = _Closer(getattr(body, "close", None), row)
+    except (AttributeError, TypeError):
+        return False
+    return True
+
+
+class RaindropsMiddleware:
+    """WSGI middleware: raindrops gauges around ``app``, the stats endpoint at ``path``.
+
+    ``calling`` counts requests from entering ``app`` until it returns;
+    ``writing`` counts their bodies until the server calls ``close()``
+    (always forwarded to the app's body, PEP 3333).  A body built with the
+    server's ``wsgi.file_wrapper`` keeps its type, so gunicorn still sends
+    it with sendfile().  Exceptions from ``app`` propagate and leave the
+    gauges exact.  A request to ``path`` (any method; no body for ``HEAD``)
+    answers the snapshot of every worker and is not counted itself.
+
+    Options are those of :class:`raindrops_core.RaindropsState` (``listeners``,
+    ``segment``, ``allow``, ``slots``), or pass a ready ``state``.
+
+    Example::
+
+        from raindrops_wsgi import RaindropsMiddleware
+
+        app = RaindropsMiddleware(app)  # then: curl http://127.0.0.1:8000/_raindrops
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        path: str = DEFAULT_PATH,
+        listeners: Iterable[str] | None = None,
+        segment: str | os.PathLike[str] | None = None,
+        allow: Iterable[str] = DEFAULT_ALLOW,
+        slots: int = DEFAULT_SLOTS,
+        state: RaindropsState | None = None,
+    ) -> None:
+        self.app = app
+        if state is None:
+            state = RaindropsState(
+                path=path, listeners=listeners, segment=segment, allow=allow, slots=slots
+            )
+        self.state = state
+        self._path = state.path
+
+    def __repr__(self) -> str:
+        return f"RaindropsMiddleware({self.app!r}, state={self.state!r})"
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == self._path:
+            return self._endpoint(environ, start_response)
+        state = self.state
+        row = state.row
+        if row is None:
+            row = state.claim()
+        row.incr_calling()
+        try:
+            body = self.app(environ, start_response)
+        finally:
+            row.decr_calling()
+        row.incr_writing()
+        if type(body) is list:
+            return _CountedList(body, row)
+        wrapper = environ.get("wsgi.file_wrapper")
+        if (
+            wrapper is not None
+            and isinstance(wrapper, type)
+            and isinstance(body, wrapper)
+            and _count_file_wrapper(body, row)
+        ):
+            return body
+        return _CountedBody(body, row)
+
+    def _endpoint(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        request = Request(environ)
+        reply = self.state.respond(
+            request.method,
+            request.remote_addr,
+            request.headers.get("Accept"),
+            request.query_string,
+        )
+        response = Response(
+            status=reply.status_line, headerlist=list(reply.headers), app_iter=[reply.body]
+        )
+        result: Iterable[bytes] = response(environ, start_response)
+        return result

@@ -1,0 +1,22 @@
+"""Skip tests marked ``linux`` elsewhere; tolerate WebOb's import of ``cgi``."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``@pytest.mark.linux`` tests off Linux, saying why."""
+    if sys.platform.startswith("linux"):
+        return
+    skip = pytest.mark.skip(reason="needs Linux (netlink sock_diag, /proc)")
+    for item in items:
+        if "linux" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """WebOb 1.8 imports the stdlib ``cgi`` module, deprecated since Python 3.11: not ours."""
+    config.addinivalue_line("filterwarnings", "ignore:'cgi' is deprecated:DeprecationWarning")

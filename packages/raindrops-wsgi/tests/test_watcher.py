@@ -1,0 +1,213 @@
+"""The WSGI Watcher and LastDataRecv apps, driven with WebOb's Request.blank (no server)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from raindrops_wsgi.watcher import LastDataRecv, Watcher
+from webob import Request
+
+L = "127.0.0.1:8080"
+
+
+@dataclass(frozen=True)
+class Stats:
+    active: int
+    queued: int
+
+
+class Feed:
+    """A fetch returning whatever the test set last, counting calls."""
+
+    def __init__(self, values: Mapping[str, tuple[int, int]]) -> None:
+        self.values = dict(values)
+        self.calls = 0
+
+    def __call__(self, names: Sequence[str] | None) -> Mapping[str, Stats]:
+        self.calls += 1
+        return {k: Stats(*v) for k, v in self.values.items()}
+
+
+@pytest.fixture
+def watcher() -> Iterator[Watcher]:
+    app = Watcher([L], delay=3600, fetch=Feed({L: (1, 2)}), tail_max_seconds=2)
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def test_index_starts_one_sampler(watcher: Watcher) -> None:
+    """The first request starts the sampler once; GET / lists the listener's current counts."""
+    for _ in range(3):
+        resp = Request.blank("/").get_response(watcher)
+    assert resp.status_int == 200
+    assert resp.content_type == "text/html"
+    assert '<a href="/active/127.0.0.1%3A8080.html">1</a>' in resp.text
+    assert '<a href="/queued/127.0.0.1%3A8080.html">2</a>' in resp.text
+    assert watcher.engine._fetch.calls == 1  # type: ignore[attr-defined]
+    assert sum(t.name == "raindrops-watcher" for t in threading.enumerate()) == 1
+
+
+def test_queued_txt_headers(watcher: Watcher) -> None:
+    """GET /queued/<escaped L>.txt answers the X-* headers and the text histogram."""
+    Request.blank("/").get_response(watcher)
+    watcher.engine.record({L: Stats(0, 6)})
+    resp = Request.blank("/queued/127.0.0.1%3A8080.txt").get_response(watcher)
+    assert resp.status_int == 200
+    assert resp.headers["X-Count"] == "2"
+    assert (resp.headers["X-Min"], resp.headers["X-Max"], resp.headers["X-Mean"]) == ("2", "6", "4")
+    assert resp.headers["X-Std-Dev"] == "2"
+    assert resp.headers["X-Current"] == "6"
+    assert resp.headers["Content-Length"] == str(len(resp.body))
+    assert resp.body.startswith(b"value |")
+    assert "Expires" in resp.headers
+    assert "X-Last-Reset" in resp.headers
+
+
+def test_head_has_headers_no_body(watcher: Watcher) -> None:
+    """HEAD answers GET's status and headers with an empty body."""
+    get = Request.blank("/active/127.0.0.1%3A8080.html").get_response(watcher)
+    head = Request.blank("/active/127.0.0.1%3A8080.html", method="HEAD").get_response(watcher)
+    assert (head.status_int, head.body) == (200, b"")
+    assert head.headers["Content-Length"] == str(len(get.body))
+    assert head.headers["X-Count"] == get.headers["X-Count"]
+
+
+def test_json_variant(watcher: Watcher) -> None:
+    """GET /active/<L>.json answers the statistics as JSON."""
+    resp = Request.blank("/active/127.0.0.1%3A8080.json").get_response(watcher)
+    doc = json.loads(resp.body)
+    assert (resp.content_type, doc["count"], doc["current"]) == ("application/json", 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/queued/10.0.0.9%3A1.txt", 404),
+        ("GET", "/queued/%ff%fe.txt", 404),
+        ("GET", "/elsewhere", 404),
+        ("PUT", "/", 405),
+        ("GET", "/reset/127.0.0.1%3A8080", 405),
+    ],
+)
+def test_errors(watcher: Watcher, method: str, path: str, status: int) -> None:
+    """Unknown or malformed names are 404 and wrong methods 405, never 500."""
+    resp = Request.blank(path, method=method).get_response(watcher)
+    assert resp.status_int == status
+    if status == 405:
+        assert resp.headers["Allow"] in ("GET, HEAD", "POST")
+
+
+def test_reset_redirects_under_prefix(watcher: Watcher) -> None:
+    """POST /reset/<L> under a mount point clears the listener and 303s to its index."""
+    Request.blank("/").get_response(watcher)
+    req = Request.blank("/mon/reset/127.0.0.1%3A8080", method="POST")
+    req.script_name, req.path_info = "/mon", "/reset/127.0.0.1:8080"
+    resp = req.get_response(watcher)
+    assert (resp.status_int, resp.headers["Location"]) == (303, "http://localhost/mon/")
+    report = watcher.engine.report(L)
+    assert report is not None
+    assert report.queued.count == 0
+
+
+def test_tail_streams_lines_and_closes(watcher: Watcher) -> None:
+    """The tail body yields a line per qualifying sample; closing it drops the subscription."""
+    Request.blank("/").get_response(watcher)
+    env = Request.blank("/tail/127.0.0.1%3A8080.txt?queued_min=3").environ
+    started: list[Any] = []
+    body = watcher(env, lambda status, headers: started.append((status, headers)))
+    assert started[0][0] == "200 OK"
+    assert ("Content-Type", "text/plain; charset=utf-8") in started[0][1]
+    it = iter(body)
+
+    def feed() -> None:
+        time.sleep(0.05)
+        watcher.engine.record({L: Stats(1, 1)}, at=0.0)
+        watcher.engine.record({L: Stats(2, 3)}, at=1.0)
+
+    threading.Thread(target=feed).start()
+    assert next(it) == b"1970-01-01T00:00:01Z 127.0.0.1:8080 2 3\n"
+    assert watcher.engine.subscribers == 1
+    body.close()  # type: ignore[attr-defined]
+    assert watcher.engine.subscribers == 0
+
+
+def test_close_stops_sampler(watcher: Watcher) -> None:
+    """close() stops the sampler thread; the next request starts a new one."""
+    Request.blank("/").get_response(watcher)
+    assert watcher.engine.thread_running
+    watcher.close()
+    assert not watcher.engine.thread_running
+    Request.blank("/").get_response(watcher)
+    assert watcher.engine.thread_running
+
+
+# -- LastDataRecv ---------------------------------------------------------------
+
+
+def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hi\n"]
+
+
+@pytest.mark.linux
+def test_last_data_recv_records_from_gunicorn_socket() -> None:
+    """Each request with a client TCP socket records its tcpi_last_data_recv, in ms."""
+    app = LastDataRecv(hello, segment="anonymous")
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        client = socket.create_connection(srv.getsockname())
+        conn, _ = srv.accept()
+        client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        conn.recv(100)
+        time.sleep(0.25)  # the request's data arrived at least 250 ms ago
+        with client, conn:
+            for _ in range(3):
+                env = Request.blank("/").environ
+                env["gunicorn.socket"] = conn
+                assert Request(env).get_response(app).body == b"hi\n"
+    report = Request.blank("/raindrops/last_data_recv").get_response(app)
+    assert report.headers["X-Count"] == "3"
+    assert 200 <= int(report.headers["X-Min"]) <= int(report.headers["X-Max"]) < 10_000
+
+
+def test_last_data_recv_without_socket_not_recorded() -> None:
+    """Requests without a client socket pass through and are not recorded."""
+    app = LastDataRecv(hello, segment="anonymous")
+    assert Request.blank("/x").get_response(app).body == b"hi\n"
+    report = Request.blank("/raindrops/last_data_recv").get_response(app)
+    assert (report.status_int, report.headers["X-Count"]) == (200, "0")
+    assert "X-Min" not in report.headers
+
+
+def test_last_data_recv_json_and_errors() -> None:
+    """The .json path answers JSON; POST is 405; app=None answers 404 elsewhere."""
+
+    class Fake:
+        def __init__(self) -> None:
+            from shm_counters import Histogram
+
+            self.h = Histogram(log2_buckets=32)
+
+        def record(self, v: int) -> None:
+            self.h.record(v)
+
+        def snapshot(self) -> Any:
+            return self.h.snapshot()
+
+    app = LastDataRecv(None, histogram=Fake())
+    app.core.record(4)
+    app.core.record(6)
+    resp = Request.blank("/raindrops/last_data_recv.json").get_response(app)
+    assert json.loads(resp.body)["count"] == 2
+    assert resp.headers["X-Mean"] == "5"
+    post = Request.blank("/raindrops/last_data_recv", method="POST").get_response(app)
+    assert (post.status_int, post.headers["Allow"]) == (405, "GET, HEAD")
+    assert Request.blank("/other").get_response(app).status_int == 404
