@@ -133,7 +133,7 @@ def _tests_matrix() -> list[nox.param]:  # type: ignore[name-defined]
 @nox.session(python=DEFAULT_PYTHON)
 def lint(session: nox.Session) -> None:
     """Ruff lint and format check over the whole tree."""
-    session.install("ruff")
+    session.install("ruff>=0.17,<0.18")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -151,7 +151,7 @@ def typing(session: nox.Session, package: str) -> None:
 @nox.session
 @nox.parametrize(("python", "package"), _tests_matrix())
 def tests(session: nox.Session, package: str) -> None:
-    """One package's unit tests against its installed wheel (the counter core on 3.10-3.13)."""
+    """One package's tests against its installed copy (the counter core on 3.10-3.13)."""
     _install_local(session, package, groups=("test",))
     _pytest(session, str(PACKAGES / package / "tests"))
 
@@ -159,12 +159,27 @@ def tests(session: nox.Session, package: str) -> None:
 @nox.session(python=DEFAULT_PYTHON)
 def integration(session: nox.Session) -> None:
     """End-to-end tests under real gunicorn, uvicorn and hypercorn servers."""
+    _install_integration(session)
+    _pytest(session, "-m", "not browser", str(INTEGRATION))
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def browser(session: nox.Session) -> None:
+    """The Watcher's pages rendered by headless Chromium (Debian's chromium package)."""
+    if shutil.which("chromium") is None:
+        if os.environ.get("CI"):
+            session.error("chromium is not installed: .ci/run installs it with apt-get")
+        session.skip("chromium is not installed (apt-get install chromium chromium-driver)")
+    _install_integration(session)
+    _pytest(session, "-m", "browser", str(INTEGRATION))
+
+
+def _install_integration(session: nox.Session) -> None:
     _install_local(session, *_packages())
     group = nox.project.dependency_groups(
         nox.project.load_toml(INTEGRATION / "pyproject.toml"), "integration"
     )
     session.install(*group)
-    _pytest(session, str(INTEGRATION))
 
 
 @nox.session(python=DEFAULT_PYTHON)
