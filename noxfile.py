@@ -40,21 +40,24 @@ nox.options.error_on_missing_interpreters = False
 def _expose_pyenv_pythons() -> None:
     """Let pyenv's shims answer ``python3.X`` for every installed 3.10-3.13.
 
-    pyenv installs shims for every version but only runs those selected, so
-    nox would find ``python3.10`` on PATH and then fail to run it.
+    pyenv installs shims for every version but runs only the selected ones
+    (``PYENV_VERSION``, which ``pyenv exec`` sets for nox itself), so nox
+    would find ``python3.10`` on PATH and then fail to run it.
     """
-    if "PYENV_VERSION" in os.environ or shutil.which("pyenv") is None:
+    if shutil.which("pyenv") is None:
         return
     try:
-        out = subprocess.run(
+        installed = subprocess.run(
             ["pyenv", "versions", "--bare"], capture_output=True, text=True, check=True
-        ).stdout
+        ).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         return
-    installed = out.split()
-    current = subprocess.run(
-        ["pyenv", "version-name"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    current = (
+        os.environ.get("PYENV_VERSION")
+        or subprocess.run(
+            ["pyenv", "version-name"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    )
     chosen = [v for v in current.split(":") if v]
     for minor in PYTHONS:
         match = [v for v in installed if re.fullmatch(rf"{re.escape(minor)}\.\d+", v)]
@@ -65,6 +68,17 @@ def _expose_pyenv_pythons() -> None:
 
 
 _expose_pyenv_pythons()
+
+# Every default session runs on DEFAULT_PYTHON: without it CI would "pass"
+# having skipped everything, so say so and stop instead.
+if os.environ.get("CI") and shutil.which(f"python{DEFAULT_PYTHON}") is None:
+    raise SystemExit(f"python{DEFAULT_PYTHON} is needed and is not on PATH")
+if os.environ.get("CI"):
+    _probe = subprocess.run(
+        [f"python{DEFAULT_PYTHON}", "-c", "pass"], capture_output=True, check=False
+    )
+    if _probe.returncode != 0:
+        raise SystemExit(f"python{DEFAULT_PYTHON} does not run: {_probe.stderr.decode()}")
 
 
 def _pyproject(dist: str) -> dict:  # type: ignore[type-arg]
