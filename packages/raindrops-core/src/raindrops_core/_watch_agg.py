@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ._errors import ConfigError
+from ._state import _check_listeners, _is_unix
 
 __all__ = [
     "DEFAULT_DELAY",
@@ -267,34 +268,6 @@ class Subscription:
         engine, self._engine = self._engine, None
         if engine is not None:
             engine._unsubscribe(self)
-
-
-def _is_unix(name: str) -> bool:
-    return name.startswith(("/", "@"))
-
-
-def _check_listeners(listeners: Sequence[str] | None) -> tuple[str, ...] | None:
-    if listeners is None:
-        return None
-    if isinstance(listeners, (str, bytes)):
-        raise ConfigError(f"listeners must be a list of names, not the single string {listeners!r}")
-    from linux_inet_diag import AddressError, parse_address
-
-    names: list[str] = []
-    for name in listeners:
-        if not isinstance(name, str):
-            raise ConfigError(f"listener {name!r} is not a string like '127.0.0.1:8080'")
-        if not _is_unix(name):
-            try:
-                parse_address(name)
-            except AddressError as exc:
-                raise ConfigError(
-                    f"malformed listener {name!r}: {exc}; expected 'host:port', "
-                    "'[v6]:port' or '/unix/path'"
-                ) from exc
-        if name not in names:
-            names.append(name)
-    return tuple(names)
 
 
 def _check_positive(what: str, value: object, *, integer: bool = False) -> Any:
