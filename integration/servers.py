@@ -192,7 +192,7 @@ class _HTTPConnection(http.client.HTTPConnection):
         self._server = server
 
     def connect(self) -> None:
-        self.sock = self._server.connect(self.timeout)  # type: ignore[arg-type]
+        self.sock = self._server.connect(self.timeout)
 
 
 def _children(pid: int) -> list[int]:
