@@ -384,7 +384,7 @@ def test_hostile_requests_against_a_real_watcher(tmp_path: Path) -> None:
 LISTENER_HELP = (
     "expected 'IPV4:PORT' (e.g. '127.0.0.1:8080', '0.0.0.0:8080'), '[IPV6]:PORT' "
     "(e.g. '[::1]:8080', '[::]:8080') with PORT 1-65535, or a Unix socket path "
-    "('/path/to/unix.sock', '@abstract'); expected 'host:port', '[v6]:port' or '/unix/path'"
+    "('/path/to/unix.sock', '@abstract')"
 )
 RD_CASES: list[tuple[str, dict[str, Any], str]] = [
     (

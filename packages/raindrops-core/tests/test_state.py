@@ -63,7 +63,8 @@ def test_malformed_listener_is_a_config_error_at_construction() -> None:
     assert isinstance(info.value, ValueError)
     message = str(info.value)
     assert message.startswith("malformed listener 'localhost:http': ")
-    assert message.endswith("expected 'host:port', '[v6]:port' or '/unix/path'")
+    assert message.endswith("or a Unix socket path ('/path/to/unix.sock', '@abstract')")
+    assert message.count("expected") == 1
 
 
 @pytest.mark.parametrize(

@@ -148,10 +148,8 @@ def _check_listeners(listeners: Iterable[str] | None) -> tuple[str, ...] | None:
         try:
             parse_address(name)
         except AddressError as exc:
-            raise ConfigError(
-                f"malformed listener {name!r}: {exc}; expected 'host:port', "
-                "'[v6]:port' or '/unix/path'"
-            ) from exc
+            # The AddressError already lists every accepted form.
+            raise ConfigError(f"malformed listener {name!r}: {exc}") from exc
         if name not in names:
             names.append(name)
     return tuple(names)
