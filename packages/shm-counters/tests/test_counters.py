@@ -233,6 +233,7 @@ def test_use_after_close_raises_closed_error() -> None:
     assert c.closed
     ops = [
         lambda: c.incr(0),
+        lambda: c.bind_incr(0),
         lambda: c.incr(-1),
         lambda: c.decr(1),
         lambda: c[0],
@@ -250,6 +251,22 @@ def test_use_after_close_raises_closed_error() -> None:
             op()
     c.close()  # closing twice is fine
     assert repr(c) == "<Counters closed>"
+
+
+def test_bound_steps_on_counters() -> None:
+    """bind_incr/bind_decr step one counter by one, check the index once, and die with close()."""
+    c = Counters(3)
+    hit, miss = c.bind_incr(2), c.bind_decr(0)
+    assert (hit(), hit(), miss()) == (1, 2, shm_counters.MAX)
+    assert c.to_list() == [shm_counters.MAX, 0, 2]
+    with pytest.raises(CounterIndexError, match=r"^index 3 out of range for 3 counters"):
+        c.bind_incr(3)
+    with pytest.raises(CounterIndexError, match=r"^index -1 out of range for 3 counters"):
+        c.bind_decr(-1)
+    c.close()
+    for step in (hit, miss):
+        with pytest.raises(ClosedError, match=r"^operation on closed Counters$"):
+            step()
 
 
 def test_context_manager_closes() -> None:

@@ -171,10 +171,12 @@ def test_release_frees_and_zeroes_the_row() -> None:
     board = Scoreboard(2, FIELDS)
     row = board.claim()
     row.incr_calling(3)
+    leave = row.bind_decr("calling")
     row.release()
     assert row.closed
-    with pytest.raises(ClosedError, match=r"^operation on closed ScoreboardRow$"):
-        row.incr_calling()
+    for op in (row.incr_calling, leave):
+        with pytest.raises(ClosedError, match=r"^operation on closed ScoreboardRow$"):
+            op()
     assert board.totals() == {"calling": 0, "writing": 0}
     assert board.rows() == []
     again = board.claim()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 
 import pytest
@@ -168,3 +169,59 @@ def test_forked_processes_count_exactly() -> None:
         p.join(60)
         assert p.exitcode == 0
     assert s.to_dict() == {"calling": 300_000, "writing": 2**64 - 300_000}
+
+
+def test_bound_steps_count_and_return_new_values() -> None:
+    """bind_incr/bind_decr give zero-argument callables that step a field by one."""
+    s = Stats()
+    enter, leave = s.bind_incr("calling"), s.bind_decr("calling")
+    assert (enter(), enter(), leave()) == (1, 2, 1)
+    assert s.bind_decr("writing")() == MAX
+    assert s.to_dict() == {"calling": 1, "writing": MAX}
+
+
+def test_bound_step_unknown_field() -> None:
+    """Binding a field the struct does not have names it and the fields there are."""
+    s = Stats()
+    with pytest.raises(
+        FieldNameError, match=r"^no field 'bytes' in Stats: fields are calling, writing$"
+    ):
+        s.bind_incr("bytes")
+    with pytest.raises(FieldNameError, match=r"^no field 0 in Stats: fields are calling, writing$"):
+        s.bind_decr(0)  # type: ignore[arg-type]
+
+
+def test_bound_steps_raise_after_close_and_outlive_the_struct() -> None:
+    """A bound step held past close() raises ClosedError; one outliving its struct still counts."""
+    s = Stats()
+    enter = s.bind_incr("calling")
+    s.close()
+    with pytest.raises(ClosedError, match=r"^operation on closed Stats$"):
+        enter()
+    with pytest.raises(ClosedError, match=r"^operation on closed Stats$"):
+        s.bind_incr("calling")
+    t = Stats()
+    step = t.bind_incr("writing")
+    counters = t.counters
+    del t
+    gc.collect()
+    assert (step(), step()) == (1, 2)  # the mapping is kept alive by the step itself
+    assert counters.to_list() == [0, 2]
+
+
+def _bound_work(step: object, times: int) -> None:
+    for _ in range(times):
+        step()  # type: ignore[operator]
+
+
+def test_bound_steps_count_exactly_across_forks() -> None:
+    """3 forked processes x 100,000 calls of one bound step give an exact total."""
+    s = Stats()
+    step = s.bind_incr("writing")
+    procs = [FORK.Process(target=_bound_work, args=(step, 100_000)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert s.to_dict() == {"calling": 0, "writing": 300_000}

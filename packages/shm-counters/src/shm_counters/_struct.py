@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import keyword
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._counters import CLOSED, ONE, Counters, amount_error
+from ._counters import CLOSED, ONE, Counters, amount_error, bound_step, retire_step
 from ._errors import ClosedError, CounterIndexError, FieldNameError
 from ._native import lib
 from ._segment import PathArg
@@ -107,7 +108,7 @@ def _field_property(k: int, name: str) -> property:
 class FieldBank:
     """Named counters backed by one cell each; base of structs and rows."""
 
-    __slots__ = ("_cells", "_keep")
+    __slots__ = ("_bound", "_cells", "_keep")
     fields: ClassVar[tuple[str, ...]] = ()
 
     if TYPE_CHECKING:  # fields and incr_/decr_ methods are made at run time
@@ -134,6 +135,7 @@ class FieldBank:
         """
         self._keep = keep
         self._cells = [[c] for c in cells]
+        self._bound: list[functools.partial[int]] = []
         owner = type(self).__name__
         for name, cell in zip(self.fields, self._cells, strict=True):
             for prefix, fn, one in (("incr", _add, _inc1), ("decr", _sub, _dec1)):
@@ -142,6 +144,60 @@ class FieldBank:
     def _unbind(self) -> None:
         for cell in self._cells:
             cell[0] = CLOSED
+        owner = type(self).__name__
+        for step in self._bound:
+            retire_step(step, owner)
+        self._bound.clear()
+
+    def _field_index(self, field: object) -> int:
+        if isinstance(field, str) and field in self.fields:
+            return self.fields.index(field)
+        raise FieldNameError(
+            f"no field {field!r} in {type(self).__name__}: fields are {', '.join(self.fields)}"
+        )
+
+    def bind_incr(self, field: str) -> Callable[[], int]:
+        """A zero-argument callable adding 1 to ``field``; returns the new value.
+
+        For per-request and per-event hot paths: the callable is
+        ``functools.partial`` around the one-argument C function, so a call
+        is one cffi call with no Python frame in between (``incr_<field>()``
+        is a small Python function, because it takes an optional amount).
+        After :meth:`close` (or ``release()`` of a scoreboard row) it raises
+        :class:`ClosedError`, like every other operation.
+
+        Example::
+
+            >>> Stats = counter_struct("Stats", ["calling", "writing"])
+            >>> s = Stats()
+            >>> enter = s.bind_incr("calling")
+            >>> enter(), enter()
+            (1, 2)
+            >>> s.close()
+        """
+        return self._bind_step(field, _inc1)
+
+    def bind_decr(self, field: str) -> Callable[[], int]:
+        """A zero-argument callable subtracting 1 from ``field``; see :meth:`bind_incr`.
+
+        Example::
+
+            >>> Stats = counter_struct("Stats", ["calling"])
+            >>> s = Stats()
+            >>> s.bind_decr("calling")()
+            18446744073709551615
+            >>> s.close()
+        """
+        return self._bind_step(field, _dec1)
+
+    def _bind_step(self, field: str, fn: Any) -> Callable[[], int]:
+        k = self._field_index(field)
+        ptr = self._cells[k][0]
+        if ptr is CLOSED:
+            raise self._closed_error()
+        step = bound_step(fn, ptr, self._keep)
+        self._bound.append(step)
+        return step
 
     def _closed_error(self) -> ClosedError:
         return ClosedError(f"operation on closed {type(self).__name__}")
