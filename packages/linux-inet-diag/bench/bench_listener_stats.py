@@ -5,7 +5,9 @@ held open by a child process (the clients live in this process), then a Unix
 listener with 1,000 accepted connections. Peers are measured in interleaved
 rounds (the kernel's socket table changes while TIME_WAIT sockets expire, so
 every peer must see the same machine). Prints Markdown tables of ms/op and
-ratios. Run: ``python bench/bench_listener_stats.py`` (or ``nox -s bench``).
+ratios, then the targets table (target, measured, met). Run:
+``python bench/bench_listener_stats.py`` (or ``nox -s bench``); ``-n``, ``-u``
+and ``--budget`` shrink the run for a smoke test.
 """
 
 from __future__ import annotations
@@ -188,7 +190,10 @@ def proc_net_tcp(port: int) -> tuple[int, int]:
     return active, queued
 
 
-def table(title: str, rows: list[tuple[str, float | None]]) -> None:
+Results = dict[str, float | None]  # label -> seconds per operation
+
+
+def table(title: str, rows: list[tuple[str, float | None]]) -> Results:
     base = rows[0][1]
     assert base is not None
     print(f"\n### {title}\n")
@@ -199,9 +204,37 @@ def table(title: str, rows: list[tuple[str, float | None]]) -> None:
             print(f"| {name} | skipped | |")
         else:
             print(f"| {name} | {secs * 1e3:.3f} | {secs / base:.2f}x |")
+    return dict(rows)
 
 
-def bench_tcp(n: int, budget: float, diag: lid.DiagSocket, ruby: Ruby) -> None:
+# (target, peer label, ours label, minimum peer/ours ratio): the targets of
+# the package README, as ratios of the peer's time to ours in the same run.
+TARGETS = [
+    ("one listener within 1.1x of Ruby raindrops (C) (Ruby / ours >= 0.91)",
+     "Ruby raindrops (C), one listener", "linux_inet_diag, one listener", 1 / 1.1),
+    ("one listener at least 30x faster than psutil.net_connections",
+     "psutil.net_connections", "linux_inet_diag, one listener", 30.0),
+    ("one listener at least 50x faster than plain pyroute2",
+     "pyroute2 DiagSocket, plain get_sock_stats", "linux_inet_diag, one listener", 50.0),
+    ("Unix at least 3x faster than Ruby raindrops' /proc/net/unix scan",
+     "Ruby raindrops (/proc/net/unix scan)", "linux_inet_diag (unix_diag)", 3.0),
+]  # fmt: skip
+
+
+def targets(results: Results) -> None:
+    """Print the targets table: each target, the measured ratio, met or not."""
+    print("\n#### Targets\n")
+    print("| target | measured | met |")
+    print("| --- | ---: | :---: |")
+    for target, peer, ours, minimum in TARGETS:
+        p, o = results.get(peer), results.get(ours)
+        if p is None or o is None:
+            print(f"| {target} | skipped | n/a |")
+        else:
+            print(f"| {target} | {p / o:.2f}x | {'yes' if p / o >= minimum else 'NO'} |")
+
+
+def bench_tcp(n: int, budget: float, diag: lid.DiagSocket, ruby: Ruby) -> Results:
     proc, port_s = start_server("tcp", "", n)
     port = int(port_s)
     clients = connect_all(socket.AF_INET, ("127.0.0.1", port), n)
@@ -269,16 +302,17 @@ def bench_tcp(n: int, budget: float, diag: lid.DiagSocket, ruby: Ruby) -> None:
     times = measure(peers, budget)
     if pyr is not None:
         pyr.close()
-    table(
+    results = table(
         f"TCP: one listener, {n} accepted connections",
         [(label, t) for (label, _), t in zip(peers, times, strict=True)],
     )
     for c in clients:
         c.close()
     stop_server(proc)
+    return results
 
 
-def bench_unix(n: int, budget: float, diag: lid.DiagSocket, ruby: Ruby) -> None:
+def bench_unix(n: int, budget: float, diag: lid.DiagSocket, ruby: Ruby) -> Results:
     tmp = tempfile.mkdtemp()
     path = os.path.join(tmp, "bench.sock")
     proc, _ = start_server("unix", path, n)
@@ -297,7 +331,7 @@ def bench_unix(n: int, budget: float, diag: lid.DiagSocket, ruby: Ruby) -> None:
         ("Ruby raindrops (/proc/net/unix scan)", ruby.batch("unix", path)),
     ]
     times = measure(peers, budget)
-    table(
+    results = table(
         f"Unix: one listener, {n} accepted connections",
         [(label, t) for (label, _), t in zip(peers, times, strict=True)],
     )
@@ -306,6 +340,7 @@ def bench_unix(n: int, budget: float, diag: lid.DiagSocket, ruby: Ruby) -> None:
     stop_server(proc)
     os.unlink(path)
     os.rmdir(tmp)
+    return results
 
 
 def main() -> int:
@@ -323,9 +358,10 @@ def main() -> int:
     if ruby.proc is None:
         print(f"(Ruby raindrops peers skipped: {ruby.why})")
     with lid.DiagSocket() as diag:
-        bench_tcp(args.n, args.budget, diag, ruby)
-        bench_unix(args.u, args.budget, diag, ruby)
+        results = bench_tcp(args.n, args.budget, diag, ruby)
+        results.update(bench_unix(args.u, args.budget, diag, ruby))
     ruby.close()
+    targets(results)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -43,6 +44,105 @@ def test_threshold_json_and_hint(capsys: pytest.CaptureFixture[str]) -> None:
     assert f"127.0.0.1:{port}: nothing listens there; did you mean 0.0.0.0:{port}?" in (
         captured.err
     )
+
+
+def test_every_listener_without_addr(
+    capsys: pytest.CaptureFixture[str], tmp_path: os.PathLike[str]
+) -> None:
+    """No ADDR: TCP and Unix listeners the test made are rows with their exact numbers."""
+    path = os.path.join(tmp_path, "cli.sock")
+    with (
+        socket.create_server(("127.0.0.1", 0), backlog=13) as srv,
+        socket.socket(socket.AF_UNIX) as usrv,
+    ):
+        usrv.bind(path)
+        usrv.listen(5)
+        name = f"127.0.0.1:{srv.getsockname()[1]}"
+        held = [socket.create_connection(srv.getsockname(), timeout=5) for _ in range(2)]
+        srv.settimeout(5)
+        held.append(srv.accept()[0])
+        ucli = socket.socket(socket.AF_UNIX)
+        ucli.connect(path)
+        held.append(ucli)
+        try:
+            deadline = time.monotonic() + 5  # the 2nd handshake ends asynchronously
+            rows: dict[str, str] = {}
+            while rows.get(name) != "1 1 13" and time.monotonic() < deadline:
+                capsys.readouterr()
+                assert main([]) == 0
+                out = capsys.readouterr().out.splitlines()
+                rows = {ln.split()[1]: " ".join(ln.split()[2:]) for ln in out[1:]}
+        finally:
+            for h in held:
+                h.close()
+    assert out[0] == "timestamp address active queued backlog"
+    assert rows[name] == "1 1 13"
+    assert rows[path] == "0 1 5"
+
+
+def test_text_threshold_filters_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    """In text mode -t keeps only rows with queued >= QUEUED_THRESHOLD."""
+    with (
+        socket.create_server(("127.0.0.1", 0), backlog=4) as busy,
+        socket.create_server(("127.0.0.1", 0), backlog=6) as idle,
+    ):
+        busy_name = f"127.0.0.1:{busy.getsockname()[1]}"
+        idle_name = f"127.0.0.1:{idle.getsockname()[1]}"
+        c = socket.create_connection(busy.getsockname(), timeout=5)
+        try:
+            deadline = time.monotonic() + 5
+            out: list[str] = []
+            while len(out) != 2 and time.monotonic() < deadline:
+                assert main(["-t", "1", busy_name, idle_name]) == 0
+                out = capsys.readouterr().out.splitlines()
+        finally:
+            c.close()
+    assert out[0] == "timestamp address active queued backlog"
+    assert re.fullmatch(rf"\S+ {re.escape(busy_name)} 0 1 4", out[1])
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["-d", "-1"], "argument -d/--delay: invalid DELAY '-1': "
+                       "expected a positive, finite number of seconds"),
+        (["-d", "0"], "argument -d/--delay: invalid DELAY '0': "
+                      "expected a positive, finite number of seconds"),
+        (["-d", "inf"], "argument -d/--delay: invalid DELAY 'inf': "
+                        "expected a positive, finite number of seconds"),
+        (["-d", "soon"], "argument -d/--delay: invalid DELAY 'soon': "
+                         "expected a positive, finite number of seconds"),
+        (["-t", "-2"], "argument -t/--threshold: invalid QUEUED_THRESHOLD '-2': "
+                       "expected a whole number >= 0"),
+        (["-t", "1.5"], "argument -t/--threshold: invalid QUEUED_THRESHOLD '1.5': "
+                        "expected a whole number >= 0"),
+        (["-n", "0"], "argument -n/--count: invalid COUNT '0': expected a whole number >= 1"),
+        (["-n", "3"], "argument -n/--count: 3 samples need -d/--delay to repeat"),
+    ],
+)  # fmt: skip
+def test_bad_options_are_usage_errors(
+    capsys: pytest.CaptureFixture[str], args: list[str], error: str
+) -> None:
+    """A bad -d, -t or -n exits 2 with an argparse error naming the value."""
+    with pytest.raises(SystemExit) as info:
+        main([*args, "127.0.0.1:1"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == f"linux-listener-stats: error: {error}"
+
+
+def test_count_stops_after_n_samples(capsys: pytest.CaptureFixture[str]) -> None:
+    """-d with -n N prints N samples, then exits 0."""
+    assert main(["-d", "0.01", "-n", "3", "127.0.0.1:1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "timestamp address active queued backlog"
+    assert len(out) == 4
+    assert all(re.fullmatch(r"\S+ 127\.0\.0\.1:1 0 0 -", ln) for ln in out[1:])
+    assert main(["--json", "-d", "0.01", "-n", "2", "127.0.0.1:1"]) == 0
+    docs = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [d["listeners"] for d in docs] == [
+        {"127.0.0.1:1": {"active": 0, "queued": 0, "backlog": None}}
+    ] * 2
 
 
 def test_bad_address_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

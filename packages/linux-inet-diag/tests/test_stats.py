@@ -7,6 +7,7 @@ import contextlib
 import errno
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from linux_inet_diag import (
     NetlinkError,
     UnavailableError,
     _api,
+    _platform,
     tcp_listener_stats,
     unix_listener_stats,
 )
@@ -44,9 +46,9 @@ class Scenario:
 
     def listener(
         self, family: int, addr: object, backlog: int = 32, reuseport: bool = False,
-        v6only: bool | None = None,
+        v6only: bool | None = None, kind: int = socket.SOCK_STREAM,
     ) -> socket.socket:  # fmt: skip
-        s = self.keep(socket.socket(family, socket.SOCK_STREAM))
+        s = self.keep(socket.socket(family, kind))
         if reuseport:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if v6only is not None:
@@ -55,9 +57,9 @@ class Scenario:
         s.listen(backlog)
         return s
 
-    def connect(self, family: int, addr: object, n: int) -> None:
+    def connect(self, family: int, addr: object, n: int, kind: int = socket.SOCK_STREAM) -> None:
         for _ in range(n):
-            c = self.keep(socket.socket(family, socket.SOCK_STREAM))
+            c = self.keep(socket.socket(family, kind))
             c.settimeout(5)
             c.connect(addr)  # type: ignore[arg-type]
 
@@ -244,6 +246,107 @@ def test_unix_symlink_answers_both_names(scenario: Scenario, tmp_path: os.PathLi
     assert unix_listener_stats(link) == {link: want, real: want}
 
 
+def test_unix_bound_under_symlinked_directory(
+    scenario: Scenario, tmp_path: os.PathLike[str]
+) -> None:
+    """Bound at link/s (link -> real): link/s and real/s both carry the listener's numbers."""
+    base = os.path.realpath(tmp_path)
+    os.mkdir(os.path.join(base, "real"))
+    os.symlink(os.path.join(base, "real"), os.path.join(base, "link"))
+    bound = os.path.join(base, "link", "s")
+    resolved = os.path.join(base, "real", "s")
+    srv = scenario.listener(socket.AF_UNIX, bound, backlog=8)
+    scenario.connect(socket.AF_UNIX, bound, 3)
+    scenario.accept(srv, 1)
+    want = ListenStats(1, 2, 8)
+    # by the name it was bound with: the resolved path is answered too
+    assert unix_listener_stats(bound) == {bound: want, resolved: want}
+    # by the resolved name only (the kernel reports the name it was bound with)
+    assert unix_listener_stats(resolved) == {resolved: want}
+    # every listener: under the name the kernel reports
+    assert unix_listener_stats()[bound] == want
+    assert resolved not in unix_listener_stats()
+
+
+def test_unix_several_names_at_once(scenario: Scenario, tmp_path: os.PathLike[str]) -> None:
+    """Bound name, resolved name, a symlink to the socket, abstract and absent names in one call."""
+    base = os.path.realpath(tmp_path)
+    os.mkdir(os.path.join(base, "real"))
+    os.symlink(os.path.join(base, "real"), os.path.join(base, "link"))
+    bound = os.path.join(base, "link", "s")
+    resolved = os.path.join(base, "real", "s")
+    alias = os.path.join(base, "alias.sock")
+    srv = scenario.listener(socket.AF_UNIX, bound, backlog=8)
+    os.symlink(bound, alias)
+    scenario.connect(socket.AF_UNIX, bound, 4)
+    scenario.accept(srv, 3)
+    abstract = f"@linux-inet-diag-many-{os.getpid()}"
+    asrv = scenario.listener(socket.AF_UNIX, "\0" + abstract[1:], backlog=5)
+    scenario.connect(socket.AF_UNIX, "\0" + abstract[1:], 2)
+    scenario.accept(asrv, 2)
+    other = os.path.join(base, "other.sock")
+    osrv = scenario.listener(socket.AF_UNIX, other, backlog=2)
+    scenario.connect(socket.AF_UNIX, other, 1)
+    scenario.accept(osrv, 1)
+    missing = os.path.join(base, "missing.sock")
+    names = [resolved, alias, abstract, bound, missing, other]
+    with DiagSocket() as diag:
+        got = diag.unix_listener_stats(names)
+    want = ListenStats(3, 1, 8)
+    assert got == {
+        resolved: want,
+        alias: want,
+        bound: want,
+        abstract: ListenStats(2, 0, 5),
+        missing: ListenStats(0, 0, None),
+        other: ListenStats(1, 0, 2),
+    }
+    assert list(got) == names  # asked names in order, nothing else (alias resolves to resolved)
+
+
+def test_seqpacket_listeners_are_not_stream_listeners(
+    scenario: Scenario, tmp_path: os.PathLike[str]
+) -> None:
+    """SOCK_SEQPACKET listeners (path and abstract) never appear; asked for, they are 0/0."""
+    seq = socket.SOCK_SEQPACKET
+    path = os.path.join(tmp_path, "seq.sock")
+    psrv = scenario.listener(socket.AF_UNIX, path, backlog=4, kind=seq)
+    scenario.connect(socket.AF_UNIX, path, 2, kind=seq)
+    scenario.accept(psrv, 1)
+    abstract = f"@linux-inet-diag-seq-{os.getpid()}"
+    asrv = scenario.listener(socket.AF_UNIX, "\0" + abstract[1:], backlog=3, kind=seq)
+    scenario.connect(socket.AF_UNIX, "\0" + abstract[1:], 2, kind=seq)
+    scenario.accept(asrv, 2)
+    stream = os.path.join(tmp_path, "stream.sock")
+    ssrv = scenario.listener(socket.AF_UNIX, stream, backlog=6)
+    scenario.connect(socket.AF_UNIX, stream, 2)
+    scenario.accept(ssrv, 1)
+    every = unix_listener_stats()
+    assert every[stream] == ListenStats(1, 1, 6)
+    assert path not in every
+    assert abstract not in every
+    assert unix_listener_stats([path, abstract, stream]) == {
+        path: ListenStats(0, 0, None),
+        abstract: ListenStats(0, 0, None),
+        stream: ListenStats(1, 1, 6),
+    }
+
+
+def test_stream_and_seqpacket_sharing_an_abstract_name(scenario: Scenario) -> None:
+    """A stream and a seqpacket listener on one abstract name: only the stream one counts."""
+    name = f"@linux-inet-diag-shared-{os.getpid()}"
+    raw = "\0" + name[1:]
+    ssrv = scenario.listener(socket.AF_UNIX, raw, backlog=4)
+    qsrv = scenario.listener(socket.AF_UNIX, raw, backlog=7, kind=socket.SOCK_SEQPACKET)
+    scenario.connect(socket.AF_UNIX, raw, 3)
+    scenario.accept(ssrv, 1)
+    scenario.connect(socket.AF_UNIX, raw, 3, kind=socket.SOCK_SEQPACKET)
+    scenario.accept(qsrv, 2)
+    want = ListenStats(1, 2, 4)
+    assert unix_listener_stats(name) == {name: want}
+    assert unix_listener_stats()[name] == want
+
+
 def test_unix_proc_fallback(
     scenario: Scenario, tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -256,10 +359,31 @@ def test_unix_proc_fallback(
     def no_unix_diag(self: DiagSocket, make: object, parse: object) -> list[object]:
         raise NetlinkError(errno.ENOENT, "No such file or directory")
 
+    base = os.path.realpath(tmp_path)
+    os.mkdir(os.path.join(base, "real"))
+    os.symlink(os.path.join(base, "real"), os.path.join(base, "link"))
+    bound = os.path.join(base, "link", "s")
+    resolved = os.path.join(base, "real", "s")
+    lsrv = scenario.listener(socket.AF_UNIX, bound, backlog=8)
+    scenario.connect(socket.AF_UNIX, bound, 3)
+    scenario.accept(lsrv, 1)
+    seq = os.path.join(tmp_path, "seq.sock")
+    qsrv = scenario.listener(socket.AF_UNIX, seq, backlog=4, kind=socket.SOCK_SEQPACKET)
+    scenario.connect(socket.AF_UNIX, seq, 2, kind=socket.SOCK_SEQPACKET)
+    scenario.accept(qsrv, 1)
+
     monkeypatch.setattr(DiagSocket, "_dump", no_unix_diag)
     with pytest.warns(RuntimeWarning, match="falling back to scanning /proc/net/unix"):
-        got = unix_listener_stats([path])
-    assert got == {path: ListenStats(2, 1, None)}
+        got = unix_listener_stats([path, resolved, seq])
+    assert got == {
+        path: ListenStats(2, 1, None),
+        resolved: ListenStats(1, 2, None),
+        seq: ListenStats(0, 0, None),
+    }
+    with pytest.warns(RuntimeWarning, match="falling back"):
+        every = unix_listener_stats()
+    assert every[bound] == ListenStats(1, 2, None)
+    assert seq not in every
 
 
 def test_bad_input_to_stats() -> None:
@@ -275,12 +399,66 @@ def test_bad_input_to_stats() -> None:
 
 
 def test_unavailable_platform(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where netlink is absent, queries raise UnavailableError saying so."""
-    monkeypatch.setattr(_api, "AVAILABLE", False)
-    with pytest.raises(UnavailableError, match="netlink sock_diag is unavailable"):
-        DiagSocket().tcp_listener_stats("127.0.0.1:1")
+    """Where netlink is absent, opening a socket raises UnavailableError saying so."""
+    monkeypatch.setattr(_platform, "AVAILABLE", False)
+    with pytest.raises(UnavailableError, match="netlink sock_diag is unavailable") as err:
+        DiagSocket()
+    assert err.value.errno == errno.EAFNOSUPPORT
     assert isinstance(UnavailableError(), OSError)
     assert lid.available() is False
+
+
+def raise_nofile(scenario: Scenario, need: int) -> None:
+    """Raise RLIMIT_NOFILE's soft limit to ``need`` for the scenario (skip if hard < need)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"needs {need} open files, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    # registered first, so it runs after every socket is closed
+    scenario.stack.callback(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_names_beyond_one_bytecode_program(scenario: Scenario) -> None:
+    """3,300 IPv4 and 2,100 IPv6 names (past the 16-bit filter) are each answered exactly."""
+    v4 = scenario.listener(socket.AF_INET, ("127.0.0.1", 0), backlog=9)
+    p4 = port_of(v4)
+    scenario.connect(socket.AF_INET, ("127.0.0.1", p4), 3)
+    scenario.accept(v4, 2)
+    v6 = scenario.listener(socket.AF_INET6, ("::1", 0), backlog=7)
+    p6 = port_of(v6)
+    scenario.connect(socket.AF_INET6, ("::1", p6), 2)
+    scenario.accept(v6, 2)
+    # Addresses nothing listens on, on the same ports: every one must be 0/0.
+    empty4 = [f"127.1.{i // 250}.{i % 250 + 1}:{p4}" for i in range(3300)]
+    empty6 = [f"[fd00::{i + 1:x}]:{p6}" for i in range(2100)]
+    real = {f"127.0.0.1:{p4}": ListenStats(2, 1, 9), f"[::1]:{p6}": ListenStats(2, 0, 7)}
+    assert settle(lambda: tcp_listener_stats(list(real)), real) == real  # filtered path
+    names = [*empty4[:1650], *real, *empty6, *empty4[1650:]]
+    got = tcp_listener_stats(names)
+    assert list(got) == names
+    assert {n: got[n] for n in real} == real
+    assert {got[n] for n in empty4 + empty6} == {ListenStats(0, 0, None)}
+
+
+def test_every_listener_beyond_one_bytecode_program(scenario: Scenario) -> None:
+    """With 2,100 IPv6 listeners (past the 16-bit filter) every one is answered exactly."""
+    raise_nofile(scenario, 4096)
+    listeners = [scenario.listener(socket.AF_INET6, ("::1", 0), backlog=3) for _ in range(2100)]
+    busy, waiting = listeners[0], listeners[-1]
+    scenario.connect(socket.AF_INET6, ("::1", port_of(busy)), 2)
+    scenario.accept(busy, 2)
+    scenario.connect(socket.AF_INET6, ("::1", port_of(waiting)), 1)
+    want = {f"[::1]:{port_of(s)}": ListenStats(0, 0, 3) for s in listeners}
+    want[f"[::1]:{port_of(busy)}"] = ListenStats(2, 0, 3)
+    want[f"[::1]:{port_of(waiting)}"] = ListenStats(0, 1, 3)
+
+    def mine() -> dict[str, ListenStats]:
+        every = tcp_listener_stats()
+        return {n: every[n] for n in want if n in every}
+
+    assert settle(mine, want) == want
 
 
 def test_dump_intr_retries(monkeypatch: pytest.MonkeyPatch, scenario: Scenario) -> None:
@@ -360,6 +538,58 @@ def test_async_socket(scenario: Scenario, tmp_path: os.PathLike[str]) -> None:
     assert many == [{name: ListenStats(1, 1, 5)}] * 5
     assert unix == {path: ListenStats(0, 0, 2)}
     assert info is None  # a listener on the local address is no connection
+
+
+def test_async_socket_after_fork(scenario: Scenario) -> None:
+    """An AsyncDiagSocket used before fork() answers in the child on a socket of its own."""
+    srv = scenario.listener(socket.AF_INET, ("127.0.0.1", 0), backlog=6)
+    name = f"127.0.0.1:{port_of(srv)}"
+    diag = AsyncDiagSocket()
+    assert asyncio.run(diag.tcp_listener_stats(name))[name].backlog == 6
+    assert diag._sock is not None
+    parent_socket = os.fstat(diag._sock.fileno()).st_ino
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            ok = asyncio.run(diag.tcp_listener_stats(name))[name].backlog == 6
+            own = diag._sock is not None and os.fstat(diag._sock.fileno()).st_ino != parent_socket
+            os.write(w, b"1" if ok and own else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        assert os.read(r, 1) == b"1"
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    assert asyncio.run(diag.tcp_listener_stats(name))[name].backlog == 6
+    assert os.fstat(diag._sock.fileno()).st_ino == parent_socket  # the parent's is intact
+    diag.close()
+
+
+def test_socket_of_another_process_is_replaced(scenario: Scenario) -> None:
+    """A socket recorded under another pid (fork without hooks) is closed and replaced."""
+    srv = scenario.listener(socket.AF_INET, ("127.0.0.1", 0), backlog=4)
+    name = f"127.0.0.1:{port_of(srv)}"
+    want = {name: ListenStats(0, 0, 4)}
+    with DiagSocket() as diag:
+        assert diag.tcp_listener_stats(name) == want
+        old = diag._sock
+        diag._pid = -1
+        assert diag.tcp_listener_stats(name) == want
+        assert old is not None
+        assert diag._sock is not old
+        assert old.fileno() == -1
+    adiag = AsyncDiagSocket()
+    assert asyncio.run(adiag.tcp_listener_stats(name)) == want
+    old = adiag._sock
+    adiag._pid = -1
+    assert asyncio.run(adiag.tcp_listener_stats(name)) == want
+    assert old is not None
+    assert adiag._sock is not old
+    assert old.fileno() == -1
+    adiag.close()
 
 
 def test_fork_reopens_socket(scenario: Scenario) -> None:

@@ -1,7 +1,8 @@
 """Socket statistics over Linux netlink sock_diag.
 
 Listener active/queued/backlog for TCP (IPv4, IPv6) and Unix sockets,
-``struct tcp_info`` per connection, and the kernel's listen-overflow counters.
+``struct tcp_info`` per connection, full per-socket records (opt-in, decoded
+with pyroute2), and the kernel's listen-overflow counters.
 Imports on every platform; the Linux-only calls raise UnavailableError
 elsewhere.
 
@@ -20,18 +21,22 @@ from ._api import (
     AsyncDiagSocket,
     DiagSocket,
     available,
+    inet_diag_records,
     tcp_info_for,
     tcp_listener_stats,
     unix_listener_stats,
 )
 from ._errors import (
     AddressError,
+    ArgumentError,
     DumpInterruptedError,
     LinuxInetDiagError,
     NetlinkError,
+    TcpInfoLengthError,
     UnavailableError,
 )
 from ._netstat import ListenOverflows, listen_overflows
+from ._records import SocketRecord
 from ._stats import ListenStats
 from ._tcpinfo import TcpCaState, TcpInfo, TcpState
 
@@ -39,6 +44,7 @@ __all__ = [
     "AVAILABLE",
     "Address",
     "AddressError",
+    "ArgumentError",
     "AsyncDiagSocket",
     "DiagSocket",
     "DumpInterruptedError",
@@ -46,11 +52,14 @@ __all__ = [
     "ListenOverflows",
     "ListenStats",
     "NetlinkError",
+    "SocketRecord",
     "TcpCaState",
     "TcpInfo",
+    "TcpInfoLengthError",
     "TcpState",
     "UnavailableError",
     "available",
+    "inet_diag_records",
     "listen_overflows",
     "parse_address",
     "tcp_info_for",

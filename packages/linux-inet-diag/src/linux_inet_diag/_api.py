@@ -2,40 +2,44 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import errno
 import ipaddress
 import logging
 import os
 import socket
-import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Callable, Generator, Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _kernel as k
+from . import _platform
 from ._address import AF_INET, AF_INET6, Address, parse_address
 from ._errors import AddressError, DumpInterruptedError, NetlinkError, UnavailableError
+from ._records import SocketRecord, record_args, record_steps
 from ._stats import (
     ListenStats,
     Parser,
-    Steps,
+    Step,
     names_arg,
     parse_proc_net_unix,
     tally_proc_unix,
     tcp_steps,
+    unix_keys,
     unix_steps,
-    unix_targets,
 )
-from ._tcpinfo import TcpInfo
+from ._tcpinfo import TcpInfo, TcpState
 
 __all__ = [
     "AVAILABLE",
     "AsyncDiagSocket",
     "DiagSocket",
     "available",
+    "inet_diag_records",
     "tcp_info_for",
     "tcp_listener_stats",
     "unix_listener_stats",
@@ -43,23 +47,23 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-AVAILABLE: bool = sys.platform.startswith("linux") and hasattr(socket, "AF_NETLINK")
+AVAILABLE: bool = _platform.AVAILABLE
 _RECV_SIZE = 1 << 16
 _MAX_RETRIES = 5
-_UNAVAILABLE = "netlink sock_diag is unavailable on this platform"
+_WHAT = "netlink sock_diag"
 PROC_NET_UNIX = "/proc/net/unix"
 
 HostPort = tuple[str, int] | str
+T = TypeVar("T")
 
 
 def available() -> bool:
     """True when netlink sock_diag can be used here (Linux)."""
-    return AVAILABLE
+    return _platform.AVAILABLE
 
 
 def _open() -> socket.socket:
-    if not AVAILABLE:
-        raise UnavailableError(errno.EAFNOSUPPORT, f"{_UNAVAILABLE} ({sys.platform})")
+    _platform.require_linux(_WHAT)
     try:
         s = socket.socket(
             socket.AF_NETLINK,  # type: ignore[attr-defined,unused-ignore]
@@ -67,9 +71,26 @@ def _open() -> socket.socket:
             k.NETLINK_SOCK_DIAG,
         )
     except OSError as e:
-        raise UnavailableError(e.errno, f"{_UNAVAILABLE}: {e.strerror}") from e
+        raise UnavailableError(
+            e.errno, f"{_WHAT} is unavailable on this platform: {e.strerror}"
+        ) from e
     s.bind((0, 0))
     return s
+
+
+# Sockets to reset in a forked child: os.register_at_fork runs the hook in
+# the child before any other thread exists there, so a lock another thread
+# of the parent held at fork() time cannot deadlock the child.
+_live: weakref.WeakSet[_Core] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for core in list(_live):
+        core._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _host(value: object, what: str) -> tuple[int, bytes, int]:
@@ -101,11 +122,18 @@ def _host(value: object, what: str) -> tuple[int, bytes, int]:
     return AF_INET6, ip.packed, port
 
 
-class _Core:
+class _Core(abc.ABC):
     """Request building and result assembly shared by the sync and async sockets."""
 
     def __init__(self) -> None:
+        _platform.require_linux(_WHAT)
         self._seq = 0
+        self._pid = os.getpid()
+        _live.add(self)
+
+    @abc.abstractmethod
+    def _forked(self) -> None:
+        """Reset in a forked child: a new lock, the inherited descriptor closed."""
 
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
@@ -128,7 +156,7 @@ class _Core:
     def _unix_args(paths: object) -> list[str] | None:
         wanted = names_arg(paths, "paths")
         if wanted is not None:
-            unix_targets(wanted)  # validate before any I/O
+            unix_keys(wanted)  # validate before any I/O
         return wanted
 
     @staticmethod
@@ -143,6 +171,40 @@ class _Core:
             text = f.read()
         return tally_proc_unix(paths, parse_proc_net_unix(text))
 
+    def _lookup(self, local: HostPort, remote: HostPort) -> tuple[bytes, int]:
+        """The exact-socket INET_DIAG_INFO request for a pair, and the remote port."""
+        lf, lsrc, lport = _host(local, "local address")
+        rf, rdst, rport = _host(remote, "remote address")
+        if lf != rf:
+            raise AddressError(f"local {local!r} and remote {remote!r} are of different families")
+        width = 4 if lf == AF_INET else 16
+        req = k.inet_lookup_request(
+            lf, lsrc[:width] + bytes(16 - width), lport,
+            rdst[:width] + bytes(16 - width), rport, self._next_seq(),
+        )  # fmt: skip
+        return req, rport
+
+    @staticmethod
+    def _lookup_feed(got: list[k.InetSocket]) -> Callable[[bytes], bool]:
+        def feed(data: bytes) -> bool:
+            socks, done = k.parse_inet_full(data)
+            got.extend(socks)
+            return done or bool(socks)
+
+        return feed
+
+    @staticmethod
+    def _lookup_answer(got: list[k.InetSocket], rport: int) -> TcpInfo | None:
+        for s in got:
+            # A lookup that misses every connection falls back to a listener
+            # on the local address (inet_lookup): that is not the connection.
+            if s.state == k.TCP_LISTEN or s.dport != rport:
+                continue
+            info = s.attrs.get(k.INET_DIAG_INFO)
+            if info is not None and len(info) >= 104:
+                return TcpInfo.from_bytes(info)
+        return None
+
 
 class DiagSocket(_Core):
     """One reusable netlink sock_diag socket for repeated queries.
@@ -150,7 +212,8 @@ class DiagSocket(_Core):
     Thread-safe (a lock serialises queries), usable from inside a running
     asyncio loop (it is a plain blocking socket that never touches the loop;
     a query blocks the caller for as long as the kernel takes to answer), and
-    reopened automatically in a forked child.
+    reopened automatically in a forked child. Off Linux, constructing one
+    raises UnavailableError.
 
     >>> with DiagSocket() as diag:
     ...     stats = diag.tcp_listener_stats(["127.0.0.1:1"])
@@ -162,7 +225,6 @@ class DiagSocket(_Core):
         super().__init__()
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
-        self._pid = 0
 
     def __repr__(self) -> str:
         state = "closed" if self._sock is None else f"fd={self._sock.fileno()}"
@@ -187,22 +249,26 @@ class DiagSocket(_Core):
     def __del__(self) -> None:
         # Thread-local default sockets die with their thread: close quietly.
         sock = getattr(self, "_sock", None)
-        if sock is not None and getattr(self, "_pid", 0) == os.getpid():
+        if sock is not None:
             sock.close()
 
+    def _forked(self) -> None:
+        self._lock = threading.Lock()
+        self._drop()
+
     def _drop(self) -> None:
+        # In a forked child this closes the child's copy of the descriptor
+        # only; the parent's socket and any dump it is running are untouched.
         if self._sock is not None:
-            if self._pid == os.getpid():
-                self._sock.close()
-            else:
-                self._sock.detach()
+            self._sock.close()
             self._sock = None
 
     def _socket(self) -> socket.socket:
-        if self._sock is None or self._pid != os.getpid():
+        if self._pid != os.getpid():  # forked without os.register_at_fork hooks
             self._drop()
-            self._sock = _open()
             self._pid = os.getpid()
+        if self._sock is None:
+            self._sock = _open()
         return self._sock
 
     def _run(self, request: bytes, feed: Callable[[bytes], bool]) -> None:
@@ -235,14 +301,7 @@ class DiagSocket(_Core):
             errno.EINTR, f"sock_diag dump interrupted {_MAX_RETRIES} times in a row"
         )
 
-    def tcp_listener_stats(
-        self, addrs: Iterable[str] | str | None = None
-    ) -> dict[str, ListenStats]:
-        """Active/queued/backlog per TCP listener; see :func:`tcp_listener_stats`."""
-        asked, parsed = self._tcp_args(addrs)
-        return self._drive(tcp_steps(asked, parsed))
-
-    def _drive(self, steps: Steps) -> dict[str, ListenStats]:
+    def _drive(self, steps: Generator[Step, list[Any], T]) -> T:
         """Run a query's dumps (see tcp_steps) under the lock."""
         with self._lock:
             try:
@@ -251,6 +310,13 @@ class DiagSocket(_Core):
                     make, parse = steps.send(self._dump(make, parse))
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
+
+    def tcp_listener_stats(
+        self, addrs: Iterable[str] | str | None = None
+    ) -> dict[str, ListenStats]:
+        """Active/queued/backlog per TCP listener; see :func:`tcp_listener_stats`."""
+        asked, parsed = self._tcp_args(addrs)
+        return self._drive(tcp_steps(asked, parsed))
 
     def unix_listener_stats(
         self, paths: Iterable[str] | str | None = None
@@ -266,38 +332,27 @@ class DiagSocket(_Core):
 
     def tcp_info_for(self, local: HostPort, remote: HostPort) -> TcpInfo | None:
         """TcpInfo of the connection ``local`` <-> ``remote``, None if absent."""
-        lf, lsrc, lport = _host(local, "local address")
-        rf, rdst, rport = _host(remote, "remote address")
-        if lf != rf:
-            raise AddressError(f"local {local!r} and remote {remote!r} are of different families")
-        width = 4 if lf == AF_INET else 16
         got: list[k.InetSocket] = []
-
-        def feed(data: bytes) -> bool:
-            socks, done = k.parse_inet_full(data)
-            got.extend(socks)
-            return done or bool(socks)
-
-        req = k.inet_lookup_request(
-            lf, lsrc[:width] + bytes(16 - width), lport,
-            rdst[:width] + bytes(16 - width), rport, self._next_seq(),
-        )  # fmt: skip
         try:
             with self._lock:
-                self._run(req, feed)
+                req, rport = self._lookup(local, remote)
+                self._run(req, self._lookup_feed(got))
         except NetlinkError as e:
             if e.errno == errno.ENOENT:
                 return None
             raise
-        for s in got:
-            # A lookup that misses every connection falls back to a listener
-            # on the local address (inet_lookup): that is not the connection.
-            if s.state == k.TCP_LISTEN or s.dport != rport:
-                continue
-            info = s.attrs.get(k.INET_DIAG_INFO)
-            if info is not None and len(info) >= 104:
-                return TcpInfo.from_bytes(info)
-        return None
+        return self._lookup_answer(got, rport)
+
+    def records(
+        self,
+        local: Iterable[str] | str | None = None,
+        *,
+        states: Iterable[TcpState | int] | None = None,
+        family: int | None = None,
+    ) -> list[SocketRecord]:
+        """Full TCP socket records, every attribute; see :func:`inet_diag_records`."""
+        addrs, mask, families = record_args(local, states, family)
+        return self._drive(record_steps(addrs, mask, families))
 
 
 class AsyncDiagSocket(_Core):
@@ -307,7 +362,9 @@ class AsyncDiagSocket(_Core):
     (``loop.sock_recv``, i.e. ``add_reader``), so no thread is involved and
     the loop is never blocked waiting for the kernel; parsing runs on the loop
     like any other Python code. Concurrent coroutines are serialised by an
-    ``asyncio.Lock``.
+    ``asyncio.Lock``. Like :class:`DiagSocket` it reopens its socket (and
+    renews its lock) in a forked child. Off Linux, constructing one raises
+    UnavailableError.
 
     >>> async def main():
     ...     async with AsyncDiagSocket() as diag:
@@ -319,7 +376,6 @@ class AsyncDiagSocket(_Core):
     def __init__(self) -> None:
         super().__init__()
         self._lock = asyncio.Lock()
-        self._sync = DiagSocket()  # for the /proc fallback path only
         self._sock: socket.socket | None = None
 
     def __repr__(self) -> str:
@@ -338,18 +394,26 @@ class AsyncDiagSocket(_Core):
         self.close()
 
     def close(self) -> None:
-        """Close the netlink socket."""
+        """Close the netlink socket; the next query opens a new one."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        self._sync.close()
+
+    def _forked(self) -> None:
+        # The parent's asyncio.Lock may be bound to the parent's loop.
+        self._lock = asyncio.Lock()
+        self.close()
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            sock = _open()
+            sock.setblocking(False)
+            self._sock = sock
+        return self._sock
 
     async def _run(self, request: bytes, feed: Callable[[bytes], bool]) -> None:
         loop = asyncio.get_running_loop()
-        if self._sock is None:
-            self._sock = _open()
-            self._sock.setblocking(False)
-        sock = self._sock
+        sock = self._socket()
         try:
             await loop.sock_sendall(sock, request)
             while not feed(await loop.sock_recv(sock, _RECV_SIZE)):
@@ -377,21 +441,28 @@ class AsyncDiagSocket(_Core):
             errno.EINTR, f"sock_diag dump interrupted {_MAX_RETRIES} times in a row"
         )
 
-    async def tcp_listener_stats(
-        self, addrs: Iterable[str] | str | None = None
-    ) -> dict[str, ListenStats]:
-        """Async :func:`tcp_listener_stats`."""
-        asked, parsed = self._tcp_args(addrs)
-        return await self._drive(tcp_steps(asked, parsed))
+    def _checked_lock(self) -> asyncio.Lock:
+        """The lock, after renewing lock and socket if forked without hooks."""
+        if self._pid != os.getpid():
+            self._forked()
+            self._pid = os.getpid()
+        return self._lock
 
-    async def _drive(self, steps: Steps) -> dict[str, ListenStats]:
-        async with self._lock:
+    async def _drive(self, steps: Generator[Step, list[Any], T]) -> T:
+        async with self._checked_lock():
             try:
                 make, parse = next(steps)
                 while True:
                     make, parse = steps.send(await self._dump(make, parse))
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
+
+    async def tcp_listener_stats(
+        self, addrs: Iterable[str] | str | None = None
+    ) -> dict[str, ListenStats]:
+        """Async :func:`tcp_listener_stats`."""
+        asked, parsed = self._tcp_args(addrs)
+        return await self._drive(tcp_steps(asked, parsed))
 
     async def unix_listener_stats(
         self, paths: Iterable[str] | str | None = None
@@ -406,8 +477,28 @@ class AsyncDiagSocket(_Core):
             return self._unix_fallback(wanted, e)
 
     async def tcp_info_for(self, local: HostPort, remote: HostPort) -> TcpInfo | None:
-        """Async :func:`tcp_info_for` (the lookup is one small round trip)."""
-        return await asyncio.to_thread(self._sync.tcp_info_for, local, remote)
+        """Async :func:`tcp_info_for`: one small round trip read through the loop."""
+        got: list[k.InetSocket] = []
+        try:
+            async with self._checked_lock():
+                req, rport = self._lookup(local, remote)
+                await self._run(req, self._lookup_feed(got))
+        except NetlinkError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            raise
+        return self._lookup_answer(got, rport)
+
+    async def records(
+        self,
+        local: Iterable[str] | str | None = None,
+        *,
+        states: Iterable[TcpState | int] | None = None,
+        family: int | None = None,
+    ) -> list[SocketRecord]:
+        """Async :func:`inet_diag_records` (decoding runs on the loop)."""
+        addrs, mask, families = record_args(local, states, family)
+        return await self._drive(record_steps(addrs, mask, families))
 
 
 _local = threading.local()
@@ -484,3 +575,33 @@ def tcp_info_for(
     'ESTABLISHED'
     """
     return _default(sock).tcp_info_for(local, remote)
+
+
+def inet_diag_records(
+    local: Iterable[str] | str | None = None,
+    *,
+    states: Iterable[TcpState | int] | None = None,
+    family: int | None = None,
+    sock: DiagSocket | None = None,
+) -> list[SocketRecord]:
+    """Every TCP socket (or those on ``local`` names) as a full :class:`SocketRecord`.
+
+    Opt-in and slow next to the counting queries: each socket's attributes
+    are decoded by pyroute2 (imported on the first call), tcp_info by
+    :class:`TcpInfo`. ``local``: names as for :func:`tcp_listener_stats`
+    (filtered in the kernel; a wildcard name matches every local address of
+    its port); None for every socket. ``states``: TcpState values wanted
+    (default all). ``family``: ``socket.AF_INET`` or ``socket.AF_INET6``
+    (default both).
+
+    >>> import socket
+    >>> with socket.create_server(("127.0.0.1", 0)) as srv:
+    ...     with socket.create_connection(srv.getsockname()) as cli:
+    ...         conn, peer = srv.accept()
+    ...         with conn:
+    ...             name = "127.0.0.1:%d" % srv.getsockname()[1]
+    ...             recs = inet_diag_records(name, states=[TcpState.ESTABLISHED])
+    >>> [(r.remote == "%s:%d" % peer, r.tcp_info.state.name) for r in recs]
+    [(True, 'ESTABLISHED')]
+    """
+    return _default(sock).records(local, states=states, family=family)

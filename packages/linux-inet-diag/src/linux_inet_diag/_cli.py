@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ._address import parse_address
 from ._api import DiagSocket
@@ -15,6 +16,36 @@ from ._errors import LinuxInetDiagError
 from ._stats import ListenStats
 
 __all__ = ["main"]
+
+
+def _delay(text: str) -> float:
+    """argparse type of -d: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"invalid DELAY {text!r}: expected a positive, finite number of seconds"
+        )
+    return value
+
+
+def _at_least(minimum: int, what: str) -> Callable[[str], int]:
+    """argparse type: a whole number >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"invalid {what} {text!r}: expected a whole number >= {minimum}"
+            )
+        return value
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,11 +62,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("addrs", nargs="*", metavar="ADDR", help="listener names")
     p.add_argument(
-        "-d", "--delay", type=float, default=None, metavar="DELAY",
-        help="repeat every DELAY seconds until interrupted",
+        "-d", "--delay", type=_delay, default=None, metavar="DELAY",
+        help="repeat every DELAY seconds (a positive number) until interrupted",
     )  # fmt: skip
     p.add_argument(
-        "-t", "--threshold", type=int, default=0, metavar="QUEUED_THRESHOLD",
+        "-n", "--count", type=_at_least(1, "COUNT"), default=None, metavar="COUNT",
+        help="with -d: stop after COUNT samples (default: until interrupted)",
+    )  # fmt: skip
+    p.add_argument(
+        "-t", "--threshold", type=_at_least(0, "QUEUED_THRESHOLD"), default=0,
+        metavar="QUEUED_THRESHOLD",
         help="only print rows with queued >= QUEUED_THRESHOLD (default 0)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object per sample")
@@ -77,12 +113,17 @@ def _hints(diag: DiagSocket, stats: dict[str, ListenStats]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``linux-listener-stats``; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.count is not None and args.count > 1 and args.delay is None:
+        parser.error(f"argument -n/--count: {args.count} samples need -d/--delay to repeat")
+    samples = args.count if args.delay is not None else 1
     try:
         for a in args.addrs:
             parse_address(a)
         with DiagSocket() as diag:
             first = True
+            taken = 0
             while True:
                 stats = _sample(diag, args.addrs)
                 now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -107,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         print(h, file=sys.stderr)
                 first = False
                 sys.stdout.flush()
-                if args.delay is None:
+                taken += 1
+                if samples is not None and taken >= samples:
                     return 0
                 time.sleep(args.delay)
     except KeyboardInterrupt:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 __all__ = [
     "AddressError",
+    "ArgumentError",
     "DumpInterruptedError",
     "LinuxInetDiagError",
     "NetlinkError",
+    "TcpInfoLengthError",
     "UnavailableError",
 ]
 
@@ -19,8 +21,24 @@ class AddressError(LinuxInetDiagError, ValueError):
     """A listener name or address is malformed (the caller's fault)."""
 
 
+class ArgumentError(LinuxInetDiagError, ValueError):
+    """An argument other than a name is out of range or of the wrong type."""
+
+
+class TcpInfoLengthError(LinuxInetDiagError, ValueError):
+    """Bytes given as ``struct tcp_info`` are shorter than its Linux 2.6 core.
+
+    ``length`` is how many bytes were given, ``needed`` the minimum (104).
+    """
+
+    def __init__(self, length: int, needed: int) -> None:
+        super().__init__(f"tcp_info of {length} bytes is too short: at least {needed} bytes needed")
+        self.length = length
+        self.needed = needed
+
+
 class UnavailableError(LinuxInetDiagError, OSError):
-    """Netlink sock_diag (or /proc) is unavailable on this platform."""
+    """Netlink sock_diag (or /proc, or TCP_INFO) is unavailable on this platform."""
 
 
 class NetlinkError(LinuxInetDiagError, OSError):

@@ -70,11 +70,20 @@ BC_OP = struct.Struct("=BBH")
 # struct inet_diag_hostcond { __u8 family; __u8 prefix_len; int port;
 #                             __be32 addr[0]; };
 BC_HOSTCOND = struct.Struct("=BBxxi")
+# The bytecode travels in one netlink attribute whose nla_len is a u16, and
+# its jump offsets (bc_op.no) are u16 too: at most 65535 - 4 bytes, i.e.
+# 3,276 IPv4 or 2,047 IPv6 conditions as source_filter lays them out.
+MAX_BYTECODE = 0xFFFF - NLATTR.size
+
+# linux/net.h (enum sock_type): the type unix_diag_msg.udiag_type reports
+SOCK_STREAM = 1
 
 # linux/unix_diag.h
 UDIAG_SHOW_NAME = 0x01
+UDIAG_SHOW_VFS = 0x02
 UDIAG_SHOW_RQLEN = 0x10
 UNIX_DIAG_NAME = 0
+UNIX_DIAG_VFS = 1
 UNIX_DIAG_RQLEN = 4
 # struct unix_diag_req { __u8 sdiag_family; __u8 sdiag_protocol; __u16 pad;
 #   __u32 udiag_states; __u32 udiag_ino; __u32 udiag_show;
@@ -85,6 +94,10 @@ UNIX_DIAG_REQ = struct.Struct("=BBxxIIIII")
 UNIX_DIAG_MSG = struct.Struct("=BBBxIII")
 # struct unix_diag_rqlen { __u32 udiag_rqueue; __u32 udiag_wqueue; };
 UNIX_DIAG_RQLEN_S = struct.Struct("=II")
+# struct unix_diag_vfs { __u32 udiag_vfs_ino; __u32 udiag_vfs_dev; };
+# udiag_vfs_dev is the superblock's kernel dev_t (major << 20 | minor,
+# linux/kdev_t.h), not stat()'s st_dev encoding.
+UNIX_DIAG_VFS_S = struct.Struct("=II")
 
 LISTEN_AND_ESTABLISHED = (1 << TCP_LISTEN) | (1 << TCP_ESTABLISHED)
 ALL_STATES = 0xFFFFFFFF
@@ -118,16 +131,21 @@ class HostCond:
         return BC_HOSTCOND.pack(self.family, self.prefix_len, self.port) + self.addr
 
 
-def source_filter(conds: Iterable[HostCond]) -> bytes:
+def source_filter(conds: Iterable[HostCond]) -> bytes | None:
     """Inet_diag bytecode accepting a socket whose source matches any condition.
 
     Each test is followed by a jump to the end (accept); a failed test skips
     that jump to the next test, and the last failed test jumps past the end,
     which the kernel treats as reject (linux/inet_diag.h, inet_diag_bc_run).
     ``yes`` is a u8, so tests never jump further than their own length.
+    Returns None when the program would exceed :data:`MAX_BYTECODE` (its
+    length and jumps are 16-bit): the caller dumps without a filter and
+    filters in Python instead.
     """
     bodies = [c.pack() for c in dict.fromkeys(conds)]
     total = sum(4 + len(b) + 4 for b in bodies)
+    if total > MAX_BYTECODE:
+        return None
     out = bytearray()
     for i, body in enumerate(bodies):
         oplen = 4 + len(body)
@@ -141,7 +159,11 @@ def source_filter(conds: Iterable[HostCond]) -> bytes:
 def inet_dump_request(
     family: int, states: int, seq: int, bytecode: bytes = b"", ext: int = 0
 ) -> bytes:
-    """A SOCK_DIAG_BY_FAMILY dump request for TCP sockets (linux/inet_diag.h)."""
+    """A SOCK_DIAG_BY_FAMILY dump request for TCP sockets (linux/inet_diag.h).
+
+    ``bytecode`` empty: no filter. ``ext``: the idiag_ext bit mask
+    (``1 << (INET_DIAG_* - 1)``) of extra attributes wanted.
+    """
     req = INET_DIAG_REQ_V2.pack(
         family, socket.IPPROTO_TCP, ext, states,
         b"\0\0", b"\0\0", bytes(16), bytes(16), 0,
@@ -297,7 +319,11 @@ def parse_inet_full(buf: bytes) -> tuple[list[InetSocket], bool]:
 
 @dataclass(frozen=True, slots=True)
 class UnixSocket:
-    """One unix_diag_msg: state, inode, bound name and queue lengths."""
+    """One unix_diag_msg: type, state, inode, bound name and queue lengths.
+
+    ``vfs`` is ``(udiag_vfs_dev, udiag_vfs_ino)`` of the file a path socket
+    is bound to (UNIX_DIAG_VFS), None when not asked for or not a path.
+    """
 
     type: int
     state: int
@@ -305,6 +331,7 @@ class UnixSocket:
     name: str | None
     rqueue: int
     wqueue: int
+    vfs: tuple[int, int] | None = None
 
 
 def _unix_name(raw: bytes) -> str:
@@ -331,12 +358,16 @@ def parse_unix_dump(buf: bytes) -> tuple[list[UnixSocket], bool, bool]:
             _fam, stype, state, ino, _c0, _c1 = UNIX_DIAG_MSG.unpack_from(buf, off + 16)
             name = None
             rq = wq = 0
+            vfs = None
             for atype, payload in iter_attrs(buf, off + 16 + UNIX_DIAG_MSG.size, off + length):
                 if atype == UNIX_DIAG_NAME:
                     name = _unix_name(payload)
                 elif atype == UNIX_DIAG_RQLEN and len(payload) >= 8:
                     rq, wq = UNIX_DIAG_RQLEN_S.unpack_from(payload)
-            out.append(UnixSocket(stype, state, ino, name, rq, wq))
+                elif atype == UNIX_DIAG_VFS and len(payload) >= 8:
+                    vino, vdev = UNIX_DIAG_VFS_S.unpack_from(payload)
+                    vfs = (vdev, vino)
+            out.append(UnixSocket(stype, state, ino, name, rq, wq, vfs))
         elif mtype == NLMSG_DONE:
             done = True
         elif mtype == NLMSG_ERROR:
@@ -447,3 +478,41 @@ def count_unix_names(buf: bytes, needles: dict[str, bytes]) -> tuple[dict[str, i
         off += (length + 3) & ~3
     counts = {name: buf.count(needle) for name, needle in needles.items()}
     return counts, done, bool(intr & NLM_F_DUMP_INTR)
+
+
+def count_unix_stream_names(buf: bytes, names: frozenset[str]) -> tuple[dict[str, int], bool, bool]:
+    """Like :func:`count_unix_names`, message by message, SOCK_STREAM only.
+
+    The exact (slower) count, for when a name is also carried by a socket of
+    another type (a SOCK_SEQPACKET listener may share an abstract name with a
+    stream one, and its accepted connections carry that name too).
+    """
+    socks, done, intr = parse_unix_dump(buf)
+    counts = dict.fromkeys(names, 0)
+    for s in socks:
+        if s.type == SOCK_STREAM and s.name in counts:
+            counts[s.name] += 1
+    return counts, done, intr
+
+
+def split_dump(buf: bytes) -> tuple[list[bytes], bool, bool]:
+    """Each SOCK_DIAG_BY_FAMILY message of a datagram, whole; done; interrupted."""
+    out: list[bytes] = []
+    size = len(buf)
+    off = 0
+    done = False
+    intr = 0
+    while off + 16 <= size:
+        length, mtype, flags = NLMSGHDR.unpack_from(buf, off)[:3]
+        if length < 16 or off + length > size:
+            raise _bad_length(length, off, size)
+        intr |= flags
+        if mtype == SOCK_DIAG_BY_FAMILY:
+            out.append(bytes(buf[off : off + length]))
+        elif mtype == NLMSG_DONE:
+            done = True
+        elif mtype == NLMSG_ERROR:
+            raise_for_error(buf, off, length)
+            done = True
+        off += _align(length)
+    return out, done, bool(intr & NLM_F_DUMP_INTR)

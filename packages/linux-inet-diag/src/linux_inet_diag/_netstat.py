@@ -6,6 +6,7 @@ import errno
 from dataclasses import dataclass
 
 from ._errors import UnavailableError
+from ._platform import require_linux
 
 __all__ = ["ListenOverflows", "listen_overflows", "parse_netstat"]
 
@@ -46,10 +47,15 @@ def parse_netstat(text: str) -> dict[str, dict[str, int]]:
 def listen_overflows(path: str = NETSTAT_PATH) -> ListenOverflows:
     """Read TcpExt ListenOverflows and ListenDrops.
 
+    Off Linux, reading the default path raises UnavailableError
+    (``errno.ENOENT``); an explicit ``path`` is read and parsed anywhere.
+
     >>> counters = listen_overflows()
     >>> counters.listen_drops >= counters.listen_overflows
     True
     """
+    if path == NETSTAT_PATH:
+        require_linux(f"{path} (TcpExt counters)", errno.ENOENT)
     try:
         with open(path, encoding="ascii") as f:
             text = f.read()

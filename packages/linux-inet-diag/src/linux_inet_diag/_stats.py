@@ -13,15 +13,18 @@ from ._address import AF_INET, AF_INET6, Address, name_from_packed, parse_addres
 from ._errors import AddressError
 from ._kernel import (
     LISTEN_AND_ESTABLISHED,
+    SOCK_STREAM,
     TCP_ESTABLISHED,
     TCP_LISTEN,
     UDIAG_SHOW_NAME,
     UDIAG_SHOW_RQLEN,
+    UDIAG_SHOW_VFS,
     CountChunk,
     HostCond,
     UnixSocket,
     count_inet_dump,
     count_unix_names,
+    count_unix_stream_names,
     inet_dump_request,
     parse_inet_dump,
     parse_unix_dump,
@@ -71,7 +74,8 @@ def names_arg(names: object, what: str) -> list[str] | None:
     return list(names)
 
 
-def _cond(family: int, packed: bytes, port: int) -> HostCond:
+def host_cond(family: int, packed: bytes, port: int) -> HostCond:
+    """The bytecode condition for one name: its address (any for a wildcard), port."""
     width = 4 if family == AF_INET else 16
     prefix = 0 if packed == bytes(16) else width * 8
     return HostCond(family, prefix, port, packed[:width])
@@ -80,17 +84,24 @@ def _cond(family: int, packed: bytes, port: int) -> HostCond:
 def tcp_plan(addrs: list[Address]) -> list[tuple[int, bytes, bool]]:
     """(family, bytecode, single) per dump: filter on each name's address/port.
 
-    ``single`` is true when the family has one distinct condition, so every
-    socket the kernel returns belongs to that one name and can be counted
-    without classifying it.
+    ``bytecode`` is empty (no filter) when the names do not fit in one
+    inet_diag program (see :data:`MAX_BYTECODE`). ``single`` is true when
+    the family has one distinct condition, so every socket the kernel
+    returns belongs to that one name and can be counted without classifying
+    it.
     """
     plan = []
     for family in (AF_INET, AF_INET6):
         conds = list(
-            dict.fromkeys(_cond(a.family, a.packed, a.port) for a in addrs if a.family == family)
+            dict.fromkeys(
+                host_cond(a.family, a.packed, a.port) for a in addrs if a.family == family
+            )
         )
         if conds:
-            plan.append((family, source_filter(conds), len(conds) == 1))
+            bc = source_filter(conds)
+            # Too many conditions for one 16-bit program: dump the family
+            # unfiltered; tally_named keeps only the names asked (exact).
+            plan.append((family, b"" if bc is None else bc, len(conds) == 1))
     return plan
 
 
@@ -146,8 +157,12 @@ def _all_steps() -> Steps:
         )
         if not keys:
             continue
-        bc = source_filter(_cond(family, src, socket.ntohs(sport)) for src, sport in keys)
-        make = functools.partial(inet_dump_request, family, 1 << TCP_ESTABLISHED, bytecode=bc)
+        bc = source_filter(host_cond(family, src, socket.ntohs(sport)) for src, sport in keys)
+        # None: more listeners than one program holds; dump every
+        # established socket and let tally_all keep the listeners' (exact).
+        make = functools.partial(
+            inet_dump_request, family, 1 << TCP_ESTABLISHED, bytecode=bc or b""
+        )
         if len(keys) == 1:
             chunks: list[CountChunk] = yield (make, _counts)
             extra[(family, keys[0][0], keys[0][1])] = sum(c.active for c in chunks)
@@ -225,12 +240,14 @@ def tally_all(records: Iterable[Record]) -> dict[str, ListenStats]:
     }
 
 
-def unix_targets(paths: list[str]) -> dict[str, list[str]]:
-    """Map each socket name to look for onto the names asked that want it.
+def unix_keys(paths: list[str]) -> list[str]:
+    """The names a Unix query answers: each name asked, then its resolved path.
 
-    A path that is a symlink is resolved; the answer carries both names.
+    A path whose :func:`os.path.realpath` differs (a symlink, or a symlinked
+    directory on the way) is answered under both names. Raises AddressError
+    for a name that is not a Unix path or abstract name.
     """
-    out: dict[str, list[str]] = {}
+    out: dict[str, None] = {}
     for p in paths:
         a = parse_address(p)
         if not a.is_unix:
@@ -238,43 +255,96 @@ def unix_targets(paths: list[str]) -> dict[str, list[str]]:
                 f"invalid Unix socket name {p!r}: expected a path ('/path/to.sock') "
                 "or an abstract name ('@name')"
             )
-        out.setdefault(p, []).append(p)
+        out[p] = None
         if p.startswith("/"):
-            real = os.path.realpath(p)
-            if real != p:
-                out.setdefault(real, []).append(real)
-                out[real].append(p)
-    return out
+            out.setdefault(os.path.realpath(p))
+    return list(out)
 
 
-def tally_unix(paths: list[str] | None, socks: Iterable[UnixSocket]) -> dict[str, ListenStats]:
-    """Count Unix listeners (queued) and accepted connections (active)."""
-    cells: dict[str, list[int]] = {}
-    accepted: dict[str, int] = {}
-    for s in socks:
-        if s.name is None:
-            continue
-        if s.state == TCP_LISTEN:
-            cell = cells.setdefault(s.name, [0, 0, 0, 0])
-            cell[1] += s.rqueue
-            cell[2] += s.wqueue
-            cell[3] += 1
-        elif s.state == TCP_ESTABLISHED and s.inode:
-            accepted[s.name] = accepted.get(s.name, 0) + 1
-    for name, n in accepted.items():
-        if name in cells:
-            cells[name][0] += n
+def kernel_dev(st_dev: int) -> int:
+    """``stat()``'s st_dev in the kernel's dev_t form (linux/kdev_t.h MKDEV)."""
+    return (os.major(st_dev) << 20) | os.minor(st_dev)
+
+
+def _stat_id(path: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file at ``path`` (symlinks followed), or None."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+@dataclass(frozen=True, slots=True)
+class UnixPlan:
+    """Which listeners answer each Unix name, and which names to count.
+
+    ``keys`` maps each answered name to its stream listeners and to the
+    bound names whose accepted connections make its ``active``; ``names``
+    is every such bound name; ``exact`` is true when one of them is also a
+    non-stream listener's name, so the count must check each socket's type.
+    """
+
+    keys: dict[str, tuple[list[UnixSocket], frozenset[str]]]
+    names: frozenset[str]
+    exact: bool
+
+
+def unix_plan(paths: list[str] | None, listeners: Iterable[UnixSocket]) -> UnixPlan:
+    """Match Unix *stream* listeners to the names asked (all of them if None).
+
+    A listener answers a name when it is bound under that spelling, or when
+    its bound file is the file the name leads to (UNIX_DIAG_VFS against
+    ``stat``), so a socket bound through a symlinked directory answers both
+    the name it was bound with and its resolved path, each with its true
+    numbers. SOCK_SEQPACKET and SOCK_DGRAM sockets never answer: a name
+    only they hold is 0/0. A name no stream listener answers counts the
+    accepted connections still carrying it (its listener has closed).
+    """
+    stream = [(s.name, s) for s in listeners if s.name is not None and s.type == SOCK_STREAM]
+    others = frozenset(s.name for s in listeners if s.name is not None and s.type != SOCK_STREAM)
+    keys: dict[str, tuple[list[UnixSocket], frozenset[str]]] = {}
     if paths is None:
-        return {n: ListenStats(c[0], c[1], c[2]) for n, c in cells.items()}
+        for name, s in stream:
+            keys.setdefault(name, ([], frozenset([name])))[0].append(s)
+    else:
+        by_name: dict[str, list[int]] = {}
+        by_ino: dict[int, list[int]] = {}
+        for i, (name, s) in enumerate(stream):
+            by_name.setdefault(name, []).append(i)
+            if s.vfs is not None:
+                by_ino.setdefault(s.vfs[1], []).append(i)
+        for key in unix_keys(paths):
+            hits = dict.fromkeys(by_name.get(key, ()))
+            ident = _stat_id(key) if key.startswith("/") else None
+            if ident is not None:
+                for i in by_ino.get(ident[1] & 0xFFFFFFFF, ()):
+                    name, s = stream[i]
+                    # The superblock's kernel dev_t equals stat()'s st_dev on
+                    # most filesystems; where it does not (btrfs subvolumes,
+                    # overlayfs), the listener's own bound path settles it.
+                    if (s.vfs is not None and s.vfs[0] == kernel_dev(ident[0])) or (
+                        name.startswith("/") and _stat_id(name) == ident
+                    ):
+                        hits[i] = None
+            matched = [stream[i] for i in hits]
+            names = frozenset(name for name, _ in matched) or frozenset([key])
+            keys[key] = ([s for _, s in matched], names)
+    every = frozenset(n for _, names in keys.values() for n in names)
+    return UnixPlan(keys, every, bool(every & others))
+
+
+def unix_answer(plan: UnixPlan, counts: dict[str, int]) -> dict[str, ListenStats]:
+    """ListenStats per answered name from a plan and accepted counts by name."""
     result: dict[str, ListenStats] = {}
-    for target, askers in unix_targets(paths).items():
-        c = cells.get(target)
-        if c is None:
-            n = accepted.get(target, 0)
-            c = [n, 0, 0, 0]
-        stats = ListenStats(c[0], c[1], c[2] if c[3] else None)
-        for name in askers:
-            result[name] = stats
+    for key, (matched, names) in plan.keys.items():
+        active = sum(counts.get(n, 0) for n in names)
+        if matched:
+            queued = sum(s.rqueue for s in matched)
+            backlog: int | None = sum(s.wqueue for s in matched)
+        else:
+            queued, backlog = 0, None
+        result[key] = ListenStats(active, queued, backlog)
     return result
 
 
@@ -287,40 +357,57 @@ _ACCEPTCON = 0x10000
 
 
 def parse_proc_net_unix(text: str) -> list[UnixSocket]:
-    """Parse /proc/net/unix into UnixSocket records (no queue lengths)."""
+    """Parse /proc/net/unix into UnixSocket records (queue lengths 0).
+
+    Listeners come back with state TCP_LISTEN, connected sockets with
+    TCP_ESTABLISHED, embryonic ones (waiting in a listener's queue) with -1.
+    """
     out = []
     for line in text.splitlines()[1:]:
         cols = line.split(None, 7)
         if len(cols) < 8:
             continue
         flags = int(cols[3], 16)
+        stype = int(cols[4], 16)
         st = cols[5]
         path = cols[7]
         inode = int(cols[6])
         if flags & _ACCEPTCON:
-            out.append(UnixSocket(int(cols[4], 16), TCP_LISTEN, inode, path, 0, 0))
+            out.append(UnixSocket(stype, TCP_LISTEN, inode, path, 0, 0))
         elif st == _SS_CONNECTED:
-            out.append(UnixSocket(int(cols[4], 16), TCP_ESTABLISHED, inode, path, 0, 0))
+            out.append(UnixSocket(stype, TCP_ESTABLISHED, inode, path, 0, 0))
         elif st == _SS_CONNECTING:
             # Counted as the listener's queue below.
-            out.append(UnixSocket(int(cols[4], 16), -1, inode, path, 0, 0))
+            out.append(UnixSocket(stype, -1, inode, path, 0, 0))
     return out
 
 
 def tally_proc_unix(paths: list[str] | None, socks: list[UnixSocket]) -> dict[str, ListenStats]:
-    """Like tally_unix, queued taken from embryonic (SS_CONNECTING) sockets."""
+    """Listener stats from /proc/net/unix records; backlog is always None.
+
+    Queued is taken from embryonic (SS_CONNECTING) sockets; /proc has no
+    UNIX_DIAG_VFS, so each listener's path is stat()ed to match names bound
+    through symlinks, as :func:`unix_plan` does with the kernel's answer.
+    """
     queued: dict[str | None, int] = {}
+    accepted: dict[str, int] = {}
     for s in socks:
+        if s.type != SOCK_STREAM or s.name is None:
+            continue
         if s.state == -1:
             queued[s.name] = queued.get(s.name, 0) + 1
-    fixed = [
-        UnixSocket(s.type, s.state, s.inode, s.name, queued.get(s.name, 0), 0)
-        if s.state == TCP_LISTEN
-        else s
-        for s in socks
-        if s.state != -1
-    ]
-    res = tally_unix(paths, fixed)
+        elif s.state == TCP_ESTABLISHED:
+            accepted[s.name] = accepted.get(s.name, 0) + 1
+    listeners = []
+    for s in socks:
+        if s.state != TCP_LISTEN:
+            continue
+        ident = _stat_id(s.name) if s.name is not None and s.name.startswith("/") else None
+        vfs = None if ident is None else (kernel_dev(ident[0]), ident[1] & 0xFFFFFFFF)
+        listeners.append(
+            UnixSocket(s.type, s.state, s.inode, s.name, queued.get(s.name, 0), 0, vfs)
+        )
+    res = unix_answer(unix_plan(paths, listeners), accepted)
     return {k: ListenStats(v.active, v.queued, None) for k, v in res.items()}
 
 
@@ -329,38 +416,30 @@ def _unix_counts(needles: dict[str, bytes], data: bytes) -> tuple[list[Any], boo
     return [counts], done, intr
 
 
+def _unix_exact_counts(names: frozenset[str], data: bytes) -> tuple[list[Any], bool, bool]:
+    counts, done, intr = count_unix_stream_names(data, names)
+    return [counts], done, intr
+
+
 def unix_steps(paths: list[str] | None) -> Steps:
     """The two unix_diag dumps of a Unix query (listeners, then accepted
     connections counted by name), as a generator like :func:`tcp_steps`."""
-    make = functools.partial(unix_dump_request, 1 << TCP_LISTEN, UDIAG_SHOW_NAME | UDIAG_SHOW_RQLEN)
-    listeners: list[UnixSocket] = yield (make, parse_unix_dump)
-    targets = (
-        unix_targets(paths)
-        if paths is not None
-        else {s.name: [s.name] for s in listeners if s.name is not None}
+    make = functools.partial(
+        unix_dump_request, 1 << TCP_LISTEN, UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_RQLEN
     )
-    needles = {t: unix_name_attr(t) for t in targets}
-    make = functools.partial(unix_dump_request, 1 << TCP_ESTABLISHED, UDIAG_SHOW_NAME)
-    counts: list[dict[str, int]] = yield (make, functools.partial(_unix_counts, needles))
-    accepted = dict.fromkeys(targets, 0)
-    for per_datagram in counts:
-        for name, n in per_datagram.items():
-            accepted[name] += n
-    cells: dict[str, list[int]] = {}
-    for s in listeners:
-        if s.name is not None and s.name in accepted:
-            cell = cells.setdefault(s.name, [0, 0, 0])
-            cell[0] = accepted[s.name]
-            cell[1] += s.rqueue
-            cell[2] += s.wqueue
-    result: dict[str, ListenStats] = {}
-    for target, askers in targets.items():
-        found = cells.get(target)
-        stats = (
-            ListenStats(accepted[target], 0, None)
-            if found is None
-            else ListenStats(found[0], found[1], found[2])
-        )
-        for name in askers:
-            result[name] = stats
-    return result
+    listeners: list[UnixSocket] = yield (make, parse_unix_dump)
+    plan = unix_plan(paths, listeners)
+    counts: dict[str, int] = dict.fromkeys(plan.names, 0)
+    if plan.names:
+        parser: Parser
+        if plan.exact:
+            parser = functools.partial(_unix_exact_counts, plan.names)
+        else:
+            needles = {n: unix_name_attr(n) for n in plan.names}
+            parser = functools.partial(_unix_counts, needles)
+        make = functools.partial(unix_dump_request, 1 << TCP_ESTABLISHED, UDIAG_SHOW_NAME)
+        per_datagram: list[dict[str, int]] = yield (make, parser)
+        for chunk in per_datagram:
+            for name, n in chunk.items():
+                counts[name] += n
+    return unix_answer(plan, counts)

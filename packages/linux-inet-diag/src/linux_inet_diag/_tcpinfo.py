@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import enum
+import errno
 import socket
 import struct
 from dataclasses import dataclass, fields
 from typing import Any
+
+from ._errors import TcpInfoLengthError
+from ._platform import require_linux
 
 __all__ = ["TcpCaState", "TcpInfo", "TcpState"]
 
@@ -87,6 +91,12 @@ for _name, _code in _LAYOUT:
     _FIELDS.append((_name, _off, _s))
     _off += _s.size
 TCP_INFO_MAX = _off  # 280 on Linux 6.18
+# tcpi_state / tcpi_ca_state values this package knows, by number; a value a
+# newer kernel adds is kept as a plain int.
+_STATES: dict[int, TcpState] = {s.value: s for s in TcpState}
+_CA_STATES: dict[int, TcpCaState] = {s.value: s for s in TcpCaState}
+# linux/tcp.h: TCP_INFO (getsockopt option 11 at level IPPROTO_TCP)
+_TCP_INFO = 11
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +114,10 @@ class TcpInfo:
     ``segs``/``packets`` counters in segments. ``snd_wscale``/``rcv_wscale``
     are window-scale shifts. Fields after ``total_retrans`` are ``None``
     when the running kernel's struct is too short to hold them; ``size`` is
-    how many bytes it returned.
+    how many bytes it returned. ``state`` is a :class:`TcpState` and
+    ``ca_state`` a :class:`TcpCaState` when the number is one this package
+    knows, else the kernel's plain ``int`` (a state added by a newer kernel
+    does not make decoding fail).
 
     >>> import socket
     >>> with socket.create_server(("127.0.0.1", 0)) as srv:
@@ -114,8 +127,8 @@ class TcpInfo:
     """
 
     size: int
-    state: TcpState
-    ca_state: int
+    state: TcpState | int
+    ca_state: TcpCaState | int
     retransmits: int
     probes: int
     backoff: int
@@ -189,16 +202,20 @@ class TcpInfo:
     def from_bytes(cls, data: bytes) -> TcpInfo:
         """Decode the bytes of ``getsockopt(TCP_INFO)`` or INET_DIAG_INFO.
 
-        Raises ValueError when fewer than the 104 bytes of Linux 2.6 are given.
+        Raises TcpInfoLengthError (a ValueError) when fewer than the 104
+        bytes of Linux 2.6 are given.
+
+        >>> TcpInfo.from_bytes(bytes([1, 0, 0, 0, 0, 7, 0x97]) + bytes(97)).rcv_wscale
+        9
         """
         size = len(data)
         if size < _CORE_SIZE:
-            raise ValueError(f"tcp_info of {size} bytes is too short: at least {_CORE_SIZE}")
+            raise TcpInfoLengthError(size, _CORE_SIZE)
         b = data
         kw: dict[str, Any] = {
             "size": size,
-            "state": TcpState(b[0]),
-            "ca_state": b[1],
+            "state": _STATES.get(b[0], b[0]),
+            "ca_state": _CA_STATES.get(b[1], b[1]),
             "retransmits": b[2],
             "probes": b[3],
             "backoff": b[4],
@@ -222,12 +239,12 @@ class TcpInfo:
         >>> with socket.create_server(("127.0.0.1", 0)) as srv:
         ...     TcpInfo.from_socket(srv).state.name
         'LISTEN'
-        """
-        opt = getattr(socket, "TCP_INFO", None)
-        if opt is None:
-            from ._errors import UnavailableError
 
-            raise UnavailableError("TCP_INFO is unavailable on this platform")
+        Off Linux raises UnavailableError (``errno.ENOPROTOOPT``): other
+        systems' TCP_INFO, where it exists, is another struct.
+        """
+        require_linux("TCP_INFO (Linux struct tcp_info)", errno.ENOPROTOOPT)
+        opt = getattr(socket, "TCP_INFO", _TCP_INFO)
         return cls.from_bytes(sock.getsockopt(socket.IPPROTO_TCP, opt, 512))
 
     def as_dict(self) -> dict[str, Any]:
