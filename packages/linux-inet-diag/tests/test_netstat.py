@@ -7,7 +7,13 @@ import socket
 import time
 
 import pytest
-from linux_inet_diag import ListenOverflows, UnavailableError, listen_overflows
+from linux_inet_diag import (
+    LinuxInetDiagError,
+    ListenOverflows,
+    NetstatFormatError,
+    UnavailableError,
+    listen_overflows,
+)
 from linux_inet_diag._netstat import parse_netstat
 
 CAPTURED = (
@@ -25,6 +31,38 @@ def test_parse_captured_netstat(tmp_path: os.PathLike[str]) -> None:
     with open(path, "w", encoding="ascii") as f:
         f.write(CAPTURED)
     assert listen_overflows(path) == ListenOverflows(listen_overflows=17, listen_drops=21)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "TcpExt: A B\n",
+            r"^netstat text has 1 lines: expected header and value lines in pairs$",
+        ),
+        (
+            "TcpExt: A B\nIpExt: 1 2\n",
+            r"^mismatched netstat lines 'TcpExt: A B' / 'IpExt: 1 2': a header line must be "
+            r"followed by the value line of the same section$",
+        ),
+        (
+            "TcpExt: A B\nTcpExt: 1\n",
+            r"^netstat section 'TcpExt' has 2 names and values ' 1': expected as many "
+            r"non-negative integers as names$",
+        ),
+        (
+            "TcpExt: A\nTcpExt: x\n",
+            r"^netstat section 'TcpExt' has 1 names and values ' x': expected as many "
+            r"non-negative integers as names$",
+        ),
+    ],
+)
+def test_malformed_netstat_text(text: str, message: str) -> None:
+    """Malformed netstat text raises NetstatFormatError (a ValueError) saying what is wrong."""
+    with pytest.raises(NetstatFormatError, match=message) as info:
+        parse_netstat(text)
+    assert isinstance(info.value, LinuxInetDiagError)
+    assert isinstance(info.value, ValueError)
 
 
 def test_missing_file_is_unavailable(tmp_path: os.PathLike[str]) -> None:

@@ -32,6 +32,7 @@ from ._errors import (
     DumpInterruptedError,
     LinuxInetDiagError,
     NetlinkError,
+    NetstatFormatError,
     TcpInfoLengthError,
     UnavailableError,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "ListenOverflows",
     "ListenStats",
     "NetlinkError",
+    "NetstatFormatError",
     "SocketRecord",
     "TcpCaState",
     "TcpInfo",

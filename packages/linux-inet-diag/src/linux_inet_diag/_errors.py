@@ -8,6 +8,7 @@ __all__ = [
     "DumpInterruptedError",
     "LinuxInetDiagError",
     "NetlinkError",
+    "NetstatFormatError",
     "TcpInfoLengthError",
     "UnavailableError",
 ]
@@ -35,6 +36,10 @@ class TcpInfoLengthError(LinuxInetDiagError, ValueError):
         super().__init__(f"tcp_info of {length} bytes is too short: at least {needed} bytes needed")
         self.length = length
         self.needed = needed
+
+
+class NetstatFormatError(LinuxInetDiagError, ValueError):
+    """Text given as /proc/net/netstat is not pairs of header and value lines."""
 
 
 class UnavailableError(LinuxInetDiagError, OSError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
-from ._errors import UnavailableError
+from ._errors import NetstatFormatError, UnavailableError
 from ._platform import require_linux
 
 __all__ = ["ListenOverflows", "listen_overflows", "parse_netstat"]
@@ -31,16 +31,33 @@ def parse_netstat(text: str) -> dict[str, dict[str, int]]:
     """Parse /proc/net/netstat (or /proc/net/snmp) text: {section: {key: value}}.
 
     Each section is a header line ``TcpExt: Name ...`` followed by a value line
-    ``TcpExt: 1 ...`` with the same prefix.
+    ``TcpExt: 1 ...`` with the same prefix and as many values as names;
+    anything else raises :class:`NetstatFormatError`.
+
+    >>> parse_netstat("TcpExt: ListenOverflows ListenDrops\\nTcpExt: 3 5\\n")
+    {'TcpExt': {'ListenOverflows': 3, 'ListenDrops': 5}}
     """
     out: dict[str, dict[str, int]] = {}
     lines = text.splitlines()
-    for head, values in zip(lines[::2], lines[1::2], strict=False):
+    if len(lines) % 2:
+        raise NetstatFormatError(
+            f"netstat text has {len(lines)} lines: expected header and value lines in pairs"
+        )
+    for head, values in zip(lines[::2], lines[1::2], strict=True):
         hp, _, hkeys = head.partition(":")
         vp, _, vvals = values.partition(":")
         if hp != vp:
-            raise ValueError(f"mismatched netstat lines {head[:20]!r} / {values[:20]!r}")
-        out[hp] = dict(zip(hkeys.split(), map(int, vvals.split()), strict=True))
+            raise NetstatFormatError(
+                f"mismatched netstat lines {head[:20]!r} / {values[:20]!r}: "
+                "a header line must be followed by the value line of the same section"
+            )
+        names, numbers = hkeys.split(), vvals.split()
+        if len(names) != len(numbers) or not all(n.isdigit() for n in numbers):
+            raise NetstatFormatError(
+                f"netstat section {hp!r} has {len(names)} names and values {vvals[:40]!r}: "
+                "expected as many non-negative integers as names"
+            )
+        out[hp] = dict(zip(names, map(int, numbers), strict=True))
     return out
 
 
