@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from raindrops_asgi.watcher import LastDataRecv, Watcher
+from raindrops_core.watcher import histogram_text
 
 L = "127.0.0.1:8080"
 
@@ -124,11 +125,13 @@ def test_queued_txt_headers_and_head() -> None:
         return got, head
 
     (status, headers, body), (hstatus, hheaders, hbody) = run(main())
-    assert status == 200
+    assert (status, headers["content-type"]) == (200, "text/plain")
     assert (headers["x-count"], headers["x-min"], headers["x-max"]) == ("2", "2", "6")
-    assert (headers["x-mean"], headers["x-std-dev"], headers["x-current"]) == ("4", "2", "6")
+    assert (headers["x-mean"], headers["x-std-dev"], headers["x-current"]) == (
+        "4.0", "2.8284271247461903", "6",
+    )  # fmt: skip
     assert headers["content-length"] == str(len(body))
-    assert body.startswith(b"value |")
+    assert body == histogram_text([(2, 4, 1), (4, 8, 1)]).encode()
     assert (hstatus, hbody, hheaders["content-length"]) == (200, b"", str(len(body)))
 
 
@@ -145,8 +148,8 @@ def test_mounted_under_root_path() -> None:
 
     page, reset, js = run(main())
     assert b'href="/mon/active/127.0.0.1%3A8080.html"' in page[2]
-    assert (reset[0], reset[1]["location"]) == (303, "/mon/")
-    assert json.loads(js[2])["count"] == 0
+    assert (reset[0], reset[1]["location"], reset[2]) == (302, "/mon/", b"Redirecting to /mon/")
+    assert json.loads(js[2])["count"] == 0  # no round came in the bounded wait after the reset
 
 
 @pytest.mark.parametrize(
@@ -155,12 +158,13 @@ def test_mounted_under_root_path() -> None:
         ("GET", "/queued/10.0.0.9:1.txt", 404),
         ("GET", "/queued/\ufffd.txt", 404),
         ("GET", "/nothing", 404),
+        ("GET", "/reset/127.0.0.1:8080", 404),
+        ("POST", "/queued/127.0.0.1:8080.txt", 404),
         ("PATCH", "/", 405),
-        ("GET", "/reset/127.0.0.1:8080", 405),
     ],
 )
 def test_errors(method: str, path: str, status: int) -> None:
-    """Unknown or malformed names are 404, wrong methods 405 with Allow, never 500."""
+    """Unknown or malformed names are 404, methods but GET/HEAD/POST 405 with Allow, never 500."""
     app = make()
 
     async def main() -> Any:
@@ -205,8 +209,8 @@ def test_tail_streams_until_disconnect() -> None:
 
     bodies, subs, done = run(main())
     assert bodies == [
-        b"1970-01-01T00:00:01Z 127.0.0.1:8080 2 0\n",
-        b"1970-01-01T00:00:02Z 127.0.0.1:8080 3 0\n",
+        b"1970-01-01T00:00:01Z 127.0.0.1:8080          2          0\n",
+        b"1970-01-01T00:00:02Z 127.0.0.1:8080          3          0\n",
     ]
     assert (subs, done) == (0, True)
 
@@ -222,6 +226,9 @@ def test_tail_max_seconds_ends_with_final_message() -> None:
 
     status, headers, body = run(main())
     assert (status, headers["content-type"], body) == (200, "application/x-ndjson", b"")
+    assert (headers["cache-control"], headers["expires"]) == (
+        "no-transform", "Thu, 01 Jan 1970 00:00:00 GMT",
+    )  # fmt: skip
 
 
 # -- LastDataRecv ---------------------------------------------------------------
@@ -232,51 +239,73 @@ async def hello(sc: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"hi"})
 
 
-def test_last_data_recv_records_each_request() -> None:
-    """One sample per request, looked up by the scope's address pair; then the report."""
+def test_last_data_recv_records_first_requests() -> None:
+    """A sample per connection's first request, looked up by the scope's address pair."""
     seen: list[tuple[Any, Any]] = []
 
     @dataclass
     class Info:
         last_data_recv: int
+        data_segs_out: int
 
     async def lookup(local: Any, remote: Any) -> Info:
         seen.append((local, remote))
-        return Info(10 * len(seen))
+        port = remote[1]
+        return Info(10 * len(seen), data_segs_out=1 if port == 5009 else 0)
 
     app = LastDataRecv(hello, segment="anonymous", tcp_info_for=lookup)
 
     async def main() -> Any:
-        for port in (5001, 5002, 5003):
+        for port in (5001, 5002, 5003, 5009):
             extra = {"server": ("127.0.0.1", 8000), "client": ("127.0.0.1", port)}
             assert (await call(app, scope("/", **extra)))[2] == b"hi"
         return await call(app, scope("/raindrops/last_data_recv"))
 
     status, headers, body = run(main())
     assert seen[0] == (("127.0.0.1", 8000), ("127.0.0.1", 5001))
+    assert len(seen) == 4  # the report itself is not looked up
     assert (status, headers["x-count"], headers["x-min"], headers["x-max"]) == (
         200,
         "3",
         "10",
         "30",
     )
-    assert headers["x-mean"] == "20"
-    assert body.startswith(b"value |")
+    assert (headers["x-mean"], headers["x-std-dev"]) == ("20", "10")
+    assert body == histogram_text([(8, 16, 1), (16, 32, 2)]).encode()
 
 
 def test_last_data_recv_json_and_passthrough() -> None:
-    """.json answers JSON; unknown connections are not recorded; lifespan passes through."""
+    """.json answers JSON; unknown connections are not recorded; lifespan reaches the app."""
+    lifespans: list[str] = []
 
     async def lookup(local: Any, remote: Any) -> None:
         return None
 
-    app = LastDataRecv(hello, segment="anonymous", tcp_info_for=lookup)
+    async def inner(sc: Any, receive: Any, send: Any) -> None:
+        if sc["type"] == "lifespan":
+            message = await receive()
+            lifespans.append(message["type"])
+            await send({"type": "lifespan.startup.complete"})
+            return
+        await hello(sc, receive, send)
+
+    app = LastDataRecv(inner, segment="anonymous", tcp_info_for=lookup)
 
     async def main() -> Any:
-        await call(app, scope("/", server=("127.0.0.1", 1), client=("127.0.0.1", 2)))
-        return await call(app, scope("/raindrops/last_data_recv.json"))
+        sent: list[dict[str, Any]] = []
 
-    status, headers, body = run(main())
+        async def receive() -> dict[str, Any]:
+            return {"type": "lifespan.startup"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app({"type": "lifespan"}, receive, send)
+        await call(app, scope("/", server=("127.0.0.1", 1), client=("127.0.0.1", 2)))
+        return sent, await call(app, scope("/raindrops/last_data_recv.json"))
+
+    sent, (status, headers, body) = run(main())
+    assert (lifespans, sent) == (["lifespan.startup"], [{"type": "lifespan.startup.complete"}])
     assert (status, headers["content-type"], json.loads(body)["count"]) == (
         200,
         "application/json",
@@ -284,9 +313,38 @@ def test_last_data_recv_json_and_passthrough() -> None:
     )
 
 
+def test_last_data_recv_without_app_answers_lifespan_and_404() -> None:
+    """With app=None it completes lifespan itself, reports on any method, 404s elsewhere."""
+    app = LastDataRecv(None, segment="anonymous", tcp_info_for=lambda *a: _none())
+    inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+    async def main() -> Any:
+        sent: list[str] = []
+
+        async def receive() -> dict[str, Any]:
+            return inbox.pop(0)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message["type"])
+
+        await app({"type": "lifespan"}, receive, send)
+        post = await call(app, scope("/raindrops/last_data_recv", "POST"))
+        other = await call(app, scope("/x", server=("127.0.0.1", 1), client=("127.0.0.1", 2)))
+        return sent, post, other
+
+    sent, post, other = run(main())
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert (post[0], post[1]["x-count"]) == (200, "0")
+    assert (other[0], other[2]) == (404, b"Not Found")
+
+
+async def _none() -> None:
+    return None
+
+
 @pytest.mark.linux
 def test_last_data_recv_finds_the_connection_by_address_pair() -> None:
-    """The default lookup (netlink, by scope server/client) records tcpi_last_data_recv in ms."""
+    """The default netlink lookup records the first request's tcpi_last_data_recv (ms) only."""
     import socket
     import time
 
@@ -301,6 +359,11 @@ def test_last_data_recv_finds_the_connection_by_address_pair() -> None:
             extra = {"server": conn.getsockname(), "client": conn.getpeername()}
 
             async def main() -> Any:
+                await call(app, scope("/", **extra))
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+                client.recv(100)
+                client.sendall(b"GET / HTTP/1.1\r\n\r\n")  # a keep-alive request
+                conn.recv(100)
                 await call(app, scope("/", **extra))
                 return await call(app, scope("/raindrops/last_data_recv"))
 

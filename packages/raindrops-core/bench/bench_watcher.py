@@ -5,9 +5,11 @@ under two minutes. Prints a Markdown table of ns/op (µs for pages) with
 ratios against the peers measured in the same run:
 
 - one sample into the aggregates vs keeping raw samples and computing the
-  same statistics with the ``statistics`` module when read;
+  same statistics (the sample standard deviation, as the Ruby ``aggregate``
+  gem's) with the ``statistics`` module when read;
 - one ``tcpi_last_data_recv`` record into the shared histogram vs
-  ``prometheus_client.Histogram.observe`` (in-process);
+  ``prometheus_client.Histogram.observe`` (in-process), and the whole
+  per-request step (the first-request check, then the record);
 - rendering a listener's text, JSON and HTML page.
 """
 
@@ -25,6 +27,12 @@ from raindrops_core.watcher import Aggregate, LastDataRecvCore, WatcherCore
 class _Stats:
     active: int
     queued: int
+
+
+@dataclass(frozen=True)
+class _Info:
+    last_data_recv: int
+    data_segs_out: int
 
 
 def _ns_per_op(fn: Callable[[], object], *, budget: float = 1.0) -> float:
@@ -77,7 +85,7 @@ def main() -> None:
             min(window),
             max(window),
             statistics.fmean(window),
-            statistics.pstdev(window),
+            statistics.stdev(window),
         )
 
     ours_read = _ns_per_op(full.stats)
@@ -91,6 +99,16 @@ def main() -> None:
     ldr.record(1)
     ours_ldr = _ns_per_op(lambda: ldr.record(7))
     rows.append(("LastDataRecv record (shm histogram)", ours_ldr, "ns", "1.00"))
+    info = _Info(last_data_recv=7, data_segs_out=0)
+    per_request = _ns_per_op(lambda: ldr.record_info(info))
+    rows.append(
+        (
+            "LastDataRecv record_info (first-request check + record)",
+            per_request,
+            "ns",
+            f"{per_request / ours_ldr:.2f}",
+        )
+    )
     try:
         from prometheus_client import CollectorRegistry, Histogram
 

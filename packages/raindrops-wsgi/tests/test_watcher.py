@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from raindrops_core.watcher import histogram_text, http_date
 from raindrops_wsgi.watcher import LastDataRecv, Watcher
 from webob import Request
 
@@ -48,8 +49,7 @@ def test_index_starts_one_sampler(watcher: Watcher) -> None:
     """The first request starts the sampler once; GET / lists the listener's current counts."""
     for _ in range(3):
         resp = Request.blank("/").get_response(watcher)
-    assert resp.status_int == 200
-    assert resp.content_type == "text/html"
+    assert (resp.status_int, resp.headers["Content-Type"]) == (200, "text/html")
     assert '<a href="/active/127.0.0.1%3A8080.html">1</a>' in resp.text
     assert '<a href="/queued/127.0.0.1%3A8080.html">2</a>' in resp.text
     assert watcher.engine._fetch.calls == 1  # type: ignore[attr-defined]
@@ -61,15 +61,17 @@ def test_queued_txt_headers(watcher: Watcher) -> None:
     Request.blank("/").get_response(watcher)
     watcher.engine.record({L: Stats(0, 6)})
     resp = Request.blank("/queued/127.0.0.1%3A8080.txt").get_response(watcher)
-    assert resp.status_int == 200
+    assert (resp.status_int, resp.headers["Content-Type"]) == (200, "text/plain")
     assert resp.headers["X-Count"] == "2"
-    assert (resp.headers["X-Min"], resp.headers["X-Max"], resp.headers["X-Mean"]) == ("2", "6", "4")
-    assert resp.headers["X-Std-Dev"] == "2"
+    assert (resp.headers["X-Min"], resp.headers["X-Max"], resp.headers["X-Mean"]) == (
+        "2", "6", "4.0",
+    )  # fmt: skip
+    assert resp.headers["X-Std-Dev"] == "2.8284271247461903"  # Ruby: agg.std_dev.to_s
     assert resp.headers["X-Current"] == "6"
     assert resp.headers["Content-Length"] == str(len(resp.body))
-    assert resp.body.startswith(b"value |")
-    assert "Expires" in resp.headers
-    assert "X-Last-Reset" in resp.headers
+    assert resp.body == histogram_text([(2, 4, 1), (4, 8, 1)]).encode()
+    assert resp.headers["Expires"] == http_date(watcher.engine.next_sample_at())
+    assert resp.headers["X-Last-Reset"] == http_date(watcher.engine.report(L).queued.last_reset)  # type: ignore[union-attr]
 
 
 def test_head_has_headers_no_body(watcher: Watcher) -> None:
@@ -94,28 +96,31 @@ def test_json_variant(watcher: Watcher) -> None:
         ("GET", "/queued/10.0.0.9%3A1.txt", 404),
         ("GET", "/queued/%ff%fe.txt", 404),
         ("GET", "/elsewhere", 404),
+        ("GET", "/reset/127.0.0.1%3A8080", 404),
         ("PUT", "/", 405),
-        ("GET", "/reset/127.0.0.1%3A8080", 405),
     ],
 )
 def test_errors(watcher: Watcher, method: str, path: str, status: int) -> None:
-    """Unknown or malformed names are 404 and wrong methods 405, never 500."""
+    """Unknown or malformed names are 404 and methods other than GET/HEAD/POST 405, never 500."""
     resp = Request.blank(path, method=method).get_response(watcher)
     assert resp.status_int == status
-    if status == 405:
-        assert resp.headers["Allow"] in ("GET, HEAD", "POST")
+    assert resp.headers.get("Allow") == ("GET, HEAD, POST" if status == 405 else None)
 
 
 def test_reset_redirects_under_prefix(watcher: Watcher) -> None:
-    """POST /reset/<L> under a mount point clears the listener and 303s to its index."""
+    """POST /reset/<L> under a mount point clears the listener, awaits a round, 302s back."""
     Request.blank("/").get_response(watcher)
     req = Request.blank("/mon/reset/127.0.0.1%3A8080", method="POST")
     req.script_name, req.path_info = "/mon", "/reset/127.0.0.1:8080"
+    feeder = threading.Timer(0.05, watcher.engine.record, ({L: Stats(0, 9)},))
+    feeder.start()
     resp = req.get_response(watcher)
-    assert (resp.status_int, resp.headers["Location"]) == (303, "http://localhost/mon/")
+    feeder.join()
+    assert (resp.status_int, resp.headers["Location"]) == (302, "http://localhost/mon/")
+    assert resp.body == b"Redirecting to /mon/"
     report = watcher.engine.report(L)
     assert report is not None
-    assert report.queued.count == 0
+    assert (report.queued.count, report.queued.max) == (1, 9)
 
 
 def test_tail_streams_lines_and_closes(watcher: Watcher) -> None:
@@ -124,9 +129,18 @@ def test_tail_streams_lines_and_closes(watcher: Watcher) -> None:
     env = Request.blank("/tail/127.0.0.1%3A8080.txt?queued_min=3").environ
     started: list[Any] = []
     body = watcher(env, lambda status, headers: started.append((status, headers)))
-    assert started[0][0] == "200 OK"
-    assert ("Content-Type", "text/plain; charset=utf-8") in started[0][1]
+    assert started == [
+        (
+            "200 OK",
+            [
+                ("Content-Type", "text/plain"),
+                ("Cache-Control", "no-transform"),
+                ("Expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
+            ],
+        )
+    ]
     it = iter(body)
+    assert next(it) == b""  # gunicorn sends the status and headers on it
 
     def feed() -> None:
         time.sleep(0.05)
@@ -134,7 +148,7 @@ def test_tail_streams_lines_and_closes(watcher: Watcher) -> None:
         watcher.engine.record({L: Stats(2, 3)}, at=1.0)
 
     threading.Thread(target=feed).start()
-    assert next(it) == b"1970-01-01T00:00:01Z 127.0.0.1:8080 2 3\n"
+    assert next(it) == b"1970-01-01T00:00:01Z 127.0.0.1:8080          2          3\n"
     assert watcher.engine.subscribers == 1
     body.close()  # type: ignore[attr-defined]
     assert watcher.engine.subscribers == 0
@@ -150,6 +164,37 @@ def test_close_stops_sampler(watcher: Watcher) -> None:
     assert watcher.engine.thread_running
 
 
+def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.mark.linux
+def test_tail_ends_when_the_gunicorn_socket_client_leaves(watcher: Watcher) -> None:
+    """With thresholds unmet the tail ends once the client behind gunicorn.socket closed."""
+    Request.blank("/").get_response(watcher)
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        client = socket.create_connection(srv.getsockname())
+        conn, _ = srv.accept()
+        with client, conn:
+            env = Request.blank("/tail/127.0.0.1%3A8080.txt?queued_min=999").environ
+            env["gunicorn.socket"] = conn
+            body = watcher(env, lambda status, headers: None)
+            got: list[bytes] = []
+            server = threading.Thread(target=lambda: got.extend(body))
+            server.start()
+            assert wait_until(lambda: watcher.engine.subscribers == 1)
+            client.close()
+            watcher.engine.record({L: Stats(1, 1)})  # a round below the threshold wakes it
+            server.join(10)
+            body.close()  # type: ignore[attr-defined]
+    assert (server.is_alive(), got, watcher.engine.subscribers) == (False, [b""], 0)
+
+
 # -- LastDataRecv ---------------------------------------------------------------
 
 
@@ -159,23 +204,28 @@ def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 
 
 @pytest.mark.linux
-def test_last_data_recv_records_from_gunicorn_socket() -> None:
-    """Each request with a client TCP socket records its tcpi_last_data_recv, in ms."""
+def test_last_data_recv_records_first_request_per_connection() -> None:
+    """A connection's first request records tcpi_last_data_recv (ms); keep-alive ones do not."""
     app = LastDataRecv(hello, segment="anonymous")
     with socket.create_server(("127.0.0.1", 0)) as srv:
         client = socket.create_connection(srv.getsockname())
         conn, _ = srv.accept()
-        client.sendall(b"GET / HTTP/1.1\r\n\r\n")
-        conn.recv(100)
-        time.sleep(0.25)  # the request's data arrived at least 250 ms ago
         with client, conn:
-            for _ in range(3):
+            for n in range(3):
+                client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+                conn.recv(100)
+                if n == 0:
+                    time.sleep(0.25)  # the first request's data arrived at least 250 ms ago
                 env = Request.blank("/").environ
                 env["gunicorn.socket"] = conn
                 assert Request(env).get_response(app).body == b"hi\n"
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nhi\n")
+                client.recv(100)
+    snap = app.core.histogram.snapshot()
+    assert snap.count == 1
+    assert 250 <= snap.min < 10_000
     report = Request.blank("/raindrops/last_data_recv").get_response(app)
-    assert report.headers["X-Count"] == "3"
-    assert 200 <= int(report.headers["X-Min"]) <= int(report.headers["X-Max"]) < 10_000
+    assert (report.headers["X-Count"], "X-Min" in report.headers) == ("1", False)
 
 
 def test_last_data_recv_without_socket_not_recorded() -> None:
@@ -184,17 +234,18 @@ def test_last_data_recv_without_socket_not_recorded() -> None:
     assert Request.blank("/x").get_response(app).body == b"hi\n"
     report = Request.blank("/raindrops/last_data_recv").get_response(app)
     assert (report.status_int, report.headers["X-Count"]) == (200, "0")
-    assert "X-Min" not in report.headers
+    assert report.headers["Content-Type"] == "text/plain"
+    assert (report.body, "X-Min" in report.headers) == (b"Empty histogram", False)
 
 
-def test_last_data_recv_json_and_errors() -> None:
-    """The .json path answers JSON; POST is 405; app=None answers 404 elsewhere."""
+def test_last_data_recv_json_any_method_and_no_app() -> None:
+    """.json answers JSON; any method gets the report (as in Ruby); app=None 404s elsewhere."""
 
     class Fake:
         def __init__(self) -> None:
             from shm_counters import Histogram
 
-            self.h = Histogram(log2_buckets=32)
+            self.h = Histogram([1, 2, 4, 8, 16])
 
         def record(self, v: int) -> None:
             self.h.record(v)
@@ -206,8 +257,18 @@ def test_last_data_recv_json_and_errors() -> None:
     app.core.record(4)
     app.core.record(6)
     resp = Request.blank("/raindrops/last_data_recv.json").get_response(app)
-    assert json.loads(resp.body)["count"] == 2
-    assert resp.headers["X-Mean"] == "5"
+    assert (json.loads(resp.body)["count"], resp.headers["X-Mean"]) == (2, "5")
     post = Request.blank("/raindrops/last_data_recv", method="POST").get_response(app)
-    assert (post.status_int, post.headers["Allow"]) == (405, "GET, HEAD")
-    assert Request.blank("/other").get_response(app).status_int == 404
+    assert (post.status_int, post.headers["X-Count"]) == (200, "2")
+    head = Request.blank("/raindrops/last_data_recv", method="HEAD").get_response(app)
+    assert (head.status_int, head.body, head.headers["X-Std-Dev"]) == (200, b"", "1")
+    other = Request.blank("/other").get_response(app)
+    assert (other.status_int, other.body) == (404, b"Not Found")
+
+
+def test_last_data_recv_bad_path() -> None:
+    """A path not starting with '/' is a ConfigError naming it."""
+    from raindrops_core import ConfigError
+
+    with pytest.raises(ConfigError, match="path must be a string starting with '/', not 'x'"):
+        LastDataRecv(hello, path="x")

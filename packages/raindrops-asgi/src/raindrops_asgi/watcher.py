@@ -12,7 +12,7 @@ import os
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-from raindrops_core import ConfigError, Reply
+from raindrops_core import Reply
 from raindrops_core.watcher import (
     DEFAULT_DELAY,
     DEFAULT_HISTORY,
@@ -21,7 +21,6 @@ from raindrops_core.watcher import (
     LastDataRecvCore,
     TailPlan,
     WatcherCore,
-    last_data_recv_ms,
     set_defer_accept,
 )
 
@@ -32,9 +31,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-#: How long the first request waits for the first sample round, at most.
-_FIRST_SAMPLE_WAIT = 2.0
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -51,6 +47,10 @@ def _path_below_root(scope: Scope) -> tuple[str, str]:
     if root and path.startswith(root):
         path = path[len(root) :]
     return root, path
+
+
+def _query(scope: Scope) -> str:
+    return bytes(scope.get("query_string", b"")).decode("latin-1")
 
 
 async def _send_reply(reply: Reply, send: Send, *, head: bool) -> None:
@@ -83,7 +83,7 @@ class Watcher:
     (HTML index), ``/index.json``, ``/active/<L>.txt|.html|.json``,
     ``/queued/<L>.txt|.html|.json``, ``/tail/<L>.txt|.json?active_min=N&
     queued_min=N`` (streamed until the client disconnects, or
-    ``tail_max_seconds``) and ``POST /reset/<L>`` (303 back).  ``<L>`` is the
+    ``tail_max_seconds``) and ``POST /reset/<L>`` (302 back).  ``<L>`` is the
     URL-escaped listener name (``0.0.0.0%3A80``).  ``afetch``/``fetch`` and
     ``clock`` replace the netlink query and the wall clock (tests).
 
@@ -123,8 +123,7 @@ class Watcher:
 
     async def start(self) -> None:
         """Start the sampler task in this loop unless it runs; wait for a first sample."""
-        if self.engine.ensure_task():
-            await self.engine.await_sampled(min(_FIRST_SAMPLE_WAIT, self.engine.delay * 2))
+        await self.core.astart()
 
     async def aclose(self) -> None:
         """Cancel the sampler task (a later request starts it again)."""
@@ -137,14 +136,12 @@ class Watcher:
             return
         if kind != "http":
             return
-        await self.start()
         method = str(scope.get("method", "GET")).upper()
         base, path = _path_below_root(scope)
-        query = bytes(scope.get("query_string", b"")).decode("latin-1")
-        answer = self.core.handle(
+        answer = await self.core.aserve(
             method,
             path,
-            query,
+            _query(scope),
             base=base,
             referer=_header(scope, b"referer"),
             host=_header(scope, b"host"),
@@ -192,17 +189,19 @@ class LastDataRecv:
     """Records how long each request waited to be accepted; reports it at ``path``.
 
     Pure ASGI middleware: for every HTTP request (but those to ``path``) it
-    looks up ``tcpi_last_data_recv`` (ms) of the client connection by its
-    address pair (``scope["server"]``, ``scope["client"]``) through
+    looks up the client connection's ``tcp_info`` by its address pair
+    (``scope["server"]``, ``scope["client"]``) through
     ``linux_inet_diag.AsyncDiagSocket.tcp_info_for`` (never blocking the
-    loop), records it in a histogram shared by every worker (see
-    :class:`raindrops_core.watcher.LastDataRecvCore` for ``segment``), then
-    calls ``app``.  Connections it cannot find (Unix sockets, proxies) are
-    not recorded.  ``GET path`` answers ``X-Count`` (and ``X-Min``,
-    ``X-Max``, ``X-Mean``, ``X-Std-Dev``, ``X-Outliers-Low``,
-    ``X-Outliers-High`` once count > 1) and a text histogram; ``path.json``
-    (or ``?format=json``, ``Accept: application/json``) answers JSON.  With
-    ``app=None`` it only reports.  Lifespan and websocket scopes pass through.
+    loop) and, if it is the connection's first request, records
+    ``tcpi_last_data_recv`` (ms) in a histogram shared by every worker (see
+    :class:`raindrops_core.watcher.LastDataRecvCore` for ``segment`` and for
+    which requests count), then calls ``app``.  Connections it cannot find
+    (Unix sockets, proxies) are not recorded.  Any request to ``path``
+    answers, as the Ruby original, ``X-Count`` (and ``X-Min``, ``X-Max``,
+    ``X-Mean``, ``X-Std-Dev``, ``X-Outliers-Low``, ``X-Outliers-High`` once
+    count > 1) and a text histogram; ``path.json`` (or ``?format=json``,
+    ``Accept: application/json``) answers JSON.  With ``app=None`` it only
+    reports (404 elsewhere).  Lifespan and websocket scopes pass through.
 
     Example::
 
@@ -220,12 +219,9 @@ class LastDataRecv:
         histogram: Any = None,
         tcp_info_for: Callable[[Any, Any], Awaitable[Any]] | None = None,
     ) -> None:
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise ConfigError(f"path must be a string starting with '/', not {path!r}")
         self.app = app
-        self.path = path
-        self._json_path = path + ".json"
-        self.core = LastDataRecvCore(segment=segment, histogram=histogram)
+        self.core = LastDataRecvCore(path=path, segment=segment, histogram=histogram)
+        self.path = self.core.path
         self._tcp_info_for = tcp_info_for or _DiagPerProcess()
 
     def __repr__(self) -> str:
@@ -245,15 +241,10 @@ class LastDataRecv:
                 await _lifespan(receive, send, _nothing, _nothing)
             return
         _, path = _path_below_root(scope)
-        if path == self.path or path == self._json_path:
-            method = str(scope.get("method", "GET")).upper()
-            reply = self.core.reply(
-                method,
-                bytes(scope.get("query_string", b"")).decode("latin-1"),
-                _header(scope, b"accept"),
-                as_json=path == self._json_path,
-            )
-            await _send_reply(reply, send, head=method == "HEAD")
+        reply = self.core.answer(path, _query(scope), _header(scope, b"accept"))
+        if reply is not None:
+            head = str(scope.get("method", "GET")).upper() == "HEAD"
+            await _send_reply(reply, send, head=head)
             return
         server, client = scope.get("server"), scope.get("client")
         if server and client:
@@ -261,14 +252,9 @@ class LastDataRecv:
                 info = await self._tcp_info_for(tuple(server), tuple(client))
             except (ImportError, OSError, ValueError):
                 info = None
-            ms = None if info is None else last_data_recv_ms(info)
-            if ms is not None:
-                self.core.record(ms)
+            self.core.record_info(info)
         if self.app is None:
-            body = b"404 Not Found\n"
-            ctype = ("Content-Type", "text/plain")
-            reply = Reply(404, (ctype, ("Content-Length", str(len(body)))), body)
-            await _send_reply(reply, send, head=False)
+            await _send_reply(self.core.not_found(), send, head=False)
             return
         await self.app(scope, receive, send)
 

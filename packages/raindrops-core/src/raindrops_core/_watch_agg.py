@@ -38,6 +38,7 @@ __all__ = [
     "StatsLike",
     "Subscription",
     "WatcherEngine",
+    "sample_std_dev",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,8 +48,10 @@ logger.addHandler(logging.NullHandler())
 DEFAULT_DELAY = 1.0
 #: Recent samples kept per listener for the history chart.
 DEFAULT_HISTORY = 300
-#: Buckets of the log2 histogram: bucket 0 holds 0 and 1, bucket k holds [2**k, 2**(k+1)).
-LOG2_BUCKETS = 32
+#: Buckets of the log2 histogram, as the Ruby ``aggregate`` gem's: bucket k holds
+#: [2**k, 2**(k+1)); samples below 1 are low outliers, from 2**127 on high ones.
+LOG2_BUCKETS = 128
+_HIGH = 2 ** (LOG2_BUCKETS - 1)
 
 
 class StatsLike(Protocol):
@@ -69,15 +72,21 @@ AsyncFetch = Callable[[Sequence[str] | None], Awaitable[Mapping[str, StatsLike]]
 
 @dataclass(frozen=True, slots=True)
 class AggregateStats:
-    """What an :class:`Aggregate` holds, read at once.
+    """What an :class:`Aggregate` holds, read at once, with the Ruby Watcher's meanings.
 
-    ``std_dev`` is the *population* standard deviation (``None`` below two
-    samples; the Ruby ``aggregate`` gem divides by ``count - 1``); ``mean`` is
-    ``None`` when empty.  ``outliers_low`` counts negative samples and
-    ``outliers_high`` samples ``>= 2**32``: both also count in ``count``,
-    ``sum``, ``min``, ``max``, ``mean`` and ``std_dev``.  ``buckets`` holds
-    every log2 bucket as ``(low_inclusive, high_exclusive, count)``.
-    Times are seconds since the epoch, from the engine's clock.
+    ``mean`` is ``None`` when empty (Ruby: NaN).  ``std_dev`` is the
+    *sample* standard deviation (divided by ``count - 1``), computed as the
+    Ruby ``aggregate`` gem does, ``None`` below two samples (Ruby: NaN).
+    ``outliers_low`` counts samples below 1 (an empty queue is a "low
+    outlier", as in Ruby) and ``outliers_high`` samples ``>= 2**127``: both
+    also count in ``count``, ``sum``, ``min``, ``max``, ``mean`` and
+    ``std_dev``, not in ``buckets``, which holds every log2 bucket as
+    ``(low_inclusive, high_exclusive, count)``.  ``current`` is the last
+    sample (kept across resets; ``None`` before the first).  The peak times
+    are the last reset's until a sample above 0 reaches the maximum of the
+    samples before it (``first_peak_at``: it went higher; ``last_peak_at``:
+    it went as high), as in Ruby.  Times are seconds since the epoch, from
+    the engine's clock.
     """
 
     count: int
@@ -89,24 +98,50 @@ class AggregateStats:
     outliers_low: int
     outliers_high: int
     current: int | None
-    first_peak_at: float | None
-    last_peak_at: float | None
+    first_peak_at: float
+    last_peak_at: float
     last_reset: float
     buckets: tuple[tuple[int, int, int], ...]
 
 
 def _bucket_edges(n: int) -> tuple[tuple[int, int], ...]:
-    return tuple((0 if k == 0 else 2**k, 2 ** (k + 1)) for k in range(n))
+    return tuple((2**k, 2 ** (k + 1)) for k in range(n))
 
 
 _EDGES = _bucket_edges(LOG2_BUCKETS)
 
 
-class Aggregate:
-    """Exact running statistics and a log2 histogram of integer samples.
+def sample_std_dev(count: int, total: float, squares: float) -> float | None:
+    """The Ruby ``aggregate`` gem's ``std_dev``, in its floating-point steps.
 
-    Sums are Python integers, so ``mean`` and ``std_dev`` are computed from
-    exact totals.  Not thread-safe by itself: :class:`WatcherEngine` locks.
+    ``sqrt((squares - total * total / count) / (count - 1))``; ``None``
+    where Ruby gets NaN or a domain error (fewer than two samples, or a
+    negative rounding residue).
+
+    Example::
+
+        >>> sample_std_dev(3, 6, 14)
+        1.0
+        >>> sample_std_dev(1, 5, 25) is None
+        True
+    """
+    if count < 2:
+        return None
+    n = float(count)
+    s = float(total)
+    variance = (float(squares) - (s * s) / n) / (n - 1)
+    if not variance >= 0:
+        return None
+    return math.sqrt(variance)
+
+
+class Aggregate:
+    """Running statistics and a log2 histogram of integer samples, as the Ruby Watcher kept.
+
+    Sums are exact Python integers; ``mean`` and ``std_dev`` are then
+    computed in floating point exactly as the Ruby ``aggregate`` gem does,
+    so the numbers (and the headers made of them) are Ruby's.  Not
+    thread-safe by itself: :class:`WatcherEngine` locks.
 
     Example::
 
@@ -114,8 +149,8 @@ class Aggregate:
         >>> for t, v in enumerate([1, 3, 3, 0]):
         ...     agg.add(v, float(t))
         >>> s = agg.stats()
-        >>> s.count, s.min, s.max, s.mean, s.first_peak_at, s.last_peak_at
-        (4, 0, 3, 1.75, 1.0, 2.0)
+        >>> s.count, s.min, s.max, s.mean, s.first_peak_at, s.last_peak_at, s.outliers_low
+        (4, 0, 3, 1.75, 1.0, 2.0, 1)
     """
 
     __slots__ = (
@@ -134,10 +169,11 @@ class Aggregate:
     )
 
     def __init__(self, *, reset_at: float) -> None:
+        self._current: int | None = None
         self.reset(reset_at)
 
     def reset(self, at: float) -> None:
-        """Forget every sample; ``at`` becomes the last reset time."""
+        """Forget every sample (not the current value); ``at`` becomes the last reset time."""
         self._count = 0
         self._sum = 0
         self._squares = 0
@@ -145,45 +181,43 @@ class Aggregate:
         self._max: int | None = None
         self._low = 0
         self._high = 0
-        self._current: int | None = None
-        self._first_peak: float | None = None
-        self._last_peak: float | None = None
+        self._first_peak = at
+        self._last_peak = at
         self._reset_at = at
         self._buckets = [0] * LOG2_BUCKETS
 
     def add(self, value: int, at: float) -> None:
         """Record one sample ``value`` taken at time ``at``."""
+        top = self._max
+        if top is not None and value > 0 and value >= top:
+            if value > top:
+                self._first_peak = at
+            self._last_peak = at
         self._count += 1
         self._sum += value
         self._squares += value * value
         self._current = value
+        if top is None or value > top:
+            self._max = value
         if self._min is None or value < self._min:
             self._min = value
-        if self._max is None or value > self._max:
-            self._max = value
-            self._first_peak = self._last_peak = at
-        elif value == self._max:
-            self._last_peak = at
-        if value < 0:
+        if value < 1:
             self._low += 1
-        elif value >> LOG2_BUCKETS:
+        elif value >= _HIGH:
             self._high += 1
         else:
-            self._buckets[0 if value < 2 else value.bit_length() - 1] += 1
+            self._buckets[value.bit_length() - 1] += 1
 
     def stats(self) -> AggregateStats:
         """Everything at once, as a frozen record."""
         n = self._count
-        std_dev = None
-        if n >= 2:
-            std_dev = math.sqrt(max(n * self._squares - self._sum * self._sum, 0)) / n
         return AggregateStats(
             count=n,
             sum=self._sum,
             min=self._min,
             max=self._max,
-            mean=self._sum / n if n else None,
-            std_dev=std_dev,
+            mean=float(self._sum) / n if n else None,
+            std_dev=sample_std_dev(n, self._sum, self._squares),
             outliers_low=self._low,
             outliers_high=self._high,
             current=self._current,
@@ -396,9 +430,12 @@ class WatcherEngine:
         for name in self.listeners or ():
             self._listeners[name] = _Listener(started, self.history)
         self._updated_at: float | None = None
+        self._current: dict[str, tuple[int, int]] = {}
         self.last_error: str | None = None
         self._subs: set[Subscription] = set()
         self._sampled = threading.Event()
+        self._rounds = 0
+        self._round_done = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
         self._stop: threading.Event | None = None
         self._thread_pid = 0
@@ -432,10 +469,14 @@ class WatcherEngine:
                 entry.history.append(Sample(at, active, queued))
                 round_[name] = (active, queued)
             self._updated_at = at
+            self._current = round_
             subs = list(self._subs)
         for sub in subs:
             sub.push((at, round_))
         self._sampled.set()
+        with self._round_done:
+            self._rounds += 1
+            self._round_done.notify_all()
 
     def names(self) -> tuple[str, ...]:
         """Watched listener names, in the order they were first seen."""
@@ -447,10 +488,23 @@ class WatcherEngine:
         """When the last sample round was taken (``None`` before the first)."""
         return self._updated_at
 
-    def next_sample_at(self) -> float:
-        """When the next sample round is due (now, if none was taken yet)."""
+    @property
+    def snapshot_at(self) -> float:
+        """When the last sample round was taken, or the engine's start before the first.
+
+        The Ruby Watcher's ``Last-Modified`` (and, plus ``delay``, ``Expires``).
+        """
         last = self._updated_at
-        return self.clock() if last is None else last + self.delay
+        return self._started_at if last is None else last
+
+    def next_sample_at(self) -> float:
+        """When the next sample round is due: :attr:`snapshot_at` plus ``delay``."""
+        return self.snapshot_at + self.delay
+
+    def current(self) -> dict[str, tuple[int, int]]:
+        """The last sample round: ``{name: (active, queued)}`` (empty before the first)."""
+        with self._lock:
+            return dict(self._current)
 
     def report(self, name: str) -> ListenerReport | None:
         """One listener's aggregates and history, or ``None`` if it is not watched."""
@@ -544,6 +598,7 @@ class WatcherEngine:
         self._task = None
         self._subs = set()
         self._sampled = threading.Event()
+        self._round_done = threading.Condition(threading.Lock())
         self._sync_diag = _SyncDiag() if self._sync_diag is not None else None
         if self._sync_diag is not None:
             self._fetch = self._sync_diag
@@ -591,6 +646,25 @@ class WatcherEngine:
     def wait_sampled(self, timeout: float) -> bool:
         """Block until a first sample round exists (at most ``timeout`` s)."""
         return self._sampled.wait(timeout)
+
+    @property
+    def rounds(self) -> int:
+        """How many sample rounds were recorded in this process."""
+        return self._rounds
+
+    def wait_round(self, after: int, timeout: float) -> bool:
+        """Block until a round after round number ``after`` is recorded (at most ``timeout`` s)."""
+        with self._round_done:
+            return self._round_done.wait_for(lambda: self._rounds > after, timeout)
+
+    async def await_round(self, after: int, timeout: float) -> bool:
+        """:meth:`wait_round` for an event loop (polls; never blocks the loop)."""
+        deadline = time.monotonic() + timeout
+        while self._rounds <= after:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
 
     def ensure_task(self) -> bool:
         """Start the sampler task in the running event loop unless it runs there.

@@ -1,10 +1,12 @@
 """Every HTTP decision of the Watcher and LastDataRecv apps, shared by both adapters.
 
-:meth:`WatcherCore.handle` maps ``(method, path, query)`` to a finished
+:meth:`WatcherCore.serve` (threaded servers) and :meth:`WatcherCore.aserve`
+(event loops) start the sampler, map ``(method, path, query)`` to a finished
 :class:`~raindrops_core.Reply` or to a :class:`TailPlan` (a stream the adapter
-serves with :meth:`WatcherCore.tail` or :meth:`WatcherCore.atail`).
-:class:`LastDataRecvCore` records ``tcpi_last_data_recv`` into a shared
-histogram and renders its report.  The adapters only move bytes.
+serves with :meth:`WatcherCore.tail` or :meth:`WatcherCore.atail`), and wait
+where the Ruby original waited.  :class:`LastDataRecvCore` routes its report,
+decides which requests count and records ``tcpi_last_data_recv`` into a
+shared histogram.  The adapters only move bytes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import logging
 import math
 import os
 import re
+import select
+import socket
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Sequence
@@ -23,13 +27,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ._errors import ConfigError, FormatError
-from ._state import Reply
+from ._state import ANONYMOUS, Reply, _check_segment
 from ._watch_agg import (
     DEFAULT_DELAY,
     DEFAULT_HISTORY,
     AsyncFetch,
     Fetch,
     WatcherEngine,
+    sample_std_dev,
 )
 from ._watch_render import (
     histogram_text,
@@ -40,16 +45,20 @@ from ._watch_render import (
     render_listener_html,
     render_listener_json,
     render_listener_text,
+    ruby_round,
     stats_headers,
     tail_line,
 )
 
 __all__ = [
     "DEFAULT_LAST_DATA_RECV_PATH",
+    "FIRST_SAMPLE_WAIT",
     "LAST_DATA_RECV_SEGMENT_ENV",
+    "UNPROBED_TAIL_SECONDS",
     "LastDataRecvCore",
     "TailPlan",
     "WatcherCore",
+    "client_gone_probe",
     "last_data_recv_ms",
     "set_defer_accept",
 ]
@@ -57,15 +66,28 @@ __all__ = [
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
-_TEXT = "text/plain; charset=utf-8"
-_HTML = "text/html; charset=utf-8"
+# The Ruby original's content types, byte for byte; JSON is an addition.
+_TEXT = "text/plain"
+_HTML = "text/html"
 _JSON = "application/json"
+_NDJSON = "application/x-ndjson"
 _TYPES = {"txt": _TEXT, "html": _HTML, "json": _JSON}
 
 _STATS = re.compile(r"/(active|queued)/(.+)\.(txt|html|json)", re.DOTALL)
 _TAIL = re.compile(r"/tail/(.+)\.(txt|json)", re.DOTALL)
 _RESET = re.compile(r"/reset/(.+)", re.DOTALL)
 _READ = ("GET", "HEAD")
+_ALLOWED = ("GET", "HEAD", "POST")
+_TO_I = re.compile(r"\s*([+-]?\d+(?:_\d+)*)")
+#: The tail's ``Expires``: the epoch, as the Ruby original sends.
+_EPOCH_DATE = "Thu, 01 Jan 1970 00:00:00 GMT"
+
+#: How long a request that started the sampler waits for its first round, at most (s).
+FIRST_SAMPLE_WAIT = 2.0
+#: How long a tail stream lasts when nothing can tell that its client went away
+#: (no ``gone`` probe: a WSGI server that does not expose the client socket) and no
+#: ``tail_max_seconds`` was given (s).
+UNPROBED_TAIL_SECONDS = 600.0
 
 
 def _reply(status: int, body: bytes, ctype: str, extra: Sequence[tuple[str, str]] = ()) -> Reply:
@@ -78,12 +100,11 @@ def _plain(status: int, text: str, extra: Sequence[tuple[str, str]] = ()) -> Rep
 
 
 def _not_found() -> Reply:
-    return _plain(404, "404 Not Found\n")
+    return _plain(404, "Not Found")
 
 
-def _not_allowed(allowed: Sequence[str]) -> Reply:
-    allow = ", ".join(allowed)
-    return _plain(405, f"405 Method Not Allowed (allowed: {allow})\n", (("Allow", allow),))
+def _not_allowed() -> Reply:
+    return _plain(405, "Method Not Allowed", (("Allow", ", ".join(_ALLOWED)),))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,13 +135,69 @@ class TailPlan:
 
 
 def _threshold(query: dict[str, list[str]], key: str) -> int:
+    """Ruby's ``String#to_i`` of the last value: leading digits, else 0 (never an error)."""
     values = query.get(key)
-    if not values or values[-1] == "":
+    if not values:
         return 0
-    text = values[-1].strip()
-    if not text.isascii() or not text.isdigit():
-        raise FormatError(f"{key} must be a non-negative integer, not {values[-1]!r}")
-    return int(text)
+    m = _TO_I.match(values[-1])
+    return int(m.group(1).replace("_", "")) if m else 0
+
+
+def client_gone_probe(sock: Any) -> Callable[[], bool] | None:
+    """A "has the client gone away?" check for a server's client socket, or ``None``.
+
+    For a tail stream that may write nothing for a long time (thresholds not
+    met): a WSGI server only notices a client that left when a write fails,
+    and gunicorn does not even write empty chunks.  With ``POLLRDHUP``
+    (Linux) the client is gone once it closed or shut down its side, or the
+    connection failed, even behind unread bytes; elsewhere a non-blocking
+    ``recv(1, MSG_PEEK)`` says gone on end of file or a reset, there on
+    ``EAGAIN`` (bytes already sent, such as a pipelined next request, are
+    not a disconnect).  ``None`` when ``sock`` is not a socket.
+
+    Example::
+
+        gone = client_gone_probe(environ.get("gunicorn.socket"))
+    """
+    fileno = getattr(sock, "fileno", None)
+    if fileno is None:
+        return None
+    try:
+        fd = fileno()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(fd, int) or fd < 0:
+        return None
+    rdhup = getattr(select, "POLLRDHUP", 0)
+    if rdhup and hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, rdhup | select.POLLERR | select.POLLHUP)
+        trouble = rdhup | select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+        def polled() -> bool:
+            if sock.fileno() < 0:
+                return True
+            return any(events & trouble for _, events in poller.poll(0))
+
+        return polled
+
+    recv = getattr(sock, "recv", None)
+    dontwait = getattr(socket, "MSG_DONTWAIT", 0)
+    if recv is None or not dontwait:
+        return None
+
+    def peeked() -> bool:
+        if sock.fileno() < 0:
+            return True
+        try:
+            peek: bytes = recv(1, socket.MSG_PEEK | dontwait)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+        return peek == b""
+
+    return peeked
 
 
 class WatcherCore:
@@ -129,7 +206,12 @@ class WatcherCore:
     ``listeners``, ``delay``, ``history``, ``clock``, ``fetch``, ``afetch``
     configure the :class:`~raindrops_core.watcher.WatcherEngine` it owns
     (or pass ``engine=``).  ``tail_max_seconds`` ends every tail stream after
-    that long (``None``: only when the client goes away).
+    that long (``None``: when the client goes away; where that cannot be
+    told, after :data:`UNPROBED_TAIL_SECONDS`).
+
+    Adapters call :meth:`serve` (threaded servers) or :meth:`aserve` (an
+    event loop) and stream a :class:`TailPlan` with :meth:`tail` or
+    :meth:`atail`; :meth:`handle` is the same routing with no waiting.
 
     Example::
 
@@ -170,6 +252,25 @@ class WatcherCore:
     def __repr__(self) -> str:
         return f"<WatcherCore {self.engine!r}>"
 
+    # -- starting the sampler ------------------------------------------------
+
+    def _first_wait(self) -> float:
+        return min(FIRST_SAMPLE_WAIT, self.engine.delay * 2)
+
+    def start_thread(self) -> None:
+        """Start this process's sampler thread unless it runs; wait (bounded) for a first round."""
+        if self.engine.thread_running:
+            return
+        if self.engine.start_thread():
+            self.engine.wait_sampled(self._first_wait())
+
+    async def astart(self) -> None:
+        """Start the sampler task in this loop unless it runs; await (bounded) a first round."""
+        if self.engine.ensure_task():
+            await self.engine.await_sampled(self._first_wait())
+
+    # -- requests ------------------------------------------------------------
+
     def handle(
         self,
         method: str,
@@ -180,50 +281,106 @@ class WatcherCore:
         referer: str | None = None,
         host: str | None = None,
     ) -> Reply | TailPlan:
-        """Answer one request (``path`` decoded, below the mount point ``base``).
+        """Answer one request (``path`` decoded, below the mount point ``base``), never waiting.
 
-        The :class:`Reply` always carries the full body; the adapter drops
-        it for ``HEAD``.  Unknown paths and listeners are 404, wrong methods
-        405 with ``Allow``, bad thresholds 400.
+        As the Ruby original: ``GET``/``HEAD`` of ``/``, ``/active|queued/<L>.txt|.html``
+        and ``/tail/<L>.txt``, ``POST /reset/<L>``; any other path is 404
+        (also a ``GET`` of ``/reset/<L>`` or a ``POST`` elsewhere), any other
+        method 405 (with ``Allow``, an addition).  The :class:`Reply` always
+        carries the full body; the adapter drops it for ``HEAD``.
         """
-        if path in ("", "/", "/index.html", "/index.json"):
-            if method not in _READ:
-                return _not_allowed(_READ)
-            return self._index(path.endswith(".json"), base)
-        m = _STATS.fullmatch(path)
-        if m is not None:
-            if method not in _READ:
-                return _not_allowed(_READ)
-            return self._stats(m.group(1), m.group(2), m.group(3), base)
-        m = _TAIL.fullmatch(path)
-        if m is not None:
-            if method not in _READ:
-                return _not_allowed(_READ)
-            return self._tail(m.group(1), m.group(2) == "json", query)
-        m = _RESET.fullmatch(path)
-        if m is not None:
-            if method != "POST":
-                return _not_allowed(("POST",))
-            return self._reset(m.group(1), base, referer, host)
-        return _not_found()
+        return self._route(method, path, query, base, referer, host)[0]
+
+    def serve(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        *,
+        base: str = "",
+        referer: str | None = None,
+        host: str | None = None,
+    ) -> Reply | TailPlan:
+        """:meth:`handle` for a threaded server (WSGI), with the Ruby original's waits.
+
+        Starts this process's sampler thread on first use and waits (at most
+        :data:`FIRST_SAMPLE_WAIT`) for its first round; after a reset, waits
+        as long for the next round before redirecting, so the page the
+        client comes back to has a sample again.
+        """
+        self.start_thread()
+        rounds = self.engine.rounds
+        answer, settle = self._route(method, path, query, base, referer, host)
+        if settle:
+            self.engine.wait_round(rounds, self._first_wait())
+        return answer
+
+    async def aserve(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        *,
+        base: str = "",
+        referer: str | None = None,
+        host: str | None = None,
+    ) -> Reply | TailPlan:
+        """:meth:`serve` for an event loop (ASGI): the same waits, never blocking the loop."""
+        await self.astart()
+        rounds = self.engine.rounds
+        answer, settle = self._route(method, path, query, base, referer, host)
+        if settle:
+            await self.engine.await_round(rounds, self._first_wait())
+        return answer
+
+    def _route(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        base: str,
+        referer: str | None,
+        host: str | None,
+    ) -> tuple[Reply | TailPlan, bool]:
+        if method in _READ:
+            if path in ("/", "/index.html", "/index.json"):
+                return self._index(path.endswith(".json"), base), False
+            m = _STATS.fullmatch(path)
+            if m is not None:
+                return self._stats(m.group(1), m.group(2), m.group(3), base), False
+            m = _TAIL.fullmatch(path)
+            if m is not None:
+                return self._tail(m.group(1), m.group(2) == "json", query), False
+            return _not_found(), False
+        if method == "POST":
+            m = _RESET.fullmatch(path)
+            if m is not None:
+                reply = self._reset(m.group(1), base, referer, host)
+                return reply, reply.status == 302
+            return _not_found(), False
+        return _not_allowed(), False
 
     def _index(self, as_json: bool, base: str) -> Reply:
-        reports = self.engine.reports()
-        updated = self.engine.updated_at
-        extra = [("Expires", http_date(self.engine.next_sample_at()))]
-        if updated is not None:
-            extra.append(("Last-Modified", http_date(updated)))
+        current = self.engine.current()
+        at = self.engine.snapshot_at
+        extra = [("Last-Modified", http_date(at)), ("Expires", http_date(at + self.engine.delay))]
         if as_json:
             body = render_index_json(
-                reports,
-                updated_at=updated,
+                current,
+                updated_at=self.engine.updated_at,
                 delay=self.engine.delay,
                 error=self.engine.last_error,
                 tail_streams=self.engine.subscribers,
             )
             return _reply(200, body, _JSON, extra)
+        reports = {r.name: r for r in self.engine.reports()}
         body = render_index_html(
-            reports, base=base, host=self.host, updated_at=updated, error=self.engine.last_error
+            current,
+            reports,
+            base=base,
+            host=self.host,
+            updated_at=self.engine.updated_at,
+            error=self.engine.last_error,
         )
         return _reply(200, body, _HTML, extra)
 
@@ -232,27 +389,33 @@ class WatcherCore:
         if report is None:
             return _not_found()
         stats = getattr(report, kind)
-        headers = stats_headers(stats, expires=self.engine.next_sample_at())
+        expires = self.engine.next_sample_at()
+        headers = stats_headers(stats, expires=expires)
         if ext == "txt":
             body = render_listener_text(report, kind)
         elif ext == "json":
             body = render_listener_json(report, kind)
         else:
-            body = render_listener_html(report, kind, base=base, host=self.host)
+            body = render_listener_html(report, kind, base=base, host=self.host, expires=expires)
         return _reply(200, body, _TYPES[ext], headers)
 
     def _tail(self, name: str, as_json: bool, query: str) -> Reply | TailPlan:
         if self.engine.report(name) is None:
             return _not_found()
         q = parse_qs(query, keep_blank_values=True)
-        try:
-            active_min = _threshold(q, "active_min")
-            queued_min = _threshold(q, "queued_min")
-        except FormatError as exc:
-            return _plain(400, f"400 Bad Request: {exc}\n")
-        ctype = "application/x-ndjson" if as_json else _TEXT
-        headers = (("Content-Type", ctype), ("Cache-Control", "no-cache"))
-        return TailPlan(name, active_min, queued_min, as_json, self.tail_max_seconds, headers)
+        headers = (
+            ("Content-Type", _NDJSON if as_json else _TEXT),
+            ("Cache-Control", "no-transform"),
+            ("Expires", _EPOCH_DATE),
+        )
+        return TailPlan(
+            name,
+            _threshold(q, "active_min"),
+            _threshold(q, "queued_min"),
+            as_json,
+            self.tail_max_seconds,
+            headers,
+        )
 
     def _reset(self, name: str, base: str, referer: str | None, host: str | None) -> Reply:
         if not self.engine.reset(name):
@@ -262,22 +425,31 @@ class WatcherCore:
             parts = urlsplit(referer)
             if parts.netloc == host and parts.scheme in ("http", "https"):
                 location = referer
-        return _plain(303, f"Redirecting to {location}\n", (("Location", location),))
+        return _plain(302, f"Redirecting to {location}", (("Location", location),))
 
     # -- tail streams --------------------------------------------------------
 
     def _wait_step(self) -> float:
         return max(self.engine.delay * 2, 0.05)
 
-    def tail(self, plan: TailPlan) -> Generator[bytes, None, None]:
+    def tail(
+        self, plan: TailPlan, gone: Callable[[], bool] | None = None
+    ) -> Generator[bytes, None, None]:
         """The tail stream as a generator (blocking waits; for WSGI servers).
 
-        Ends after ``plan.max_seconds`` or when closed (the server closes a
-        WSGI body when the client goes away); its subscription always ends.
+        Ends after ``plan.max_seconds``, when closed (the server closes a
+        WSGI body when a write fails), or as soon as ``gone()`` (asked after
+        every wait, at least every ``2 * delay`` s; see
+        :func:`client_gone_probe`) says the client left.  Without ``gone``
+        and without ``max_seconds`` it ends after
+        :data:`UNPROBED_TAIL_SECONDS`.  Its subscription always ends.
         """
+        limit = plan.max_seconds
+        if limit is None and gone is None:
+            limit = UNPROBED_TAIL_SECONDS
         event = threading.Event()
         sub = self.engine.subscribe(event.set)
-        deadline = None if plan.max_seconds is None else time.monotonic() + plan.max_seconds
+        deadline = None if limit is None else time.monotonic() + limit
         try:
             while True:
                 step = self._wait_step()
@@ -287,6 +459,8 @@ class WatcherCore:
                         return
                 event.wait(step)
                 event.clear()
+                if gone is not None and gone():
+                    return
                 for at, values in sub.drain():
                     line = plan.line(at, values)
                     if line is not None:
@@ -295,7 +469,11 @@ class WatcherCore:
             sub.close()
 
     async def atail(self, plan: TailPlan) -> AsyncGenerator[bytes, None]:
-        """The tail stream as an async generator (never blocks the loop; for ASGI)."""
+        """The tail stream as an async generator (never blocks the loop; for ASGI).
+
+        The adapter ends it on ``http.disconnect``; it also ends after
+        ``plan.max_seconds``.
+        """
         loop = asyncio.get_running_loop()
         event = asyncio.Event()
         sub = self.engine.subscribe(lambda: loop.call_soon_threadsafe(event.set))
@@ -326,6 +504,7 @@ class WatcherCore:
 DEFAULT_LAST_DATA_RECV_PATH = "/raindrops/last_data_recv"
 #: The environment variable naming LastDataRecv's histogram segment (or ``anonymous``).
 LAST_DATA_RECV_SEGMENT_ENV = "RAINDROPS_LAST_DATA_RECV_SEGMENT"
+_INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
 def last_data_recv_ms(info: object) -> int | None:
@@ -348,51 +527,93 @@ def _default_segment() -> str | None:
     return os.path.join(_shm_dir(), f"raindrops-ldr-{uid}-{min(inodes)}")
 
 
+#: The Ruby ``aggregate`` gem's log2 buckets that a millisecond count can reach:
+#: ``[2**k, 2**(k+1))`` for k in 0..62; 0 is a low outlier.
+_LDR_BOUNDS = tuple(2**k for k in range(64))
+
+_TcpInfo: Any = None
+
+
+def _tcp_info_class() -> Any:
+    global _TcpInfo
+    if _TcpInfo is None:
+        from linux_inet_diag import TcpInfo
+
+        _TcpInfo = TcpInfo
+    return _TcpInfo
+
+
+def _sample_std_dev_of(snap: Any) -> float | None:
+    """The aggregate gem's (sample) standard deviation from a histogram snapshot.
+
+    ``shm_counters`` reports the population one, ``sqrt(n*S2 - S*S) / n``; the
+    integer under the root is recovered by rounding (exact while it stays
+    below 2**50, far beyond any count of milliseconds), then the gem's own
+    floating-point steps are replayed on the exact sums.
+    """
+    count, total, pop = snap.count, snap.sum, snap.stddev
+    if count < 2 or pop is None:
+        return None
+    spread = round((pop * count) ** 2)  # n * S2 - S * S
+    squares, rest = divmod(spread + total * total, count)
+    if rest:
+        return math.sqrt(spread / (count * (count - 1)))
+    return sample_std_dev(count, total, squares)
+
+
 class LastDataRecvCore:
     """Records each request's ``tcpi_last_data_recv`` (ms) in a shared histogram; reports it.
 
-    The histogram is a ``shm_counters.Histogram`` with log2 buckets, shared
-    by every worker: ``segment=`` (a path, or ``"anonymous"``), else
-    ``$RAINDROPS_LAST_DATA_RECV_SEGMENT``, else
-    ``/dev/shm/raindrops-ldr-<uid>-<listener inode>`` derived from the
-    listening socket the worker inherited (so forked and spawned workers
-    agree with no configuration), else anonymous memory (shared across
-    fork only).  It is opened on first use, after the server has set up.
-    ``histogram=`` supplies one directly (anything with ``record``,
-    ``snapshot``, ``reset``).
+    The Ruby original's ``Raindrops::LastDataRecv`` without its message
+    queue: the histogram is a ``shm_counters.Histogram`` shared by every
+    worker, with the ``aggregate`` gem's log2 buckets (``[2**k, 2**(k+1))``;
+    0 ms counts as a low outlier, as in Ruby).  Where: ``segment=`` (an
+    absolute path, or ``"anonymous"``; checked as the middleware's
+    ``segment``), else ``$RAINDROPS_LAST_DATA_RECV_SEGMENT``, else a path
+    under ``/dev/shm`` derived from the listening socket the worker
+    inherited (so forked and spawned workers agree with no configuration),
+    else anonymous memory (shared across fork only).  It is opened on first
+    use, after the server has set up.  ``histogram=`` supplies one directly
+    (anything with ``record`` and a ``snapshot`` like shm-counters').
+
+    Only the first request of each connection is recorded
+    (:meth:`record_info`).  The report is at ``path`` (text) and
+    ``path + ".json"``: :meth:`answer`.
 
     Example::
 
         >>> ldr = LastDataRecvCore(segment="anonymous")
         >>> ldr.record(3); ldr.record(5)
-        >>> dict(ldr.reply("GET", "", None, as_json=False).headers)["X-Mean"]
+        >>> dict(ldr.reply("", None, as_json=False).headers)["X-Mean"]
         '4'
     """
 
     def __init__(
         self,
         *,
+        path: str = DEFAULT_LAST_DATA_RECV_PATH,
         segment: str | os.PathLike[str] | None = None,
         histogram: Any = None,
-        log2_buckets: int = 32,
     ) -> None:
-        if segment is None:
-            segment = os.environ.get(LAST_DATA_RECV_SEGMENT_ENV) or None
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ConfigError(f"path must be a string starting with '/', not {path!r}")
+        self.path = path
+        self.json_path = path + ".json"
+        checked: str | None
         if segment is not None:
-            text = os.fspath(segment)
-            if text != "anonymous" and not os.path.isabs(text):
-                raise ConfigError(
-                    f"segment {text!r} is not an absolute path; give one like "
-                    "'/dev/shm/myapp.ldr', or 'anonymous'"
-                )
-            segment = text
-        self._segment: str | None = segment
-        self._log2 = log2_buckets
+            checked = _check_segment(segment)
+        else:
+            env = os.environ.get(LAST_DATA_RECV_SEGMENT_ENV) or None
+            try:
+                checked = None if env is None else _check_segment(env)
+            except ConfigError as exc:
+                raise ConfigError(f"${LAST_DATA_RECV_SEGMENT_ENV}: {exc}") from None
+        self._segment = checked
         self._hist: Any = histogram
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"<LastDataRecvCore segment={self._segment!r}>"
+        return f"<LastDataRecvCore path={self.path!r} segment={self._segment!r}>"
 
     @property
     def histogram(self) -> Any:
@@ -409,10 +630,10 @@ class LastDataRecvCore:
             if self._hist is not None:
                 return self._hist
             path = self._segment if self._segment is not None else _default_segment()
-            if path == "anonymous":
+            if path == ANONYMOUS:
                 path = None
             try:
-                hist = Histogram(log2_buckets=self._log2, path=path)
+                hist = Histogram(_LDR_BOUNDS, path=path)
             except (ShmCountersError, OSError) as exc:
                 logger.warning(
                     "raindrops LastDataRecv: cannot open %s (%s); using memory shared "
@@ -420,25 +641,84 @@ class LastDataRecvCore:
                     path,
                     exc,
                 )
-                hist = Histogram(log2_buckets=self._log2)
+                hist = Histogram(_LDR_BOUNDS)
             self._hist = hist
             return hist
 
+    # -- recording -------------------------------------------------------------
+
     def record(self, ms: int) -> None:
-        """Record one request's wait, in milliseconds (lock-free)."""
+        """Record one wait, in milliseconds (lock-free, one C call)."""
         hist = self._hist
         if hist is None:
             hist = self._open()
         hist.record(ms)
 
-    def reply(self, method: str, query: str, accept: str | None, *, as_json: bool) -> Reply:
-        """The report: ``X-Count`` (+ the rest when count > 1), text histogram or JSON.
+    def record_info(self, info: Any) -> bool:
+        """Record ``tcpi_last_data_recv`` of a request's connection if it is its first request.
 
-        JSON when ``as_json`` (the ``.json`` path) or asked by ``?format=json``
-        or ``Accept``; 405 for methods other than GET/HEAD.
+        The Ruby original read it once per connection, at ``accept()``; here
+        it is read when a request reaches the app, so a later request on a
+        keep-alive (or pipelined) connection would add a wait of about 0
+        that is no queue wait.  The kernel tells them apart:
+        ``tcpi_data_segs_out`` (Linux 4.6+) is 0 until the server first
+        writes on the connection, i.e. during its first request only.
+        Recorded: requests where it is 0, or where the kernel lacks it.  Not
+        recorded: later requests; and also first requests after the server
+        already wrote (an ``Expect: 100-continue`` answered before the app
+        runs, a TLS handshake done by the server itself), whose last data
+        is no longer the request's arrival.  ``True`` if recorded.
         """
-        if method not in _READ:
-            return _not_allowed(_READ)
+        if info is None:
+            return False
+        ms = last_data_recv_ms(info)
+        if ms is None or getattr(info, "data_segs_out", None):
+            return False
+        self.record(ms)
+        return True
+
+    def record_socket(self, sock: Any) -> bool:
+        """:meth:`record_info` from a TCP client socket (``getsockopt(TCP_INFO)``).
+
+        Anything else (a Unix socket, a closed one, not Linux) is not recorded.
+        """
+        if getattr(sock, "family", None) not in _INET_FAMILIES:
+            return False
+        try:
+            info = _tcp_info_class().from_socket(sock)
+        except (ImportError, OSError, ValueError):
+            return False
+        return self.record_info(info)
+
+    # -- reporting -------------------------------------------------------------
+
+    def answer(self, path: str, query: str, accept: str | None) -> Reply | None:
+        """The report if ``path`` is the report's (or its ``.json`` twin), else ``None``.
+
+        ``None`` means: not for us, record the request and pass it on.  Any
+        method gets the report, as in Ruby (the adapter drops the body for
+        ``HEAD``).
+        """
+        if path == self.path:
+            return self.reply(query, accept, as_json=False)
+        if path == self.json_path:
+            return self.reply(query, accept, as_json=True)
+        return None
+
+    def not_found(self) -> Reply:
+        """The answer to every other path when there is no app behind: 404 ``Not Found``."""
+        return _not_found()
+
+    def reply(self, query: str, accept: str | None, *, as_json: bool) -> Reply:
+        """The report, as the Ruby original's: ``X-Count``, and when count > 1 the rest.
+
+        ``X-Min``, ``X-Max``, ``X-Mean`` (rounded, halves away from zero, as
+        Ruby's ``round``), ``X-Std-Dev`` (the gem's sample standard deviation,
+        rounded), ``X-Outliers-Low`` (0 ms waits), ``X-Outliers-High``; the
+        gem's text histogram.  JSON (an addition) when ``as_json`` (the
+        ``.json`` path) or asked by ``?format=json`` or ``Accept``; a bad
+        ``format`` is 400.
+        """
         if not as_json:
             from ._snapshot import Format, negotiate
 
@@ -447,15 +727,14 @@ class LastDataRecvCore:
             except FormatError as exc:
                 return _plain(400, f"400 Bad Request: {exc}\n")
         snap = self.histogram.snapshot()
+        std_dev = _sample_std_dev_of(snap)
         headers = [("X-Count", str(snap.count))]
         if snap.count > 1:
-            from ._watch_render import format_number
-
             headers += [
                 ("X-Min", str(snap.min)),
                 ("X-Max", str(snap.max)),
-                ("X-Mean", format_number(snap.mean)),
-                ("X-Std-Dev", format_number(snap.stddev)),
+                ("X-Mean", str(ruby_round(snap.mean))),
+                ("X-Std-Dev", str(ruby_round(std_dev or 0.0))),
                 ("X-Outliers-Low", str(snap.outliers_low)),
                 ("X-Outliers-High", str(snap.outliers_high)),
             ]
@@ -466,23 +745,27 @@ class LastDataRecvCore:
                 "min": snap.min,
                 "max": snap.max,
                 "mean": snap.mean,
-                "std_dev": snap.stddev,
+                "std_dev": std_dev,
                 "outliers_low": snap.outliers_low,
                 "outliers_high": snap.outliers_high,
                 "buckets": [{"low": lo, "high": hi, "count": c} for lo, hi, c in snap.buckets if c],
             }
             return _reply(200, (json.dumps(doc) + "\n").encode(), _JSON, headers)
-        body = histogram_text(snap.buckets, snap.outliers_low, snap.outliers_high).encode()
+        body = histogram_text(snap.buckets).encode()
         return _reply(200, body, _TEXT, headers)
 
 
 def set_defer_accept(sock: Any, seconds: int = 1) -> bool:
     """Set ``TCP_DEFER_ACCEPT`` on a listening TCP socket; ``False`` where unsupported.
 
-    With it the kernel keeps a connection out of the accept queue until the
-    client has sent data, so ``tcpi_last_data_recv`` at accept time is how
-    long the request waited.  Unix sockets and systems without the option
-    are left alone.  For gunicorn, in ``gunicorn.conf.py``::
+    The kernel then keeps a connection out of the accept queue (and out of
+    ``queued``) until the client has sent data, for up to about ``seconds``,
+    so no worker accepts a connection that has nothing to read.  The Ruby
+    original needed it because it read ``tcpi_last_data_recv`` at
+    ``accept()``; LastDataRecv here reads it when the request reaches the
+    app, which is the time since the request's last bytes arrived with or
+    without it.  Unix sockets and systems without the option are left alone.
+    For gunicorn, in ``gunicorn.conf.py``::
 
         from raindrops_core.watcher import set_defer_accept
 
@@ -490,10 +773,10 @@ def set_defer_accept(sock: Any, seconds: int = 1) -> bool:
             for listener in server.LISTENERS:
                 set_defer_accept(listener.sock)
     """
-    import socket
-
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
+        raise ConfigError(f"seconds must be a positive int, not {seconds!r}")
     opt = getattr(socket, "TCP_DEFER_ACCEPT", None)
-    if opt is None or getattr(sock, "family", None) not in (socket.AF_INET, socket.AF_INET6):
+    if opt is None or getattr(sock, "family", None) not in _INET_FAMILIES:
         return False
-    sock.setsockopt(socket.IPPROTO_TCP, opt, int(seconds))
+    sock.setsockopt(socket.IPPROTO_TCP, opt, seconds)
     return True

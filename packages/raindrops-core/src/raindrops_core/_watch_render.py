@@ -6,11 +6,13 @@ friends) to bytes: no I/O, no framework.
 
 from __future__ import annotations
 
+import decimal
 import html
 import json
+import math
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import quote
@@ -28,12 +30,16 @@ __all__ = [
     "render_listener_html",
     "render_listener_json",
     "render_listener_text",
+    "ruby_round",
     "stats_headers",
     "tail_line",
 ]
 
-_BAR = 50
 _BOTH = ("active", "queued")
+#: The aggregate gem's histogram is 80 columns wide.
+_COLUMNS = 80
+#: The aggregate gem's log2 histogram has 128 buckets: bucket k holds [2**k, 2**(k+1)).
+_GEM_BUCKETS = 128
 
 
 def http_date(at: float) -> str:
@@ -42,22 +48,63 @@ def http_date(at: float) -> str:
 
 
 def iso8601(at: float) -> str:
-    """``at`` as ISO 8601 UTC to the second: ``1970-01-01T00:00:00Z``."""
+    """``at`` as ISO 8601 UTC to the second (Ruby's ``Time#iso8601``): ``1970-01-01T00:00:00Z``."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
-def format_number(value: float) -> str:
-    """A number for a header or a page: ints as is, floats to at most 6 decimals.
+def format_number(value: float | None) -> str:
+    """A number as Ruby's ``to_s`` writes it (the Ruby Watcher's header values).
+
+    Ints as they are; floats as Ruby's ``Float#to_s``: the shortest digits
+    that round-trip, in decimal with at least one fraction digit (``4.0``)
+    from 1e-4 up to below 1e15 (1e16 with a fraction), else with an
+    exponent (``1.0e+16``, ``1.5e-05``); ``None`` (no such value, e.g. the mean of nothing) as
+    ``NaN``, which is what Ruby computes there.
 
     Example::
 
-        >>> format_number(1.5), format_number(2.0), format_number(2 / 3)
-        ('1.5', '2', '0.666667')
+        >>> format_number(3), format_number(4.0), format_number(2 / 3), format_number(None)
+        ('3', '4.0', '0.6666666666666666', 'NaN')
+        >>> format_number(1e16), format_number(1e-05), format_number(123456789012345.6)
+        ('1.0e+16', '1.0e-05', '123456789012345.6')
     """
+    if value is None:
+        return "NaN"
     if isinstance(value, int):
         return str(value)
-    text = f"{value:.6f}".rstrip("0").rstrip(".")
-    return "0" if text == "-0" else text
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    sign = "-" if math.copysign(1.0, value) < 0 else ""
+    if value == 0:
+        return f"{sign}0.0"
+    exact = decimal.Decimal(repr(abs(value))).normalize()  # repr: the shortest round trip
+    _, digit_tuple, exponent = exact.as_tuple()
+    digits = "".join(map(str, digit_tuple))
+    point = len(digits) + int(exponent)  # value == 0.DIGITS * 10**point
+    if -4 < point <= 0:
+        return f"{sign}0.{'0' * -point}{digits}"
+    if 0 < point < len(digits) and point <= 16:
+        return f"{sign}{digits[:point]}.{digits[point:]}"
+    if len(digits) <= point <= 15:
+        return f"{sign}{digits}{'0' * (point - len(digits))}.0"
+    return f"{sign}{digits[0]}.{digits[1:] or '0'}e{point - 1:+03d}"
+
+
+def ruby_round(value: float) -> int:
+    """Ruby's ``Float#round``: to the nearest integer, halves away from zero.
+
+    Example::
+
+        >>> ruby_round(2.5), ruby_round(3.5), ruby_round(-2.5), ruby_round(0.49999999999999994)
+        (3, 4, -3, 0)
+    """
+    floor = math.floor(value)
+    diff = value - floor  # exact: both are within one unit of each other
+    if diff > 0.5 or (diff == 0.5 and value > 0):
+        return floor + 1
+    return floor
 
 
 def listener_url(name: str) -> str:
@@ -66,35 +113,33 @@ def listener_url(name: str) -> str:
 
 
 def stats_headers(stats: AggregateStats, *, expires: float) -> list[tuple[str, str]]:
-    """The ``X-*`` headers of one aggregate, and ``Expires`` (the next sample).
+    """The Ruby Watcher's ``X-*`` headers of one aggregate, in its order, then ``Expires``.
 
-    ``X-Count``, ``X-Last-Reset``, ``X-Outliers-Low``, ``X-Outliers-High`` are
-    always there; ``X-Min``, ``X-Max``, ``X-Mean``, ``X-Current``,
-    ``X-First-Peak-At`` and ``X-Last-Peak-At`` once a sample exists;
-    ``X-Std-Dev`` from two samples on.
+    All eleven are always there, valued as Ruby writes them: ``X-Min`` and
+    ``X-Max`` empty before a first sample, ``X-Mean`` and ``X-Std-Dev``
+    Ruby floats (``4.0``) or ``NaN`` (the standard deviation below two
+    samples), peaks at the last reset until a maximum above 0 was reached
+    again, ``X-Current`` 0 before a first sample; ``Expires`` is when the
+    next sample is due.
     """
-    out = [("X-Count", str(stats.count)), ("X-Last-Reset", http_date(stats.last_reset))]
-    if stats.min is not None and stats.max is not None and stats.mean is not None:
-        out += [
-            ("X-Min", str(stats.min)),
-            ("X-Max", str(stats.max)),
-            ("X-Mean", format_number(stats.mean)),
-        ]
-    if stats.std_dev is not None:
-        out.append(("X-Std-Dev", format_number(stats.std_dev)))
-    out += [
+
+    def int_or_empty(v: int | None) -> str:
+        return "" if v is None else str(v)
+
+    return [
+        ("X-Count", str(stats.count)),
+        ("X-Min", int_or_empty(stats.min)),
+        ("X-Max", int_or_empty(stats.max)),
+        ("X-Mean", format_number(stats.mean)),
+        ("X-Std-Dev", format_number(stats.std_dev)),
         ("X-Outliers-Low", str(stats.outliers_low)),
         ("X-Outliers-High", str(stats.outliers_high)),
+        ("X-Last-Reset", http_date(stats.last_reset)),
+        ("X-Current", str(stats.current or 0)),
+        ("X-First-Peak-At", http_date(stats.first_peak_at)),
+        ("X-Last-Peak-At", http_date(stats.last_peak_at)),
+        ("Expires", http_date(expires)),
     ]
-    if stats.current is not None:
-        out.append(("X-Current", str(stats.current)))
-    if stats.first_peak_at is not None and stats.last_peak_at is not None:
-        out += [
-            ("X-First-Peak-At", http_date(stats.first_peak_at)),
-            ("X-Last-Peak-At", http_date(stats.last_peak_at)),
-        ]
-    out.append(("Expires", http_date(expires)))
-    return out
 
 
 def _shown_buckets(buckets: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
@@ -104,68 +149,70 @@ def _shown_buckets(buckets: Sequence[tuple[int, int, int]]) -> list[tuple[int, i
     return list(buckets[used[0] : used[-1] + 1])
 
 
-def histogram_text(
-    buckets: Sequence[tuple[int, int, int]], outliers_low: int = 0, outliers_high: int = 0
-) -> str:
-    """A log2 (or any) histogram as text, one row per bucket from the first used to the last.
+def _bucket_index(low: int) -> int:
+    return low.bit_length() - 1
 
-    Each row: the bucket's low bound, a bar of ``@`` scaled to the fullest
-    bucket (50 wide), the count.  Outliers get a line each when present.
+
+def histogram_text(buckets: Sequence[tuple[int, int, int]]) -> str:
+    """A log2 histogram as the Ruby ``aggregate`` gem's ``Aggregate#to_s`` writes it.
+
+    ``buckets`` are ``(low, high, count)`` with ``low`` a power of two (the
+    gem's bucket ``k`` holds ``[2**k, 2**(k+1))``; samples below 1 and from
+    ``2**127`` on are outliers and not drawn).  80 columns: the bucket's low
+    bound, ``|``, a bar of ``@`` (one per sample, or scaled down to fit),
+    ``|`` and the count; a ``~`` row for each run of empty buckets (and
+    after the last used bucket unless it is the gem's last), then ``Total``.
+    ``Empty histogram`` when no bucket holds a sample.
 
     Example::
 
-        >>> print(histogram_text([(0, 2, 2), (2, 4, 1), (4, 8, 0)]), end="")
-        value |-------------------------------------------------- count
-            0 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@ 2
-            2 |@@@@@@@@@@@@@@@@@@@@@@@@@                          1
+        >>> print(histogram_text([(1, 2, 2), (2, 4, 0), (4, 8, 1)]), end="")
+        value |------------------------------------------------------------------| count
+            1 |@@                                                                |     2
+              ~
+            4 |@                                                                 |     1
+              ~
+        Total |------------------------------------------------------------------|     3
     """
-    rows = _shown_buckets(buckets)
-    width = max([5, *(len(str(lo)) for lo, _, _ in rows)])
-    lines = [f"{'value':>{width}} |{'-' * _BAR} count"]
-    top = max([c for _, _, c in rows] or [0])
-    for lo, _, c in rows:
-        bar = "@" * (max(1, round(_BAR * c / top)) if c else 0)
-        lines.append(f"{lo:>{width}} |{bar:<{_BAR}} {c}")
+    rows = [(_bucket_index(lo), lo, c) for lo, _, c in buckets if c]
     if not rows:
-        lines.append(f"{'':>{width}} |{'(no samples)':<{_BAR}} 0")
-    if outliers_low:
-        lines.append(f"outliers low: {outliers_low}")
-    if outliers_high:
-        lines.append(f"outliers high: {outliers_high}")
-    return "\n".join(lines) + "\n"
+        return "Empty histogram"
+    total = sum(c for _, _, c in rows)
+    top = max(c for _, _, c in rows)
+    value_width = max(len(str(rows[-1][1])), len("value"), len("Total"))
+    count_width = max(len(str(total)), len("count"))
+    bar_width = _COLUMNS - (value_width + len(" |") + len("| ") + count_width)
+    weight = max(top / bar_width, 1.0)
+    skip = f"{'':>{value_width}} ~\n"
+    out = [f"{'value':>{value_width}} |{'-' * bar_width}| {'count':>{count_width}}\n"]
+    previous = rows[0][0] - 1
+    for index, low, count in rows:
+        if index != previous + 1:
+            out.append(skip)
+        previous = index
+        bar = int(count / weight)
+        drawn = "@" * bar + " " * (bar_width - bar)
+        out.append(f"{low:>{value_width}d} |{drawn}| {count:>{count_width}d}\n")
+    if rows[-1][0] != _GEM_BUCKETS - 1:
+        out.append(skip)
+    out.append(f"{'Total':>{value_width}} |{'-' * bar_width}| {total:>{count_width}d}\n")
+    return "".join(out)
 
 
-def _summary_rows(stats: AggregateStats) -> list[tuple[str, str]]:
-    def opt(v: float | None) -> str:
-        return "-" if v is None else format_number(v)
-
-    def when(v: float | None) -> str:
-        return "-" if v is None else iso8601(v)
-
-    return [
-        ("count", str(stats.count)),
-        ("current", opt(stats.current)),
-        ("min", opt(stats.min)),
-        ("max", opt(stats.max)),
-        ("mean", opt(stats.mean)),
-        ("std dev", opt(stats.std_dev)),
-        ("outliers low", str(stats.outliers_low)),
-        ("outliers high", str(stats.outliers_high)),
-        ("first peak at", when(stats.first_peak_at)),
-        ("last peak at", when(stats.last_peak_at)),
-        ("last reset", iso8601(stats.last_reset)),
-    ]
+def _summary_rows(stats: AggregateStats, expires: float) -> list[tuple[str, str]]:
+    """The Ruby Watcher's page table: each ``X-*`` header without ``X-``, and its value."""
+    return [(k[2:], v) for k, v in stats_headers(stats, expires=expires) if k.startswith("X-")]
 
 
 def render_listener_text(report: ListenerReport, kind: str) -> bytes:
-    """The ``/active/<L>.txt`` (or ``queued``) body: the text histogram.
+    """The ``/active/<L>.txt`` (or ``queued``) body: the gem's text histogram.
 
     Example::
 
-        GET /queued/0.0.0.0%3A80.txt  ->  "value |---...--- count\\n    0 |@@@ 3\\n"
+        GET /queued/0.0.0.0%3A80.txt  ->  "value |---...---| count\\n    1 |@@@ ..."
     """
     stats: AggregateStats = getattr(report, kind)
-    return histogram_text(stats.buckets, stats.outliers_low, stats.outliers_high).encode()
+    return histogram_text(stats.buckets).encode()
 
 
 def _stats_json(stats: AggregateStats) -> dict[str, Any]:
@@ -193,10 +240,12 @@ def render_listener_json(report: ListenerReport, kind: str) -> bytes:
     """The ``/active/<L>.json`` (or ``queued``) body: one JSON object and a newline.
 
     Keys: ``listener``, ``kind``, the statistics (``count``, ``sum``, ``min``,
-    ``max``, ``mean``, ``std_dev``, ``outliers_low``, ``outliers_high``,
-    ``current``, ``first_peak_at``, ``last_peak_at``, ``last_reset`` as ISO
-    8601), ``buckets`` (non-empty ones, ``{"low", "high", "count"}``) and
-    ``history`` (``[[time, value], ...]``, oldest first).
+    ``max``, ``mean``, ``std_dev`` (the sample standard deviation, as
+    ``X-Std-Dev``; null where that says ``NaN``), ``outliers_low``,
+    ``outliers_high``, ``current``, ``first_peak_at``, ``last_peak_at``,
+    ``last_reset`` as ISO 8601), ``buckets`` (non-empty ones, ``{"low",
+    "high", "count"}``) and ``history`` (``[[time, value], ...]``, oldest
+    first).
     """
     stats: AggregateStats = getattr(report, kind)
     doc = {"listener": report.name, "kind": kind, **_stats_json(stats)}
@@ -205,14 +254,14 @@ def render_listener_json(report: ListenerReport, kind: str) -> bytes:
 
 
 def render_index_json(
-    reports: Sequence[ListenerReport],
+    current: Mapping[str, tuple[int, int]],
     *,
     updated_at: float | None,
     delay: float,
     error: str | None,
     tail_streams: int = 0,
 ) -> bytes:
-    """The ``/index.json`` body: every watched listener's current ``active``/``queued``.
+    """The ``/index.json`` body: every listener of the last sample and its ``active``/``queued``.
 
     Also ``updated_at`` (last sample, ISO 8601), ``delay``, ``error`` (the
     last sampling failure or null) and ``tail_streams`` (open in this process).
@@ -223,7 +272,8 @@ def render_index_json(
         "error": error,
         "tail_streams": tail_streams,
         "listeners": {
-            r.name: {"active": r.active.current, "queued": r.queued.current} for r in reports
+            name: {"active": active, "queued": queued}
+            for name, (active, queued) in sorted(current.items())
         },
     }
     return (json.dumps(doc) + "\n").encode()
@@ -232,15 +282,19 @@ def render_index_json(
 def tail_line(at: float, name: str, active: int, queued: int, *, as_json: bool = False) -> bytes:
     """One line of a tail stream: ``ISO8601_TIME LISTENER ACTIVE QUEUED``.
 
+    Spelled as the Ruby Watcher's ``sprintf("%20s % 35s % 10u % 10u\\n")``
+    (the name's width capped at its own length, so never padded): the time,
+    the name, and each count right-aligned in 10 columns after one space.
+
     Example::
 
         >>> tail_line(0.0, "0.0.0.0:80", 3, 1)
-        b'1970-01-01T00:00:00Z 0.0.0.0:80 3 1\\n'
+        b'1970-01-01T00:00:00Z 0.0.0.0:80          3          1\\n'
     """
     if as_json:
         doc = {"time": iso8601(at), "listener": name, "active": active, "queued": queued}
         return (json.dumps(doc) + "\n").encode()
-    return f"{iso8601(at)} {name} {active} {queued}\n".encode()
+    return f"{iso8601(at):>20} {name} {active: 10d} {queued: 10d}\n".encode()
 
 
 # -- HTML --------------------------------------------------------------------
@@ -355,13 +409,22 @@ def _reset_form(base: str, name: str) -> str:
     )
 
 
-def render_listener_html(report: ListenerReport, kind: str, *, base: str, host: str) -> bytes:
-    """The ``/active/<L>.html`` (or ``queued``) page: summary, SVG charts, text histogram."""
+def render_listener_html(
+    report: ListenerReport, kind: str, *, base: str, host: str, expires: float
+) -> bytes:
+    """The ``/active/<L>.html`` (or ``queued``) page, as the Ruby Watcher's and more.
+
+    As in Ruby: titled ``HOST - LISTENER``, a table of the ``X-*`` headers
+    (names without ``X-``, values as sent), the text histogram in ``<pre>``,
+    a reset form.  Added: links, and SVG charts of the history and histogram.
+    """
     stats: AggregateStats = getattr(report, kind)
     other = "queued" if kind == "active" else "active"
     url = _e(listener_url(report.name))
     b = _e(base)
-    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in _summary_rows(stats))
+    rows = "".join(
+        f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in _summary_rows(stats, expires)
+    )
     body = (
         f"<h1>{_e(report.name)} {kind}</h1>"
         f'<p>{_e(host)} &middot; <a href="{b}/">all listeners</a> &middot; '
@@ -373,45 +436,54 @@ def render_listener_html(report: ListenerReport, kind: str, *, base: str, host: 
         f'<table class="summary">{rows}</table>'
         f"<h2>history</h2>{_history_svg(report.history, (kind,), width=600, height=200)}"
         f"<h2>histogram</h2>{_histogram_svg(stats)}"
-        f"<pre>{_e(histogram_text(stats.buckets, stats.outliers_low, stats.outliers_high))}"
-        "</pre>"
+        f"<pre>{_e(histogram_text(stats.buckets))}</pre>"
     )
-    return _page(f"{host} - {report.name} {kind}", body)
+    return _page(f"{host} - {report.name}", body)
 
 
 def render_index_html(
-    reports: Sequence[ListenerReport],
+    current: Mapping[str, tuple[int, int]],
+    reports: Mapping[str, ListenerReport],
     *,
     base: str,
     host: str,
     updated_at: float | None,
     error: str | None,
 ) -> bytes:
-    """The ``/`` page: every watched listener, its current counts, links and a reset button."""
+    """The ``/`` page, as the Ruby Watcher's and more.
+
+    As in Ruby: titled ``HOST - all interfaces``, ``Updated at`` the last
+    sample, one row per listener of that sample sorted by name (its tail
+    link, current ``active`` and ``queued`` linking to their pages, a reset
+    form).  Added: a history chart per listener and a link to the JSON.
+    """
     b = _e(base)
     when = "never" if updated_at is None else iso8601(updated_at)
     rows = []
-    for r in reports:
-        url = _e(listener_url(r.name))
-        active = "-" if r.active.current is None else r.active.current
-        queued = "-" if r.queued.current is None else r.queued.current
+    for name, (active, queued) in sorted(current.items()):
+        url = _e(listener_url(name))
+        report = reports.get(name)
+        chart = (
+            ""
+            if report is None
+            else _history_svg(report.history, _BOTH, width=240, height=40, compact=True)
+        )
         rows.append(
-            f'<tr><td class="name"><a href="{b}/tail/{url}.txt">{_e(r.name)}</a></td>'
+            f'<tr><td class="name"><a href="{b}/tail/{url}.txt">{_e(name)}</a></td>'
             f'<td><a href="{b}/active/{url}.html">{active}</a></td>'
             f'<td><a href="{b}/queued/{url}.html">{queued}</a></td>'
-            f"<td>{_history_svg(r.history, _BOTH, width=240, height=40, compact=True)}</td>"
-            f"<td>{_reset_form(base, r.name)}</td></tr>"
+            f"<td>{_reset_form(base, name)}</td>"
+            f"<td>{chart}</td></tr>"
         )
     legend = '<span style="color:#1f77b4">active</span>, <span style="color:#d62728">queued</span>'
     problem = f'<p class="error">sampling failed: {_e(error)}</p>' if error else ""
     body = (
-        f"<h1>{_e(host)}: all listeners</h1><p>Updated at {_e(when)} &middot; "
-        f'<a href="{b}/index.json">JSON</a></p>{problem}'
-        "<table><tr><th>listener</th><th>active</th><th>queued</th>"
-        f"<th>history ({legend})</th>"
-        f"<th>reset</th></tr>{''.join(rows)}</table>"
+        f"<h3>Updated at {_e(when)}</h3>"
+        f'<p>{_e(host)} &middot; <a href="{b}/index.json">JSON</a></p>{problem}'
+        "<table><tr><th>address</th><th>active</th><th>queued</th><th>reset</th>"
+        f"<th>history ({legend})</th></tr>{''.join(rows)}</table>"
     )
-    return _page(f"{host} - all listeners", body)
+    return _page(f"{host} - all interfaces", body)
 
 
 def hostname() -> str:

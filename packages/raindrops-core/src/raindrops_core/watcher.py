@@ -1,11 +1,11 @@
 """The Watcher and LastDataRecv engines, framework-neutral (raindrops-wsgi/-asgi serve them).
 
 :class:`WatcherEngine` samples listener statistics every ``delay`` seconds
-and keeps, per listener and for ``active`` and ``queued``, exact running
-statistics (:class:`AggregateStats`: count, min, max, mean, population
-standard deviation, outliers, a log2 histogram, the current value, when the
-maximum was first and last reached, the last reset) and a bounded ring of
-recent samples.  :class:`WatcherCore` turns HTTP requests into answers;
+and keeps, per listener and for ``active`` and ``queued``, the Ruby Watcher's
+running statistics (:class:`AggregateStats`: count, min, max, mean, the
+``aggregate`` gem's sample standard deviation, outliers, its log2 histogram,
+the current value, when the maximum was first and last reached, the last
+reset) and a bounded ring of recent samples.  :class:`WatcherCore` turns HTTP requests into answers;
 :class:`LastDataRecvCore` records ``tcpi_last_data_recv`` into a histogram
 shared by all workers and reports it.
 
@@ -33,13 +33,17 @@ from ._watch_agg import (
     StatsLike,
     Subscription,
     WatcherEngine,
+    sample_std_dev,
 )
 from ._watch_http import (
     DEFAULT_LAST_DATA_RECV_PATH,
+    FIRST_SAMPLE_WAIT,
     LAST_DATA_RECV_SEGMENT_ENV,
+    UNPROBED_TAIL_SECONDS,
     LastDataRecvCore,
     TailPlan,
     WatcherCore,
+    client_gone_probe,
     last_data_recv_ms,
     set_defer_accept,
 )
@@ -49,6 +53,7 @@ from ._watch_render import (
     http_date,
     iso8601,
     listener_url,
+    ruby_round,
     tail_line,
 )
 
@@ -56,8 +61,10 @@ __all__ = [
     "DEFAULT_DELAY",
     "DEFAULT_HISTORY",
     "DEFAULT_LAST_DATA_RECV_PATH",
+    "FIRST_SAMPLE_WAIT",
     "LAST_DATA_RECV_SEGMENT_ENV",
     "LOG2_BUCKETS",
+    "UNPROBED_TAIL_SECONDS",
     "Aggregate",
     "AggregateStats",
     "AsyncFetch",
@@ -70,12 +77,15 @@ __all__ = [
     "TailPlan",
     "WatcherCore",
     "WatcherEngine",
+    "client_gone_probe",
     "format_number",
     "histogram_text",
     "http_date",
     "iso8601",
     "last_data_recv_ms",
     "listener_url",
+    "ruby_round",
+    "sample_std_dev",
     "set_defer_accept",
     "tail_line",
 ]

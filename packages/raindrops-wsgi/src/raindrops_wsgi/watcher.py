@@ -7,9 +7,10 @@ Protocol glue only: sampling, statistics, pages and routing are
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import weakref
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from raindrops_core import Reply
@@ -21,7 +22,7 @@ from raindrops_core.watcher import (
     LastDataRecvCore,
     TailPlan,
     WatcherCore,
-    last_data_recv_ms,
+    client_gone_probe,
     set_defer_accept,
 )
 from webob import Request, Response
@@ -31,9 +32,6 @@ __all__ = ["LastDataRecv", "Watcher", "set_defer_accept"]
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-
-#: How long the first request waits for the first sample round, at most.
-_FIRST_SAMPLE_WAIT = 2.0
 
 _LIVE: weakref.WeakSet[Watcher] = weakref.WeakSet()
 
@@ -58,18 +56,25 @@ def _text(wsgi_str: str) -> str:
 
 
 class _TailBody:
-    """The WSGI body of a tail stream: closing it (the server does) ends the stream."""
+    """The WSGI body of a tail stream: closing it (the server does) ends the stream.
+
+    It starts with an empty chunk, which gunicorn takes as the moment to
+    send the status and headers (a compliant server just skips it), so the
+    client sees ``200`` before the first line meets the thresholds.
+    """
 
     __slots__ = ("_gen",)
 
-    def __init__(self, gen: Generator[bytes, None, None]) -> None:
+    def __init__(self, gen: Iterator[bytes]) -> None:
         self._gen = gen
 
     def __iter__(self) -> Iterator[bytes]:
-        return self._gen
+        return itertools.chain((b"",), self._gen)
 
     def close(self) -> None:
-        self._gen.close()
+        close = getattr(self._gen, "close", None)
+        if close is not None:
+            close()
 
 
 class Watcher:
@@ -81,9 +86,13 @@ class Watcher:
     ``GET /`` (HTML index), ``/index.json``, ``/active/<L>.txt|.html|.json``,
     ``/queued/<L>.txt|.html|.json``, ``/tail/<L>.txt|.json?active_min=N&
     queued_min=N`` (streamed: needs a threaded server, e.g. gunicorn
-    ``gthread``, as the Ruby one did) and ``POST /reset/<L>`` (303 back).
-    ``<L>`` is the URL-escaped listener name (``0.0.0.0%3A80``).
-    ``tail_max_seconds`` ends tail streams after that long.  ``fetch`` and
+    ``gthread``, as the Ruby one did) and ``POST /reset/<L>`` (302 back).
+    ``<L>`` is the URL-escaped listener name (``0.0.0.0%3A80``).  A tail
+    stream ends when its client goes away, seen on the client socket the
+    server exposes (gunicorn's ``environ["gunicorn.socket"]``) even while
+    no line is written; on servers that expose none, after
+    ``tail_max_seconds`` or else
+    :data:`~raindrops_core.watcher.UNPROBED_TAIL_SECONDS`.  ``fetch`` and
     ``clock`` replace the netlink query and the wall clock (tests).
 
     Example::
@@ -121,19 +130,16 @@ class Watcher:
 
     def start(self) -> None:
         """Start this process's sampler unless it runs (the first request does it too)."""
-        if self.engine.start_thread():
-            self.engine.wait_sampled(min(_FIRST_SAMPLE_WAIT, self.engine.delay * 2))
+        self.core.start_thread()
 
     def close(self) -> None:
         """Stop the sampler thread (a later request starts it again)."""
         self.engine.stop_thread()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if not self.engine.thread_running:
-            self.start()
         req = Request(environ)
         method = req.method.upper()
-        answer = self.core.handle(
+        answer = self.core.serve(
             method,
             _text(environ.get("PATH_INFO", "")),
             req.query_string,
@@ -143,30 +149,33 @@ class Watcher:
         )
         if isinstance(answer, Reply):
             return _respond(answer, environ, start_response)
-        return self._tail(answer, method, start_response)
+        return self._tail(answer, method, environ, start_response)
 
-    def _tail(self, plan: TailPlan, method: str, start_response: StartResponse) -> Iterable[bytes]:
+    def _tail(
+        self, plan: TailPlan, method: str, environ: Environ, start_response: StartResponse
+    ) -> Iterable[bytes]:
         start_response("200 OK", list(plan.headers))
         if method == "HEAD":
             return []
-        return _TailBody(self.core.tail(plan))
+        gone = client_gone_probe(environ.get("gunicorn.socket"))
+        return _TailBody(self.core.tail(plan, gone))
 
 
 class LastDataRecv:
     """Records how long each request waited to be accepted; reports it at ``path``.
 
-    For every request (but those to ``path``) it reads ``tcpi_last_data_recv``
-    (ms) of the client socket that gunicorn exposes as
-    ``environ["gunicorn.socket"]`` and records it in a histogram shared by
-    every worker (see :class:`raindrops_core.watcher.LastDataRecvCore` for
-    ``segment``), then calls ``app``.  Requests without a TCP client socket
-    are not recorded.  ``GET path`` answers ``X-Count`` (and ``X-Min``,
-    ``X-Max``, ``X-Mean``, ``X-Std-Dev``, ``X-Outliers-Low``,
-    ``X-Outliers-High`` once count > 1) and a text histogram; ``path.json``
-    (or ``?format=json``, or ``Accept: application/json``) answers JSON.
-    With ``app=None`` it only reports (404 elsewhere).  The number means
-    "time waiting in the listen queue" only with ``TCP_DEFER_ACCEPT`` on the
-    listener: see :func:`set_defer_accept`.
+    For the first request of each connection (but those to ``path``) it
+    reads ``tcpi_last_data_recv`` (ms) of the client socket that gunicorn
+    exposes as ``environ["gunicorn.socket"]`` and records it in a histogram
+    shared by every worker (see
+    :class:`raindrops_core.watcher.LastDataRecvCore` for ``segment`` and for
+    which requests count), then calls ``app``.  Requests without a TCP
+    client socket are not recorded.  Any request to ``path`` answers, as the
+    Ruby original, ``X-Count`` (and ``X-Min``, ``X-Max``, ``X-Mean``,
+    ``X-Std-Dev``, ``X-Outliers-Low``, ``X-Outliers-High`` once count > 1)
+    and a text histogram; ``path.json`` (or ``?format=json``, or ``Accept:
+    application/json``) answers JSON.  With ``app=None`` it only reports
+    (404 elsewhere).  See :func:`set_defer_accept` for ``TCP_DEFER_ACCEPT``.
 
     Example::
 
@@ -183,53 +192,24 @@ class LastDataRecv:
         segment: str | os.PathLike[str] | None = None,
         histogram: Any = None,
     ) -> None:
-        if not isinstance(path, str) or not path.startswith("/"):
-            from raindrops_core import ConfigError
-
-            raise ConfigError(f"path must be a string starting with '/', not {path!r}")
         self.app = app
-        self.path = path
-        self._json_path = path + ".json"
-        self.core = LastDataRecvCore(segment=segment, histogram=histogram)
+        self.core = LastDataRecvCore(path=path, segment=segment, histogram=histogram)
+        self.path = self.core.path
 
     def __repr__(self) -> str:
         return f"<LastDataRecv {self.app!r} path={self.path!r}>"
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path == self.path or path == self._json_path:
-            req = Request(environ)
-            reply = self.core.reply(
-                req.method.upper(),
-                req.query_string,
-                req.headers.get("Accept"),
-                as_json=path == self._json_path,
-            )
+        reply = self.core.answer(
+            environ.get("PATH_INFO", ""),
+            environ.get("QUERY_STRING", ""),
+            environ.get("HTTP_ACCEPT"),
+        )
+        if reply is not None:
             return _respond(reply, environ, start_response)
         sock = environ.get("gunicorn.socket")
         if sock is not None:
-            ms = _socket_last_data_recv(sock)
-            if ms is not None:
-                self.core.record(ms)
+            self.core.record_socket(sock)
         if self.app is None:
-            start_response(
-                "404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "14")]
-            )
-            return [b"404 Not Found\n"]
+            return _respond(self.core.not_found(), environ, start_response)
         return self.app(environ, start_response)
-
-
-try:
-    from linux_inet_diag import TcpInfo as _TcpInfo
-except ImportError:  # pragma: no cover - linux-inet-diag is a dependency of raindrops-core
-    _TcpInfo = None  # type: ignore[assignment,misc]
-
-
-def _socket_last_data_recv(sock: Any) -> int | None:
-    if _TcpInfo is None:
-        return None
-    try:
-        info = _TcpInfo.from_socket(sock)
-    except (OSError, ValueError):
-        return None
-    return last_data_recv_ms(info)
