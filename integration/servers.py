@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,14 +217,18 @@ def launch(
     ready_path: str = "/",
     startup_timeout: float = 30.0,
     wait_workers: bool = True,
+    wrapper: Sequence[str] = (),
 ) -> Iterator[Server]:
     """Run ``kind`` serving ``app`` (``module:attr``) on ``sock`` until the block ends.
 
     Waits until a request to ``ready_path`` gets any HTTP answer and, with
-    ``wait_workers``, until ``workers`` worker processes exist.
+    ``wait_workers``, until ``workers`` worker processes exist.  ``wrapper``
+    is a command that execs the rest of the command line (for example
+    ``["setpriv", "--bounding-set=-dac_override"]``): it must ``exec``, not
+    fork, so that the process the test started is still the server's master.
     """
     fd = sock.fileno()
-    argv = server_argv(kind, app, fd, workers=workers, threads=threads, extra=extra)
+    argv = [*wrapper, *server_argv(kind, app, fd, workers=workers, threads=threads, extra=extra)]
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join(
         [str(app_dir), *filter(None, [full_env.get("PYTHONPATH")])]
@@ -272,6 +276,21 @@ def _wait_ready(server: Server, path: str, workers: int, timeout: float) -> None
     raise ServerStartError(
         f"{server.kind} did not become ready in {timeout}s ({last!r}):\n{server.log()}"
     )
+
+
+def wait_for_value(
+    read: Callable[[], object], expected: object, timeout: float = 10.0, interval: float = 0.02
+) -> None:
+    """Poll ``read()`` until it equals ``expected``; fail with its last value at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    value: object = None
+    while True:
+        value = read()
+        if value == expected or time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    if value != expected:
+        raise TimeoutError(f"expected {expected!r} within {timeout}s, last read {value!r}")
 
 
 def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.02) -> None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
+import socket
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -249,26 +251,117 @@ def test_watcher_fuzzed(method: str, path: str, query: str, accept: str | None, 
     _check(status, ctype, body, [path, query, accept or ""])
 
 
+#: Every statsd name the middleware sends must be made of these characters.
+STATSD_NAME = re.compile(r"[a-z0-9_.]+")
+#: The methods that may appear in a per-method timing name (rack-statsd's).
+STATSD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE"})
+ANY_METHOD = st.one_of(
+    METHODS,
+    st.sampled_from(["get", "Get", "PROPFIND", "M-SEARCH", "<script>", "GET /x", "", "É", "a.b"]),
+    st.text(min_size=1, max_size=12),
+)
+UTILIZATION_PATHS = st.one_of(
+    st.just("/_utilization"),
+    st.builds(lambda p: "/_utilization" + _wsgi_path(p), st.lists(segment, min_size=1, max_size=3)),
+    st.builds(_wsgi_path, st.lists(segment, max_size=3)),
+)
+
+
+class _UdpStatsd:
+    """A minimal statsd client: what the middleware calls (``timing``, ``incr``), one datagram each.
+
+    Sends statsd's line format (``name:value|ms``, ``name:1|c``) to the test's
+    own UDP socket on 127.0.0.1.  Unlike the ``statsd`` package, which drops a
+    name that does not encode as ASCII, it delivers every name it is given,
+    so every name the middleware produced reaches the check.
+    """
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._address = address
+
+    def timing(self, stat: str, delta: float, rate: float = 1) -> None:
+        self._send(f"{stat}:{delta:.6f}|ms")
+
+    def incr(self, stat: str, count: int = 1, rate: float = 1) -> None:
+        self._send(f"{stat}:{count}|c")
+
+    def _send(self, line: str) -> None:
+        self._sock.sendto(line.encode("utf-8", "surrogatepass"), self._address)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.fixture(scope="module")
+def statsd_stack() -> Iterator[tuple[socket.socket, Any, Any]]:
+    """A UDP sink on 127.0.0.1 and WSGI and ASGI middleware sending statsd metrics to it."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.setblocking(False)
+    client = _UdpStatsd(sink.getsockname())
+    wsgi = ProcessUtilization(_hello, stats_path="/_utilization", statsd=client)
+    asgi = AsgiProcessUtilization(_ahello, stats_path="/_utilization", statsd=client)
+    try:
+        yield sink, wsgi, asgi
+    finally:
+        wsgi.close()
+        asgi.close()
+        client.close()
+        sink.close()
+
+
+def _statsd_names(sink: socket.socket) -> list[str]:
+    """Drain the sink (loopback datagrams are queued by the time ``sendto`` returns)."""
+    names = []
+    for _ in range(10_000):
+        try:
+            data = sink.recv(65536)
+        except BlockingIOError:
+            break
+        names.append(data.decode("utf-8", "surrogatepass").rpartition(":")[0])
+    return names
+
+
 @FUZZ
-@given(method=METHODS, query=QUERY, accept=ACCEPT, long=LONG, asgi=st.booleans())
+@given(
+    method=ANY_METHOD,
+    path=UTILIZATION_PATHS,
+    query=QUERY,
+    accept=ACCEPT,
+    long=LONG,
+    asgi=st.booleans(),
+)
 def test_utilization_endpoint_fuzzed(
-    method: str, query: str, accept: str | None, long: str, asgi: bool
+    statsd_stack: tuple[socket.socket, Any, Any],
+    method: str,
+    path: str,
+    query: str,
+    accept: str | None,
+    long: str,
+    asgi: bool,
 ) -> None:
-    """The utilization endpoint never answers 500 or a traceback, whatever the query and headers."""
+    """The utilization middleware with statsd on: no 500, no traceback, clean statsd names."""
+    sink, wsgi_pu, asgi_pu = statsd_stack
+    _statsd_names(sink)
     headers = {"X-Long": long}
     if accept is not None:
         headers["Accept"] = accept
     call = _call_asgi if asgi else _call_wsgi
-    status, ctype, body = call(
-        ASGI_PU if asgi else WSGI_PU, method, "/_utilization", query, headers
-    )
-    _check(status, ctype, body, [query, accept or ""])
+    status, ctype, body = call(asgi_pu if asgi else wsgi_pu, method, path, query, headers)
+    _check(status, ctype, body, [path, query, accept or ""])
+    names = _statsd_names(sink)
+    # The endpoint is not a counted request; anything else sends its metrics.
+    assert (names == []) == (path == "/_utilization"), (path, names)
+    assert [n for n in names if not STATSD_NAME.fullmatch(n)] == [], (method, names)
+    if method.upper() not in STATSD_METHODS:
+        # A per-method timing name never carries any other method's text.
+        per_method = [n.split(".")[1:] for n in names if not n.startswith("status_code.")]
+        assert [p for p in per_method if method.lower() in p] == [], (method, names)
 
 
 WSGI_WATCHER = WsgiWatcher(LISTENERS, delay=0.05, tail_max_seconds=0.05, fetch=_fetch)
 ASGI_WATCHER = AsgiWatcher(LISTENERS, delay=0.05, tail_max_seconds=0.05, fetch=_fetch)
-WSGI_PU = ProcessUtilization(_hello, stats_path="/_utilization")
-ASGI_PU = AsgiProcessUtilization(_ahello, stats_path="/_utilization")
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,10 +1,11 @@
 """Every server kind on every transport, raindrops and process-utilization stacked.
 
-Each case starts a server running ``apps/e2e_stack.py`` on 127.0.0.1, ::1 or a
-Unix socket, sends a small mixed load (plain, slow and streamed responses),
-and checks that no request failed, that ``calling``, ``writing`` and the
-listener's ``active``/``queued`` are back to idle, and that the utilization
-endpoint lists every worker.
+Each case starts a server running ``apps/e2e_stack.py`` on 127.0.0.1 (``tcp4``),
+::1 (``tcp6``) or a Unix socket (``unix``), sends a small mixed load (plain,
+slow and streamed responses), and checks that no request failed, that
+``calling``, ``writing`` and the listener's ``active``/``queued`` are back to
+idle, and that the utilization endpoint lists every worker that served, has
+nothing in flight, and counted exactly the requests the test sent.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from loadgen import run_load
@@ -33,6 +35,8 @@ WORKERS = {
     "uvicorn": 2,
     "hypercorn": 2,
 }
+#: Transport ids (plain words, usable in node ids and ``-k``) and each one's address.
+TRANSPORTS = {"tcp4": "127.0.0.1", "tcp6": "::1", "unix": "app.sock in the test's tmp_path"}
 TARGETS = [
     ("/hello", b"hello from "),
     ("/slow?ms=20", b"slept 20\n"),
@@ -95,6 +99,35 @@ def wait_idle(server: Server, timeout: float = 5.0) -> None:
         )
 
 
+def utilization(server: Server) -> dict[str, Any]:
+    """The utilization endpoint's JSON document (the endpoint's own request is not counted)."""
+    status, _, body = server.get("/_utilization?format=json", headers={"Connection": "close"})
+    assert status == 200, body
+    doc: dict[str, Any] = json.loads(body)
+    return doc
+
+
+def settled_utilization(server: Server, timeout: float = 5.0) -> dict[str, Any]:
+    """The utilization document once no worker has a request in flight.
+
+    A worker records a request after the client may already have its
+    response (when the body is closed, or the ASGI app returns), so totals are
+    read only once every row's ``in_flight`` is 0: then every request the
+    test has seen answered is counted.
+    """
+    docs: list[dict[str, Any]] = []
+
+    def settled() -> bool:
+        docs.append(utilization(server))
+        return bool(docs[-1]["total"]["in_flight"] == 0)
+
+    try:
+        wait_until(settled, timeout=timeout)
+    except TimeoutError:
+        pytest.fail(f"utilization still has requests in flight after {timeout}s: {docs[-1]}")
+    return docs[-1]
+
+
 def address(server: Server) -> tuple[int, object]:
     """``(family, address)`` of the server's listener, for the load generator."""
     name = server.sock.getsockname()
@@ -104,16 +137,16 @@ def address(server: Server) -> tuple[int, object]:
 
 @contextlib.contextmanager
 def listener(transport: str, tmp_path: Path) -> Iterator[socket.socket]:
-    """A listening socket for ``transport``: ``127.0.0.1``, ``::1`` or ``unix``."""
+    """A listening socket for ``transport``: ``tcp4`` (127.0.0.1), ``tcp6`` (::1) or ``unix``."""
     if transport == "unix":
         with bind_unix(str(tmp_path / "app.sock")) as sock:
             yield sock
     else:
-        with bind_tcp(transport) as sock:
+        with bind_tcp(TRANSPORTS[transport]) as sock:
             yield sock
 
 
-@pytest.mark.parametrize("transport", ["127.0.0.1", "::1", "unix"])
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
 @pytest.mark.parametrize("kind", sorted(WORKERS))
 def test_small_load_then_idle_everywhere(kind: str, transport: str, tmp_path: Path) -> None:
     """400 mixed requests at 40 connections all succeed and every gauge returns to idle."""
@@ -130,15 +163,21 @@ def test_small_load_then_idle_everywhere(kind: str, transport: str, tmp_path: Pa
             env=stack_env(tmp_path),
         ) as server,
     ):
+        # The readiness probes were counted: measure from here.
+        before = settled_utilization(server)["total"]["requests_total"]
         family, addr = address(server)
         result = run_load(addr, TARGETS, total=400, concurrency=40, family=family, max_seconds=60)
         assert (result.ok, result.failures) == (400, [])
+        served = {int(server.get("/hello")[2].split()[-1]) for _ in range(8)}
         # Only the stats request's own connection is left.
         wait_idle(server, timeout=10)
-        status, _, body = server.get("/_utilization?format=json")
-        assert status == 200
-        pids = {w["pid"] for w in json.loads(body)["workers"]}
-        served = {int(server.get("/hello")[2].split()[-1]) for _ in range(8)}
+        doc = settled_utilization(server)
+        pids = {w["pid"] for w in doc["workers"]}
         # Every worker that served is listed; no row outlives the live workers.
         assert served <= pids
+        assert pids <= set(server.worker_pids())
         assert len(pids) <= workers
+        # Exactly the 400 + 8 requests sent (the stats endpoints are not counted).
+        assert doc["total"]["in_flight"] == 0
+        assert doc["total"]["requests_total"] - before == 400 + 8
+        assert sum(w["requests_total"] for w in doc["workers"]) == doc["total"]["requests_total"]

@@ -67,6 +67,13 @@ def _rss_kb() -> int:
     return -1
 
 
+def _note_pid(name: str) -> None:
+    """Write this worker's PID to ``$RD_GATE_DIR/name`` atomically: never seen empty."""
+    tmp = GATES / f".{name}.{os.getpid()}.tmp"
+    tmp.write_text(str(os.getpid()))
+    os.replace(tmp, GATES / name)
+
+
 def _wait_gate(name: str) -> None:
     deadline = time.monotonic() + WAIT_LIMIT
     while not (GATES / name).exists() and time.monotonic() < deadline:
@@ -82,7 +89,7 @@ def _chunks(n: int) -> Iterator[bytes]:
 
 def _hstream(args: dict[str, str]) -> Iterator[bytes]:
     yield b"first\n"
-    (GATES / f"spid-{args['id']}").write_text(str(os.getpid()))
+    _note_pid(f"spid-{args['id']}")
     _wait_gate(args["gate"])
     yield b"last\n"
 
@@ -101,7 +108,7 @@ def _inner_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> 
         time.sleep(ms / 1000)
         body = f"slept {ms}\n".encode()
     elif path == "/hold":
-        (GATES / f"pid-{args['id']}").write_text(str(os.getpid()))
+        _note_pid(f"pid-{args['id']}")
         _wait_gate(args["gate"])
         body = b"released\n"
     elif path == "/rss":
@@ -142,7 +149,7 @@ async def _inner_asgi(scope: Any, receive: Any, send: Any) -> None:
             await send({"type": "http.response.body", "body": b""})
             return
         await send({"type": "http.response.body", "body": b"first\n", "more_body": True})
-        (GATES / f"spid-{args['id']}").write_text(str(os.getpid()))
+        _note_pid(f"spid-{args['id']}")
         await _await_gate(args["gate"])
         await send({"type": "http.response.body", "body": b"last\n"})
         return
@@ -151,7 +158,7 @@ async def _inner_asgi(scope: Any, receive: Any, send: Any) -> None:
         await asyncio.sleep(ms / 1000)
         body = f"slept {ms}\n".encode()
     elif path == "/hold":
-        (GATES / f"pid-{args['id']}").write_text(str(os.getpid()))
+        _note_pid(f"pid-{args['id']}")
         await _await_gate(args["gate"])
         body = b"released\n"
     elif path == "/rss":
