@@ -6,7 +6,8 @@ loopback port, drives a mix of fast, slow and streamed requests at it from
 answers twice a second: requests inside the app on every worker
 (``calling``), responses being written (``writing``), and the listener's
 accepted (``active``) and waiting (``queued``) connections.  Then it stops
-the load, shows the gauges back at idle, and stops everything it started.
+the load, shows the gauges back at idle, stops everything it started, and
+removes the shared-memory file the workers counted in.
 
     python integration/demo.py [--seconds 8] [--clients 40] [--workers 4]
 """
@@ -14,8 +15,11 @@ the load, shows the gauges back at idle, and stops everything it started.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
+import os
 import random
+import socket
 import sys
 import threading
 import time
@@ -23,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from servers import Server, bind_tcp, launch
+from raindrops_core import InheritedListener, default_segment_path
+from servers import Server, bind_tcp, launch, listener_name
 
 
 def _client(server: Server, stop: threading.Event, seed: int, counts: list[int]) -> None:
@@ -47,6 +52,12 @@ def _show(server: Server, title: str, served: int, failed: int) -> None:
     print("\n".join(out), flush=True)
 
 
+def _segment_of(sock: socket.socket) -> str | None:
+    """The shared-memory file the middleware's workers use by default on ``sock``."""
+    inode = os.fstat(sock.fileno()).st_ino
+    return default_segment_path([InheritedListener(sock.fileno(), listener_name(sock), inode)])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns 0 when every request succeeded and gauges went idle."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -59,10 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.clients <= 500:
         parser.error(f"--clients {args.clients} must be in 1..500")
 
-    with (
-        bind_tcp("127.0.0.1", backlog=64) as sock,
-        launch("gunicorn-sync", "demo_app:app", sock, workers=args.workers) as server,
-    ):
+    with contextlib.ExitStack() as cleanup:
+        sock = cleanup.enter_context(bind_tcp("127.0.0.1", backlog=64))
+        segment = _segment_of(sock)
+        if segment is not None:  # removed once gunicorn has stopped (callbacks run last-in first)
+            cleanup.callback(_remove, segment)
+        server = cleanup.enter_context(
+            launch("gunicorn-sync", "demo_app:app", sock, workers=args.workers)
+        )
         stop = threading.Event()
         counts = [0, 0]
         threads = [
@@ -86,8 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         _show(server, f"{title} (load stopped)", *counts)
         _, _, body = server.get("/_raindrops")
     idle = b"calling: 0\nwriting: 0\n" in body
-    print(f"\ngauges back at idle: {'yes' if idle else 'NO'}; gunicorn stopped.")
+    print(
+        f"\ngauges back at idle: {'yes' if idle else 'NO'}; gunicorn stopped, its counters removed."
+    )
     return 0 if idle and counts[1] == 0 else 1
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 if __name__ == "__main__":

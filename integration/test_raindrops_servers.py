@@ -12,10 +12,12 @@ import contextlib
 import os
 import signal
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from raindrops_core import InheritedListener, default_segment_path
 from servers import ASGI_KINDS, Server, bind_tcp, bind_unix, launch, listener_name, wait_until
 
 pytestmark = [pytest.mark.linux, pytest.mark.timeout(120)]
@@ -75,15 +77,35 @@ def _read_until(conn: socket.socket, marker: bytes) -> bytes:
     return data
 
 
+def _default_segment(sock: socket.socket) -> str:
+    """The default segment path of a server listening on ``sock``."""
+    inherited = InheritedListener(
+        sock.fileno(), listener_name(sock), os.fstat(sock.fileno()).st_ino
+    )
+    path = default_segment_path([inherited])
+    assert path is not None
+    return path
+
+
 @contextlib.contextmanager
 def _segment_cleanup(sock: socket.socket) -> Iterator[str]:
     """The default segment path of a server on ``sock``; removed afterwards."""
-    path = f"/dev/shm/raindrops-{os.getuid()}-{os.fstat(sock.fileno()).st_ino}"
+    path = _default_segment(sock)
     try:
         yield path
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def _wait_for(read: Callable[[], object], expected: object, timeout: float = 10.0) -> None:
+    """Poll ``read()`` until it equals ``expected``; fail showing its last value."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+        value = read()
+    assert value == expected
 
 
 def _exercise(server: Server, gates: Path, held: int, extra: socket.socket | None) -> None:
@@ -208,3 +230,83 @@ def test_file_wrapper_keeps_gunicorns_sendfile_path(tmp_path: Path) -> None:
             assert (status, body) == (200, b"bytes sent by sendfile\n")
             wait_until(lambda: _stats(server)["writing"] == 0)
             assert _stats(server)["calling"] == 0
+
+
+def test_queued_while_every_sync_worker_is_busy(tmp_path: Path) -> None:
+    """With every sync worker holding a request, K more connections are exactly ``queued: K``.
+
+    A busy sync server cannot answer its own endpoint: each of its workers
+    is inside the app, so a request for ``/_raindrops`` would itself wait in
+    the queue.  The stats are therefore read through a second gunicorn
+    dedicated to them, on its own listener, sharing the busy server's
+    counters (the same ``RAINDROPS_SEGMENT``) and reporting both listeners
+    by name.  Why the numbers are exact: every held request is inside the
+    app (each worker wrote its pid file, and each worker is a different
+    process), a sync worker accepts nothing while it holds a request, so
+    each of the K connections opened afterwards stays in the busy listener's
+    accept queue until the test releases the workers; the held connections
+    are the busy listener's only accepted ones; and the stats request's own
+    connection is the stats listener's only one.  So ``active`` sums to the
+    held connections plus the stats connection, split by listener.
+    """
+    workers, waiting = 3, 4
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    with bind_tcp("127.0.0.1") as busy_sock, bind_tcp("127.0.0.1") as stats_sock:
+        busy_name, stats_name = listener_name(busy_sock), listener_name(stats_sock)
+        env = {
+            "RD_GATE_DIR": str(gates),
+            "RAINDROPS_SEGMENT": str(tmp_path / "board"),
+            "RD_LISTENERS": f"{busy_name},{stats_name}",
+        }
+        app = "raindrops_app:wsgi"
+        with (
+            launch("gunicorn-sync", app, busy_sock, workers=workers, env=env) as busy,
+            launch("gunicorn-sync", app, stats_sock, workers=1, env=env) as stats,
+        ):
+
+            def gauges(calling: int, busy_active: int, queued: int) -> dict[str, int]:
+                return {
+                    "calling": calling,
+                    "writing": 0,
+                    f"{busy_name} active": busy_active,
+                    f"{busy_name} queued": queued,
+                    f"{stats_name} active": 1,  # the stats request's own connection
+                    f"{stats_name} queued": 0,
+                }
+
+            _wait_for(lambda: _stats(stats), gauges(0, 0, 0))
+            held = [_send(busy, f"/hold?gate=hold&id={i}") for i in range(workers)]
+            waiting_conns: list[socket.socket] = []
+            try:
+                wait_until(lambda: len(list(gates.glob("pid-*"))) == workers, timeout=15)
+                pids = {int(p.read_text()) for p in gates.glob("pid-*")}
+                assert pids == set(busy.worker_pids())
+                waiting_conns = [busy.connect(timeout=20) for _ in range(waiting)]
+                _wait_for(lambda: _stats(stats), gauges(workers, workers, waiting))
+            finally:
+                for conn in waiting_conns:
+                    conn.close()
+                (gates / "hold").touch()
+                bodies = [_read_all(c) for c in held]
+            assert all(b.endswith(b"released\n") for b in bodies), bodies
+            _wait_for(lambda: _stats(stats), gauges(0, 0, 0))
+
+
+def test_a_server_start_sweeps_stale_default_segments(tmp_path: Path) -> None:
+    """The worker creating a new default segment removes one named after a closed socket."""
+    with socket.socket() as gone:
+        gone.bind(("127.0.0.1", 0))
+        gone.listen(1)
+        stale = Path(_default_segment(gone))
+    stale.write_bytes(b"left by a server that stopped")
+    try:
+        with bind_tcp("127.0.0.1") as sock, _segment_cleanup(sock) as segment:
+            env = {"RD_GATE_DIR": str(tmp_path)}
+            with launch("gunicorn-sync", "raindrops_app:wsgi", sock, workers=2, env=env) as server:
+                wait_until(lambda: not stale.exists(), timeout=30)
+                assert os.path.exists(segment)
+                assert _stats(server)["calling"] == 0
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import raindrops_core._state as state_module
+from linux_inet_diag import ListenOverflows, UnavailableError
 from raindrops_asgi import ConfigError, RaindropsMiddleware
-from raindrops_core import ANONYMOUS
+from raindrops_core import ANONYMOUS, RaindropsState, Steps
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
 LOCAL = ("127.0.0.1", 50000)
@@ -102,7 +106,8 @@ def test_endpoint_formats_head_and_access() -> None:
         denied = client.get("/_raindrops")
     assert (denied.status_code, denied.content) == (
         403,
-        b"403 Forbidden: client 192.0.2.9 is not in the allow-list\n",
+        b"403 Forbidden: client 192.0.2.9 is not in the allow-list (loopback only by default); "
+        b"to allow more, pass allow=['10.0.0.0/8', ...] or allow=ALLOW_ALL to the middleware\n",
     )
 
 
@@ -227,3 +232,154 @@ def test_malformed_listener_fails_at_construction() -> None:
     """A bad listener name is a ConfigError when the middleware is built."""
     with pytest.raises(ConfigError, match=r"malformed listener '1\.2\.3\.4'"):
         RaindropsMiddleware(_app([]), listeners=["1.2.3.4"])
+
+
+def test_endpoint_under_a_mount_point() -> None:
+    """Mounted at /ops, the endpoint answers at /ops/_raindrops; the app keeps its other paths."""
+    seen: list[tuple[int, int]] = []
+    mw = _app(seen)
+    outer = Starlette(routes=[Mount("/ops", app=mw)])
+    with TestClient(outer, client=LOCAL) as client:
+        stats = client.get("/ops/_raindrops")
+        hello = client.get("/ops/")
+        unmounted = client.get("/_raindrops")
+    assert (stats.status_code, stats.content) == (200, b"calling: 0\nwriting: 0\n")
+    assert (hello.text, seen) == ("hello\n", [(1, 0)])
+    assert unmounted.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path", "endpoint"),
+    [
+        ("/ops/_raindrops", "/ops", True),  # uvicorn --root-path /ops: path includes it
+        ("/_raindrops", "/ops", True),  # a server that strips root_path itself
+        ("/_raindrops", "", True),
+        ("/ops/_raindrops/x", "/ops", False),
+        ("/opsx/_raindrops", "/ops", False),
+        ("/x/_raindrops", "", False),
+    ],
+)
+def test_root_path_is_stripped_before_matching(path: str, root_path: str, endpoint: bool) -> None:
+    """Only the path below ``root_path`` is compared with the endpoint's path."""
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = _scope(path)
+    scope["root_path"] = root_path
+    scope["client"] = LOCAL
+    asyncio.run(_middleware(app)(scope, _no_receive, send))
+    assert sent[0]["status"] == (200 if endpoint else 204)
+
+
+def _unavailable(*args: object, **kwargs: object) -> None:
+    raise UnavailableError(errno.ENOSYS, "netlink sock_diag needs Linux")
+
+
+@pytest.mark.parametrize(
+    ("query", "broken", "header"),
+    [
+        ("", (), None),
+        ("?format=json", (), None),
+        ("", ("listeners", "overflows"), "listeners"),
+        ("?format=json", ("listeners",), "listeners"),
+        ("?format=json", ("overflows",), "overflows"),
+        ("?format=json", ("listeners", "overflows"), "listeners, overflows"),
+        ("?format=prometheus", ("listeners", "overflows"), "listeners, overflows"),
+        ("?format=openmetrics", ("overflows",), "overflows"),
+    ],
+)
+def test_unavailable_header_names_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch, query: str, broken: tuple[str, ...], header: str | None
+) -> None:
+    """x-raindrops-unavailable names the parts this answer lacks (GET and HEAD); else absent."""
+
+    class Diag:
+        async def tcp_listener_stats(self, names: list[str]) -> dict[str, Any]:
+            if "listeners" in broken:
+                _unavailable()
+            return {}
+
+        def close(self) -> None:
+            return None
+
+    def read() -> ListenOverflows:
+        if "overflows" in broken:
+            _unavailable()
+        return ListenOverflows(listen_overflows=1, listen_drops=2)
+
+    monkeypatch.setattr(state_module, "AsyncDiagSocket", Diag)
+    monkeypatch.setattr(state_module, "listen_overflows", read)
+    mw = _middleware(Starlette(), listeners=["127.0.0.1:9"])
+    with TestClient(mw, client=LOCAL) as client:
+        answers = [client.get(f"/_raindrops{query}"), client.head(f"/_raindrops{query}")]
+    for resp in answers:
+        assert resp.status_code == 200
+        assert resp.headers.get("x-raindrops-unavailable") == header
+
+
+def _record_prepare(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    threads: list[int] = []
+    original = RaindropsState.prepare
+
+    def prepare(self: RaindropsState) -> Steps:
+        threads.append(threading.get_ident())
+        return original(self)
+
+    monkeypatch.setattr(RaindropsState, "prepare", prepare)
+    return threads
+
+
+def test_lifespan_startup_prepares_the_state_in_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At lifespan startup the scoreboard is opened off the event loop, before any request."""
+    threads = _record_prepare(monkeypatch)
+    loop_threads: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        loop_threads.append(threading.get_ident())
+        assert (await receive())["type"] == "lifespan.startup"
+        await send({"type": "lifespan.startup.complete"})
+
+    mw = _middleware(app)
+    messages = iter([{"type": "lifespan.startup"}])
+
+    async def receive() -> Any:
+        return next(messages)
+
+    async def send(message: Any) -> None:
+        return None
+
+    asyncio.run(mw({"type": "lifespan"}, receive, send))
+    assert mw.state.steps is not None
+    assert len(threads) == 1
+    assert threads[0] != loop_threads[0]
+
+
+def test_first_request_prepares_the_state_in_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without lifespan, the first request opens the scoreboard off the loop, once."""
+    threads = _record_prepare(monkeypatch)
+    loop_threads: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        loop_threads.append(threading.get_ident())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    mw = _middleware(app)
+
+    async def sent(message: Any) -> None:
+        return None
+
+    async def main() -> None:
+        await mw(_scope(), _no_receive, sent)
+        await mw(_scope(), _no_receive, sent)
+
+    asyncio.run(main())
+    assert len(threads) == 1
+    assert threads[0] not in loop_threads
+    assert mw.state.counts() == (0, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -104,3 +105,44 @@ def test_socket_name_drops_ipv6_scope_and_handles_unnamed_unix() -> None:
     assert socket_name(socket.AF_INET, ("0.0.0.0", 8000)) == "0.0.0.0:8000"
     assert socket_name(socket.AF_UNIX, "") is None
     assert socket_name(socket.AF_UNIX, b"\0abc") == "@abc"
+
+
+def test_a_worker_ignores_a_listener_it_opened_after_fork(listeners: list[socket.socket]) -> None:
+    """In a forked child, only the listeners its parent also holds are reported, unless asked."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            own = socket.socket(socket.AF_INET)
+            own.bind(("127.0.0.1", 0))
+            own.listen(1)
+            inherited = {f.inode for f in discover_listeners()}
+            every = {f.inode for f in discover_listeners(prefer_parent=False)}
+            own_inode = os.fstat(own.fileno()).st_ino
+            report = [own_inode in inherited, own_inode in every, sorted(inherited)]
+            os.write(w, json.dumps(report).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        answer = os.read(r, 65536).decode()
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    own_reported, own_found, inherited = json.loads(answer)
+    ours = {os.fstat(s.fileno()).st_ino for s in listeners}
+    assert (own_reported, own_found) == (False, True)
+    assert ours <= set(inherited)
+
+
+def test_without_a_parent_holding_them_every_listener_is_reported(
+    listeners: list[socket.socket],
+) -> None:
+    """This test process's parent holds none of its sockets: all of them are reported."""
+    ours = {os.fstat(s.fileno()).st_ino for s in listeners}
+    assert ours <= {f.inode for f in discover_listeners()}
+    assert {f.inode for f in discover_listeners()} == {
+        f.inode for f in discover_listeners(prefer_parent=False)
+    }

@@ -10,13 +10,16 @@ import os
 import signal
 import socket
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import raindrops_core._segments as segments_module
 import raindrops_core._state as state_module
-from linux_inet_diag import UnavailableError
+from linux_inet_diag import ListenOverflows, UnavailableError
 from raindrops_core import (
     ANONYMOUS,
     SEGMENT_ENV,
@@ -24,7 +27,12 @@ from raindrops_core import (
     Format,
     InheritedListener,
     RaindropsState,
+    Steps,
+    app_path,
+    default_segment,
     default_segment_path,
+    sweep_stale_segments,
+    unavailable_header,
 )
 
 
@@ -112,7 +120,103 @@ def test_default_segment_path_is_derived_from_the_listener_inode() -> None:
     path = default_segment_path(found)
     assert path is not None
     assert os.path.basename(path) == f"raindrops-{uid}-700"
+    ldr = default_segment_path(found, prefix="raindrops-ldr")
+    assert ldr == os.path.join(os.path.dirname(path), f"raindrops-ldr-{uid}-700")
     assert default_segment_path([]) is None
+
+
+@pytest.fixture
+def shm_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Default segments go to a temp directory: no test sweeps the real /dev/shm."""
+    where = tmp_path / "shm"
+    where.mkdir()
+    monkeypatch.setattr(segments_module, "_shm_dir", lambda: str(where))
+    return where
+
+
+def _closed_listener_inode(family: int = socket.AF_INET) -> int:
+    with socket.socket(family) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        return os.fstat(sock.fileno()).st_ino
+
+
+@pytest.mark.linux
+def test_sweep_removes_segments_of_closed_sockets_only(
+    shm_dir: Path, listener: socket.socket, tmp_path: Path
+) -> None:
+    """Segments named after a closed socket go; live listeners', other uids' and names stay."""
+    uid = os.getuid()
+    dead = _closed_listener_inode()
+    live_tcp = os.fstat(listener.fileno()).st_ino
+    unix = socket.socket(socket.AF_UNIX)
+    try:
+        unix.bind(str(tmp_path / "u.sock"))
+        unix.listen(1)
+        live_unix = os.fstat(unix.fileno()).st_ino
+        names = [
+            f"raindrops-{uid}-{dead}",
+            f"raindrops-ldr-{uid}-{dead}",
+            f"raindrops-{uid}-{live_tcp}",
+            f"raindrops-ldr-{uid}-{live_unix}",
+            f"raindrops-{uid + 1}-{dead}",
+            f"raindrops-{uid}-{dead}.bak",
+            f"myapp-{uid}-{dead}",
+        ]
+        for name in names:
+            (shm_dir / name).write_bytes(b"x")
+        removed = sweep_stale_segments(directory=str(shm_dir))
+    finally:
+        unix.close()
+    assert removed == [
+        str(shm_dir / f"raindrops-{uid}-{dead}"),
+        str(shm_dir / f"raindrops-ldr-{uid}-{dead}"),
+    ]
+    assert sorted(os.listdir(shm_dir)) == sorted(names[2:])
+
+
+def test_sweep_never_removes_the_kept_file_nor_anything_without_listeners(
+    shm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``keep`` survives a sweep; if the listeners cannot be read, nothing is removed."""
+    uid = os.getuid()
+    for name in (f"raindrops-{uid}-11", f"raindrops-{uid}-12"):
+        (shm_dir / name).write_bytes(b"x")
+    keep = str(shm_dir / f"raindrops-{uid}-11")
+    monkeypatch.setattr(segments_module, "inet_diag_records", _unavailable)
+    assert sweep_stale_segments(keep, directory=str(shm_dir)) == []
+    assert sweep_stale_segments(keep, directory=str(shm_dir), live=[]) == [
+        str(shm_dir / f"raindrops-{uid}-12")
+    ]
+    assert os.listdir(shm_dir) == [f"raindrops-{uid}-11"]
+
+
+def _join_sweep() -> None:
+    sweeper = segments_module._sweeper
+    if sweeper is not None:
+        sweeper.join(timeout=30)
+
+
+@pytest.mark.linux
+def test_creating_a_new_default_segment_sweeps_stale_ones(
+    shm_dir: Path, listener: socket.socket
+) -> None:
+    """The process that creates the default segment sweeps; one opening it again does not."""
+    uid = os.getuid()
+    stale = shm_dir / f"raindrops-{uid}-{_closed_listener_inode()}"
+    stale.write_bytes(b"x")
+    segments_module._sweeper = None
+    state = RaindropsState(listeners=[])
+    state.prepare()
+    _join_sweep()
+    mine = shm_dir / f"raindrops-{uid}-{os.fstat(listener.fileno()).st_ino}"
+    assert state.segment_path == str(mine)
+    assert sorted(os.listdir(shm_dir)) == [mine.name]
+    stale.write_bytes(b"x")
+    segments_module._sweeper = None
+    assert default_segment() == str(mine)  # exists already: no sweep
+    assert segments_module._sweeper is None
+    assert stale.exists()
 
 
 def test_env_var_names_the_segment_created_0600(
@@ -128,20 +232,17 @@ def test_env_var_names_the_segment_created_0600(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_default_segment_under_a_server_listener(listener: socket.socket) -> None:
+def test_default_segment_under_a_server_listener(listener: socket.socket, shm_dir: Path) -> None:
     """With no option, a process holding a listener shares a segment named after it."""
     expected = default_segment_path(
         [InheritedListener(listener.fileno(), _name(listener), os.fstat(listener.fileno()).st_ino)]
     )
     assert expected is not None
-    try:
-        state = RaindropsState(listeners=[])
-        state.board  # noqa: B018 - opens the segment
-        assert state.segment_path == expected
-        assert os.path.exists(expected)
-    finally:
-        if os.path.exists(expected):
-            os.unlink(expected)
+    state = RaindropsState(listeners=[])
+    state.board  # noqa: B018 - opens the segment
+    _join_sweep()
+    assert state.segment_path == expected
+    assert os.path.exists(expected)
 
 
 def test_unusable_segment_warns_and_counts_in_anonymous_memory(
@@ -216,23 +317,65 @@ def test_gauges_add_up_across_forked_workers_and_drop_a_killed_one(
 
 
 @pytest.mark.linux
-def test_a_child_forgets_the_parents_row(tmp_path: Path) -> None:
-    """After fork, the cached row is dropped so the child claims a row of its own."""
+def test_a_child_forgets_the_parents_row_and_steps(tmp_path: Path) -> None:
+    """After fork, the cached row and steps are dropped: the child steps a row of its own."""
     state = RaindropsState(listeners=[], segment=tmp_path / "board")
-    parent_row = state.claim()
+    parent_steps = state.prepare()
+    parent_row = state.row
+    assert parent_row is not None
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         try:
-            was_none = state.row is None
-            os.write(w, f"{was_none} {state.claim().index}".encode())
+            forgets = state.row is None and state.steps is None
+            steps = state.prepare()
+            steps.incr_calling()
+            steps.incr_calling()
+            row = state.row
+            assert row is not None
+            os.write(w, f"{forgets} {row.index} {steps is not parent_steps}".encode())
+            time.sleep(30)
         finally:
             os._exit(0)
     os.close(w)
-    with os.fdopen(r, "rb") as out:
-        was_none, index = out.read().decode().split()
-    os.waitpid(pid, 0)
-    assert (was_none, int(index) != parent_row.index) == ("True", True)
+    try:
+        try:
+            forgot, index, fresh = os.read(r, 64).decode().split()
+        finally:
+            os.close(r)
+        assert (forgot, int(index) != parent_row.index, fresh) == ("True", True, "True")
+        assert (parent_row.calling, state.counts()) == (0, (2, 0))
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def test_prepare_binds_the_four_steps_once() -> None:
+    """prepare() gives this process's Steps, the same object every time, stepping its row."""
+    state = RaindropsState(listeners=[], segment=ANONYMOUS)
+    before = state.steps
+    steps = state.prepare()
+    assert (before, isinstance(steps, Steps)) == (None, True)
+    assert state.prepare() is steps is state.steps
+    assert (steps.incr_calling(), steps.incr_calling(), steps.decr_calling()) == (1, 2, 1)
+    assert (steps.incr_writing(), steps.decr_writing()) == (1, 0)
+    assert state.counts() == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path", "expected"),
+    [
+        ("/ops/_raindrops", "/ops", "/_raindrops"),
+        ("/_raindrops", "", "/_raindrops"),
+        ("/_raindrops", "/ops", "/_raindrops"),
+        ("/opsx/_raindrops", "/ops", "/opsx/_raindrops"),
+        ("/ops", "/ops", ""),
+        ("/a/b/_raindrops", "/a/b", "/_raindrops"),
+    ],
+)
+def test_app_path_strips_the_mount_point(path: str, root_path: str, expected: str) -> None:
+    """app_path removes root_path on a segment boundary only, and leaves other paths alone."""
+    assert app_path(path, root_path) == expected
 
 
 # -- snapshots and the endpoint ----------------------------------------------
@@ -273,9 +416,13 @@ def test_no_listener_means_no_netlink_query(monkeypatch: pytest.MonkeyPatch) -> 
     assert "listeners" not in snap.unavailable
 
 
+OVERFLOWS = ListenOverflows(listen_overflows=7, listen_drops=9)
+
+
 def test_netlink_failure_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
     """A failing listener query leaves calling/writing and names the missing part."""
     monkeypatch.setattr(state_module, "tcp_listener_stats", _unavailable)
+    monkeypatch.setattr(state_module, "listen_overflows", lambda: OVERFLOWS)
     state = RaindropsState(listeners=["127.0.0.1:9", "/run/x.sock"], segment=ANONYMOUS)
     state.claim().incr_writing()
     reply = state.respond("GET", "127.0.0.1", None, "")
@@ -285,6 +432,140 @@ def test_netlink_failure_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch)
     assert doc["unavailable"] == {"listeners": "[Errno 38] netlink sock_diag needs Linux"}
     prom = state.respond("GET", "127.0.0.1", None, "format=prometheus").body
     assert prom.endswith(b"# listeners unavailable: [Errno 38] netlink sock_diag needs Linux\n")
+
+
+@pytest.mark.parametrize(
+    ("broken", "query", "header"),
+    [
+        ((), "", None),
+        ((), "format=json", None),
+        (("listeners",), "", "listeners"),
+        (("overflows",), "", None),  # the text does not show overflows: not read
+        (("overflows",), "format=json", "overflows"),
+        (("listeners", "overflows"), "", "listeners"),
+        (("overflows", "listeners"), "format=json", "listeners, overflows"),
+        (("listeners", "overflows"), "format=prometheus", "listeners, overflows"),
+        (("listeners", "overflows"), "format=openmetrics", "listeners, overflows"),
+    ],
+)
+def test_unavailable_header_names_the_missing_parts(
+    monkeypatch: pytest.MonkeyPatch, broken: tuple[str, ...], query: str, header: str | None
+) -> None:
+    """X-Raindrops-Unavailable lists what this answer lacks, in a fixed order; else absent."""
+    listeners_broken = "listeners" in broken
+
+    class Diag:
+        async def tcp_listener_stats(self, names: list[str]) -> dict[str, Any]:
+            if listeners_broken:
+                _unavailable()
+            return {}
+
+        def close(self) -> None:
+            return None
+
+    def tcp(names: list[str]) -> dict[str, Any]:
+        if listeners_broken:
+            _unavailable()
+        return {}
+
+    def overflows() -> ListenOverflows:
+        if "overflows" in broken:
+            _unavailable()
+        return OVERFLOWS
+
+    monkeypatch.setattr(state_module, "tcp_listener_stats", tcp)
+    monkeypatch.setattr(state_module, "AsyncDiagSocket", Diag)
+    monkeypatch.setattr(state_module, "listen_overflows", overflows)
+    state = RaindropsState(listeners=["127.0.0.1:9"], segment=ANONYMOUS)
+    for reply in (
+        state.respond("GET", "127.0.0.1", None, query),
+        state.respond("HEAD", "127.0.0.1", None, query),
+        asyncio.run(state.arespond("GET", "127.0.0.1", None, query)),
+    ):
+        assert reply.status == 200
+        assert dict(reply.headers).get("X-Raindrops-Unavailable") == header
+        assert len(reply.headers) == (2 if header is None else 3)
+
+
+def test_unavailable_header_value_order() -> None:
+    """Known parts come first in their fixed order, then any other part."""
+    assert unavailable_header({}) == ""
+    assert unavailable_header({"extra": "x", "overflows": "y", "listeners": "z"}) == (
+        "listeners, overflows, extra"
+    )
+
+
+def test_text_answer_does_not_read_the_overflow_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The raindrops text skips /proc/net/netstat; JSON and Prometheus read it once each."""
+    calls: list[int] = []
+
+    def counted() -> ListenOverflows:
+        calls.append(1)
+        return OVERFLOWS
+
+    monkeypatch.setattr(state_module, "listen_overflows", counted)
+    state = RaindropsState(listeners=[], segment=ANONYMOUS)
+    state.respond("GET", "127.0.0.1", "text/plain", "")
+    asyncio.run(state.arespond("GET", "127.0.0.1", None, ""))
+    assert calls == []
+    state.respond("GET", "127.0.0.1", None, "format=json")
+    asyncio.run(state.arespond("GET", "127.0.0.1", None, "format=prometheus"))
+    assert calls == [1, 1]
+
+
+def test_async_path_does_no_blocking_io_on_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Discovery, opening the scoreboard, the gauges and the overflows run off the loop thread."""
+    threads: dict[str, set[int]] = {}
+
+    def note(what: str) -> None:
+        threads.setdefault(what, set()).add(threading.get_ident())
+
+    def discover() -> tuple[InheritedListener, ...]:
+        note("discover")
+        return (InheritedListener(99, "127.0.0.1:9", 4242),)
+
+    def overflows() -> ListenOverflows:
+        note("overflows")
+        return OVERFLOWS
+
+    original_counts = RaindropsState.counts
+    original_open = RaindropsState._open_board
+
+    def counts(self: RaindropsState) -> tuple[int, int]:
+        note("counts")
+        return original_counts(self)
+
+    def open_board(self: RaindropsState) -> Any:
+        note("open")
+        return original_open(self)
+
+    class Diag:
+        async def tcp_listener_stats(self, names: list[str]) -> dict[str, Any]:
+            note("netlink")
+            return {}
+
+        def close(self) -> None:
+            return None
+
+    monkeypatch.setattr(state_module, "discover_listeners", discover)
+    monkeypatch.setattr(state_module, "listen_overflows", overflows)
+    monkeypatch.setattr(state_module, "AsyncDiagSocket", Diag)
+    monkeypatch.setattr(RaindropsState, "counts", counts)
+    monkeypatch.setattr(RaindropsState, "_open_board", open_board)
+    state = RaindropsState(segment=ANONYMOUS)
+
+    async def main() -> int:
+        await state.arespond("GET", "127.0.0.1", None, "format=json")
+        await state.aprepare()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert sorted(threads) == ["counts", "discover", "netlink", "open", "overflows"]
+    assert threads["netlink"] == {loop_thread}
+    assert all(
+        loop_thread not in threads[what] for what in ("counts", "discover", "open", "overflows")
+    )
+    assert state.listener_names() == ("127.0.0.1:9",)
 
 
 def test_async_snapshot_failure_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -325,7 +606,10 @@ def test_endpoint_refuses_clients_outside_the_allow_list() -> None:
     """A client outside ``allow`` gets 403 text, before any snapshot is taken."""
     state = RaindropsState(listeners=[], segment=ANONYMOUS)
     reply = state.respond("GET", "192.0.2.1", None, "")
-    body = b"403 Forbidden: client 192.0.2.1 is not in the allow-list\n"
+    body = (
+        b"403 Forbidden: client 192.0.2.1 is not in the allow-list (loopback only by default); "
+        b"to allow more, pass allow=['10.0.0.0/8', ...] or allow=ALLOW_ALL to the middleware\n"
+    )
     assert (reply.status_line, reply.headers, reply.body) == (
         "403 Forbidden",
         (("Content-Type", "text/plain"), ("Content-Length", str(len(body)))),

@@ -1,7 +1,7 @@
 """What the raindrops WSGI middleware costs, against its floor and prometheus_client.
 
 Run: ``python bench/bench_middleware.py`` (or ``nox -s bench``); bounded to
-about a minute.  Prints Markdown tables:
+about two minutes.  Prints Markdown tables, then the targets table:
 
 1. The per-request cost added to a trivial WSGI app called in-process (app
    call, iterate the body, ``close()``), for
@@ -12,28 +12,51 @@ about a minute.  Prints Markdown tables:
    - prometheus_client: two multiprocess ``Gauge``s (``livesum``) doing the
      same job, with the same body proxy.
 2. The endpoint's own latency with 2 listeners and 1,000 connections.
-3. gunicorn throughput with and without the middleware under a bounded
-   load generator (Linux; skipped if gunicorn is missing).
+3. gunicorn throughput with and without the middleware (Linux; skipped if
+   gunicorn is missing): both servers run side by side, and an
+   out-of-process load generator (``wrk`` if installed, else
+   ``integration/loadgen.py`` in its own process) drives them in
+   interleaved rounds (A B B A ...); the ratio is the median of the
+   per-pair ratios, with their spread.
+
+``--instructions`` (needs valgrind) measures part 1 in CPU instructions
+instead of time, which a busy machine does not disturb: each app is run
+for N and 6N requests under ``valgrind --tool=callgrind`` and the
+difference divided by 5N.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import os
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 ROUNDS = 7
 REQUESTS = 20_000
+FLOOR = "floor (4 bare cffi atomics + body proxy)"
+OURS = "raindrops RaindropsMiddleware"
+PROM = "prometheus_client multiprocess Gauge x2"
+# Targets (issue 4): cost vs floor at most, prometheus_client/ours at least,
+# endpoint median latency at most (ms), gunicorn throughput ratio at least.
+TARGET_FLOOR = 1.4
+TARGET_PROM = 3.0
+TARGET_LATENCY_MS = 2.0
+TARGET_THROUGHPUT = 0.98
+INTEGRATION = Path(__file__).resolve().parents[3] / "integration"
 _KEEP: list[object] = []  # what the measured apps use stays alive to the end
+_RESULTS: dict[str, tuple[str, str, bool | None]] = {}
 
 
 def _app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -142,34 +165,89 @@ def _prometheus_app(tmp: str) -> Callable[..., Iterable[bytes]]:
     return prom
 
 
-def bench_in_process() -> None:
+def _in_process_apps(tmp: str) -> dict[str, Callable[..., Iterable[bytes]]]:
     from raindrops_wsgi import RaindropsMiddleware
 
-    environ = {"PATH_INFO": "/", "REQUEST_METHOD": "GET"}
-    with tempfile.TemporaryDirectory(prefix="rd-bench-prom-") as tmp:
-        middleware = RaindropsMiddleware(_app, listeners=[], segment="anonymous")
-        _KEEP.append(middleware)
-        best = _best_of(
-            {
-                "bare": _app,
-                "floor (4 bare cffi atomics + body proxy)": _floor_app(),
-                "raindrops RaindropsMiddleware": middleware,
-                "prometheus_client multiprocess Gauge x2": _prometheus_app(tmp),
-            },
-            environ,
-        )
-    bare = best.pop("bare")
-    added = {name: cost - bare for name, cost in best.items()}
-    mine = added["raindrops RaindropsMiddleware"]
-    print("### Per-request cost added to a trivial WSGI app (in-process)\n")
-    print(f"Trivial app alone: {bare:.0f} ns/request.\n")
-    print("| what | added ns/request | vs floor | vs raindrops |")
+    middleware = RaindropsMiddleware(_app, listeners=[], segment="anonymous")
+    _KEEP.append(middleware)
+    return {"bare": _app, FLOOR: _floor_app(), OURS: middleware, PROM: _prometheus_app(tmp)}
+
+
+def _record_in_process(added: dict[str, float], unit: str) -> None:
+    floor, mine, prom = added[FLOOR], added[OURS], added[PROM]
+    vs_floor, vs_prom = mine / floor, prom / mine
+    _RESULTS[f"added cost vs floor ({unit})"] = (
+        f"<= {TARGET_FLOOR}x",
+        f"{vs_floor:.2f}x",
+        vs_floor <= TARGET_FLOOR,
+    )
+    _RESULTS[f"prometheus_client vs raindrops ({unit})"] = (
+        f">= {TARGET_PROM}x cheaper",
+        f"{vs_prom:.2f}x",
+        vs_prom >= TARGET_PROM,
+    )
+
+
+def _print_added(title: str, bare: float, added: dict[str, float], unit: str) -> None:
+    mine = added[OURS]
+    print(f"### {title}\n")
+    print(f"Trivial app alone: {bare:.0f} {unit}/request.\n")
+    print(f"| what | added {unit}/request | vs floor | vs raindrops |")
     print("| --- | ---: | ---: | ---: |")
     for name, cost in added.items():
-        print(
-            f"| {name} | {cost:.0f} | {cost / added[next(iter(added))]:.2f}x | {cost / mine:.2f}x |"
-        )
+        print(f"| {name} | {cost:.0f} | {cost / added[FLOOR]:.2f}x | {cost / mine:.2f}x |")
     print()
+
+
+def bench_in_process() -> None:
+    environ = {"PATH_INFO": "/", "REQUEST_METHOD": "GET"}
+    with tempfile.TemporaryDirectory(prefix="rd-bench-prom-") as tmp:
+        best = _best_of(_in_process_apps(tmp), environ)
+    bare = best.pop("bare")
+    added = {name: cost - bare for name, cost in best.items()}
+    _print_added("Per-request cost added to a trivial WSGI app (in-process)", bare, added, "ns")
+    _record_in_process(added, "time")
+
+
+def _callgrind_total(name: str, n: int) -> int:
+    """CPU instructions of a whole run of this script driving app ``name`` ``n`` times."""
+    argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    argv += [sys.executable, __file__, "--drive", name, str(n)]
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, check=True)
+    for line in done.stderr.splitlines():
+        if "Collected :" in line:
+            return int(line.rsplit(":", 1)[1])
+    raise RuntimeError(f"no instruction count from valgrind:\n{done.stderr[-2000:]}")
+
+
+def bench_instructions(n: int = 3_000) -> None:
+    """Part 1 in instructions: (run(6N) - run(N)) / 5N per app, all runs in parallel."""
+    if shutil.which("valgrind") is None:
+        print("(valgrind not installed: instruction counts skipped)\n")
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = ["bare", FLOOR, OURS, PROM]
+    jobs = [(name, k) for name in names for k in (n, 6 * n)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        totals = list(pool.map(lambda job: _callgrind_total(*job), jobs))
+    per = {name: (totals[2 * i + 1] - totals[2 * i]) / (5 * n) for i, name in enumerate(names)}
+    bare = per.pop("bare")
+    added = {name: cost - bare for name, cost in per.items()}
+    title = "Per-request cost added to a trivial WSGI app (in-process, CPU instructions)"
+    _print_added(title, bare, added, "instructions")
+    _record_in_process(added, "instructions")
+
+
+def _drive_one(name: str, n: int) -> None:
+    """``--drive NAME N``: warm up, then run one app N times (under valgrind)."""
+    environ = {"PATH_INFO": "/", "REQUEST_METHOD": "GET"}
+    with tempfile.TemporaryDirectory(prefix="rd-bench-prom-") as tmp:
+        app = _in_process_apps(tmp)[name]
+        _drive(app, environ, 200)
+        gc.disable()
+        _drive(app, environ, n)
 
 
 def bench_endpoint() -> None:
@@ -211,6 +289,12 @@ def bench_endpoint() -> None:
         ):
             print(f"| {label} | {value / 1e6:.3f} | {value / 2e6:.2f}x |")
         print()
+        median_ms = statistics.median(times) / 1e6
+        _RESULTS["endpoint latency, median"] = (
+            f"<= {TARGET_LATENCY_MS} ms",
+            f"{median_ms:.3f} ms",
+            median_ms <= TARGET_LATENCY_MS,
+        )
     finally:
         for s in clients + accepted + listeners:
             s.close()
@@ -226,27 +310,87 @@ def bare(environ, start_response):
 wrapped = RaindropsMiddleware(bare)
 """
 
+# Run in its own process: integration/loadgen.py, N requests, C at a time.
+_LOADGEN = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from loadgen import run_load
+result = run_load(("127.0.0.1", int(sys.argv[2])), [("/", b"ok")],
+                  total=int(sys.argv[3]), concurrency=int(sys.argv[4]), max_seconds=60)
+print(result.ok, len(result.failures), result.seconds)
+"""
 
-def _load(addr: tuple[str, int], seconds: float, connections: int) -> int:
-    """Requests answered in ``seconds`` by ``connections`` client threads, one at a time each."""
-    stop = time.monotonic() + seconds
-    counts = [0] * connections
+LOAD_SECONDS = 2  # wrk: duration of one round
+LOAD_REQUESTS = 2_000  # loadgen: requests in one round
+LOAD_CONNECTIONS = 8
+THROUGHPUT_PAIRS = 6  # rounds A B, B A, ... per app pair
+THROUGHPUT_BUDGET = 90.0  # seconds for the whole part, at most
+
+
+def _requests_per_second(port: int) -> float:
+    """One round of out-of-process load against 127.0.0.1:``port``."""
+    wrk = shutil.which("wrk")
+    if wrk is not None:
+        argv = [wrk, "-t1", f"-c{LOAD_CONNECTIONS}", f"-d{LOAD_SECONDS}s"]
+        out = subprocess.run(
+            [*argv, f"http://127.0.0.1:{port}/"],
+            capture_output=True,
+            text=True,
+            timeout=LOAD_SECONDS + 30,
+            check=True,
+        ).stdout
+        for line in out.splitlines():
+            if line.startswith("Requests/sec:"):
+                return float(line.split(":", 1)[1])
+        raise RuntimeError(f"no Requests/sec in wrk output:\n{out}")
+    argv = [sys.executable, "-c", _LOADGEN, str(INTEGRATION), str(port)]
+    argv += [str(LOAD_REQUESTS), str(LOAD_CONNECTIONS)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=90, check=True).stdout
+    ok, failed, seconds = out.split()
+    if int(failed):
+        raise RuntimeError(f"{failed} requests failed against port {port}")
+    return int(ok) / float(seconds)
+
+
+def _wait_http(port: int, deadline: float) -> None:
     request = b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
-
-    def client(i: int) -> None:
-        while time.monotonic() < stop:
-            with socket.create_connection(addr, timeout=5) as conn:
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
                 conn.sendall(request)
-                while conn.recv(4096):
-                    pass
-            counts[i] += 1
+                if conn.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"gunicorn on port {port} did not answer in time")
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(connections)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(counts)
+
+@contextmanager
+def _gunicorn(attr: str, tmp: str) -> Iterator[int]:
+    """gunicorn, 2 sync workers, serving ``bench_app:<attr>`` on a port we bound."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    env = dict(os.environ, PYTHONPATH=tmp, RAINDROPS_SEGMENT=os.path.join(tmp, f"board-{attr}"))
+    argv = [sys.executable, "-m", "gunicorn", "--bind", f"fd://{sock.fileno()}"]
+    argv += ["--workers", "2", "--log-level", "warning", f"bench_app:{attr}"]
+    proc = subprocess.Popen(
+        argv, pass_fds=(sock.fileno(),), env=env, cwd=tmp, start_new_session=True
+    )
+    try:
+        port = sock.getsockname()[1]
+        _wait_http(port, time.monotonic() + 30)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+        sock.close()
 
 
 def bench_gunicorn() -> None:
@@ -255,49 +399,76 @@ def bench_gunicorn() -> None:
     except ImportError:
         print("(gunicorn not installed: throughput skipped)\n")
         return
+    if shutil.which("wrk") is None and not (INTEGRATION / "loadgen.py").exists():
+        print("(neither wrk nor integration/loadgen.py found: throughput skipped)\n")
+        return
+    tool = "wrk" if shutil.which("wrk") else "integration/loadgen.py (own process)"
     rates: dict[str, list[float]] = {"bare": [], "wrapped": []}
-    with tempfile.TemporaryDirectory(prefix="rd-bench-") as tmp:
+    ratios: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="rd-bench-") as tmp, ExitStack() as stack:
         Path(tmp, "bench_app.py").write_text(_GUNICORN_APP)
-        env = dict(os.environ, PYTHONPATH=tmp, RAINDROPS_SEGMENT=os.path.join(tmp, "board"))
-        for attr in ("bare", "wrapped") * 3:
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sock.listen(1024)
-            sock.set_inheritable(True)
-            argv = [sys.executable, "-m", "gunicorn", "--bind", f"fd://{sock.fileno()}"]
-            argv += ["--workers", "2", "--log-level", "warning", f"bench_app:{attr}"]
-            proc = subprocess.Popen(argv, pass_fds=(sock.fileno(),), env=env, cwd=tmp)
-            try:
-                addr = sock.getsockname()
-                deadline = time.monotonic() + 20
-                while time.monotonic() < deadline:
-                    try:
-                        _load(addr, 0.05, 1)
-                        break
-                    except OSError:
-                        time.sleep(0.1)
-                _load(addr, 0.5, 4)
-                seconds = 3.0
-                rates[attr].append(_load(addr, seconds, 4) / seconds)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=15)
-                sock.close()
-    bare, wrapped = max(rates["bare"]), max(rates["wrapped"])
-    print("### gunicorn, 2 sync workers, 4 client threads, new connection per request\n")
-    print("| app | requests/s (best of 3) | vs bare |")
-    print("| --- | ---: | ---: |")
-    print(f"| bare WSGI app | {bare:.0f} | 1.00x |")
-    print(f"| with RaindropsMiddleware | {wrapped:.0f} | {wrapped / bare:.2f}x |")
+        ports = {attr: stack.enter_context(_gunicorn(attr, tmp)) for attr in ("bare", "wrapped")}
+        for port in ports.values():  # warm up both
+            _requests_per_second(port)
+        deadline = time.monotonic() + THROUGHPUT_BUDGET
+        for pair in range(THROUGHPUT_PAIRS):
+            if time.monotonic() > deadline:
+                break
+            order = ("bare", "wrapped") if pair % 2 == 0 else ("wrapped", "bare")
+            got = {attr: _requests_per_second(ports[attr]) for attr in order}
+            for attr, rate in got.items():
+                rates[attr].append(rate)
+            ratios.append(got["wrapped"] / got["bare"])
+    print(
+        f"### gunicorn, 2 sync workers, load by {tool}, {LOAD_CONNECTIONS} connections, "
+        f"new connection per request, {len(ratios)} interleaved pairs\n"
+    )
+    print("| app | requests/s median | min | max |")
+    print("| --- | ---: | ---: | ---: |")
+    for attr, label in (("bare", "bare WSGI app"), ("wrapped", "with RaindropsMiddleware")):
+        values = rates[attr]
+        print(
+            f"| {label} | {statistics.median(values):.0f} | {min(values):.0f} | {max(values):.0f} |"
+        )
+    ratio = statistics.median(ratios)
+    print(
+        f"\nwith/without, per pair: median {ratio:.3f}x, "
+        f"spread {min(ratios):.3f}x to {max(ratios):.3f}x\n"
+    )
+    _RESULTS["gunicorn throughput with/without, median"] = (
+        f">= {TARGET_THROUGHPUT}x",
+        f"{ratio:.3f}x ({min(ratios):.3f} to {max(ratios):.3f})",
+        ratio >= TARGET_THROUGHPUT,
+    )
+
+
+def print_targets() -> None:
+    print("### Targets\n")
+    print("| target | goal | measured | met |")
+    print("| --- | --- | ---: | --- |")
+    for name, (goal, measured, met) in _RESULTS.items():
+        print(f"| {name} | {goal} | {measured} | {'yes' if met else 'NO'} |")
     print()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--instructions", action="store_true", help="also count CPU instructions (valgrind)"
+    )
+    parser.add_argument("--drive", nargs=2, metavar=("APP", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.drive:
+        _drive_one(args.drive[0], int(args.drive[1]))
+        return
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs\n")
     bench_in_process()
+    if args.instructions:
+        bench_instructions()
     if sys.platform.startswith("linux"):
         bench_endpoint()
         bench_gunicorn()
+    print_targets()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import socket
 import wsgiref.util
@@ -9,6 +10,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
+import raindrops_core._state as state_module
+from linux_inet_diag import ListenOverflows, UnavailableError
 from raindrops_core import ANONYMOUS, RaindropsState
 from raindrops_wsgi import ConfigError, RaindropsMiddleware
 from webob import Request
@@ -229,3 +232,71 @@ def test_malformed_listener_fails_at_construction() -> None:
     """A bad listener name is a ConfigError when the middleware is built."""
     with pytest.raises(ConfigError, match="malformed listener 'nohost'"):
         RaindropsMiddleware(_hello, listeners=["nohost"])
+
+
+def _unavailable(*args: object, **kwargs: object) -> None:
+    raise UnavailableError(errno.ENOSYS, "netlink sock_diag needs Linux")
+
+
+@pytest.mark.parametrize(
+    ("query", "broken", "header"),
+    [
+        ("", (), None),
+        ("?format=json", (), None),
+        ("", ("listeners", "overflows"), "listeners"),
+        ("?format=json", ("listeners",), "listeners"),
+        ("?format=json", ("overflows",), "overflows"),
+        ("?format=json", ("listeners", "overflows"), "listeners, overflows"),
+        ("?format=prometheus", ("listeners", "overflows"), "listeners, overflows"),
+        ("?format=openmetrics", ("overflows",), "overflows"),
+    ],
+)
+def test_unavailable_header_names_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch, query: str, broken: tuple[str, ...], header: str | None
+) -> None:
+    """X-Raindrops-Unavailable names the parts this answer lacks (GET and HEAD); else absent."""
+
+    def tcp(names: list[str]) -> dict[str, Any]:
+        if "listeners" in broken:
+            _unavailable()
+        return {}
+
+    def read() -> ListenOverflows:
+        if "overflows" in broken:
+            _unavailable()
+        return ListenOverflows(listen_overflows=1, listen_drops=2)
+
+    monkeypatch.setattr(state_module, "tcp_listener_stats", tcp)
+    monkeypatch.setattr(state_module, "listen_overflows", read)
+    mw = _middleware(listeners=["127.0.0.1:9"])
+    for method in ("GET", "HEAD"):
+        req = Request.blank(f"/_raindrops{query}", method=method, remote_addr="127.0.0.1")
+        resp = req.get_response(mw)
+        assert resp.status_int == 200
+        assert resp.headers.get("X-Raindrops-Unavailable") == header
+
+
+def test_steps_are_bound_once_per_process_and_used_per_request() -> None:
+    """The first request prepares the state's Steps; later requests step the same row."""
+    mw = _middleware()
+    before = mw.state.steps
+    assert Request.blank("/").get_response(mw).body == b"hello\n"
+    steps = mw.state.steps
+    assert (before, steps is not None) == (None, True)
+    body = mw(Request.blank("/").environ, lambda *a: None)
+    assert mw.state.steps is steps
+    assert mw.state.counts() == (0, 1)
+    body.close()  # type: ignore[attr-defined]
+    body.close()  # type: ignore[attr-defined]
+    assert mw.state.counts() == (0, 0)
+
+
+def test_forbidden_body_says_how_to_allow_more() -> None:
+    """The 403 names the allow= option and ALLOW_ALL."""
+    mw = _middleware()
+    resp = Request.blank("/_raindrops", remote_addr="192.0.2.1").get_response(mw)
+    assert (resp.status_int, resp.body) == (
+        403,
+        b"403 Forbidden: client 192.0.2.1 is not in the allow-list (loopback only by default); "
+        b"to allow more, pass allow=['10.0.0.0/8', ...] or allow=ALLOW_ALL to the middleware\n",
+    )

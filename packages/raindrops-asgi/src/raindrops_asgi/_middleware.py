@@ -11,9 +11,7 @@ import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from raindrops_core import DEFAULT_ALLOW, DEFAULT_PATH, DEFAULT_SLOTS, RaindropsState
-from starlette.requests import Request
-from starlette.responses import Response
+from raindrops_core import DEFAULT_ALLOW, DEFAULT_PATH, DEFAULT_SLOTS, RaindropsState, app_path
 
 __all__ = ["RaindropsMiddleware"]
 
@@ -24,6 +22,14 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _CALLING, _WRITING, _DONE = 1, 2, 3
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The first header ``name`` (lower case) of the request, decoded, or ``None``."""
+    for key, value in scope.get("headers", ()):
+        if bytes(key).lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
 
 
 def _is_last(message: Message, trailers: bool) -> bool:
@@ -46,9 +52,12 @@ class RaindropsMiddleware:
     body message has been sent (``more_body`` false, or
     ``http.response.pathsend``, or the last trailers), or until ``app``
     raises or is cancelled.  Exceptions propagate and leave the gauges exact.
-    Lifespan and websocket scopes pass through untouched.  A request to
-    ``path`` (any method; no body for ``HEAD``) answers the snapshot of every
-    worker, queried without blocking the event loop, and is not counted itself.
+    Lifespan and websocket scopes pass through untouched (at lifespan
+    startup, the scoreboard is opened in a thread first).  A request to
+    ``path`` below the app's mount point (``scope["root_path"]``, as set by
+    Starlette's ``Mount`` or ``uvicorn --root-path``; any method; no body for
+    ``HEAD``) answers the snapshot of every worker, read without blocking
+    the event loop, and is not counted itself.
 
     Options are those of :class:`raindrops_core.RaindropsState` (``listeners``,
     ``segment``, ``allow``, ``slots``), or pass a ready ``state``.
@@ -85,16 +94,20 @@ class RaindropsMiddleware:
         return f"RaindropsMiddleware({self.app!r}, state={self.state!r})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "lifespan" and self.state.steps is None:
+                # At startup, in a thread: the scoreboard, the row, the listeners.
+                await self.state.aprepare()
             await self.app(scope, receive, send)
             return
-        if scope["path"] == self._path:
+        path = scope["path"]
+        if path.endswith(self._path) and app_path(path, scope.get("root_path", "")) == self._path:
             await self._endpoint(scope, receive, send)
             return
-        state = self.state
-        row = state.row
-        if row is None:
-            row = state.claim()
+        steps = self.state.steps
+        if steps is None:
+            steps = await self.state.aprepare()
         phase = _CALLING
         trailers = False
 
@@ -104,8 +117,8 @@ class RaindropsMiddleware:
                 if message["type"] == "http.response.start":
                     phase = _WRITING
                     trailers = bool(message.get("trailers", False))
-                    row.decr_calling()
-                    row.incr_writing()
+                    steps.decr_calling()
+                    steps.incr_writing()
                 await send(message)
                 return
             await send(message)
@@ -116,25 +129,25 @@ class RaindropsMiddleware:
                 elif not _is_last(message, trailers):
                     return
                 phase = _DONE
-                row.decr_writing()
+                steps.decr_writing()
 
-        row.incr_calling()
+        steps.incr_calling()
         try:
             await self.app(scope, receive, counted_send)
         finally:
             if phase == _CALLING:
-                row.decr_calling()
+                steps.decr_calling()
             elif phase == _WRITING:
-                row.decr_writing()
+                steps.decr_writing()
 
     async def _endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope)
         client = scope.get("client")
         reply = await self.state.arespond(
-            request.method,
+            scope.get("method", "GET"),
             str(client[0]) if client else None,
-            request.headers.get("accept"),
-            scope.get("query_string", b"").decode("latin-1"),
+            _header(scope, b"accept"),
+            bytes(scope.get("query_string", b"")).decode("latin-1"),
         )
-        response = Response(reply.body, status_code=reply.status, headers=dict(reply.headers))
-        await response(scope, receive, send)
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})

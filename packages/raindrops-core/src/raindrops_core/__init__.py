@@ -20,6 +20,14 @@ from ._discover import InheritedListener, discover_listeners, socket_name
 from ._errors import ConfigError, FormatError, RaindropsError
 from ._prometheus import RaindropsCollector, render_prometheus
 from ._render import render_json, render_text
+from ._segments import (
+    LDR_PREFIX,
+    SEGMENT_PREFIX,
+    default_segment,
+    default_segment_path,
+    listening_inodes,
+    sweep_stale_segments,
+)
 from ._snapshot import CONTENT_TYPES, Format, Snapshot, negotiate
 from ._state import (
     ANONYMOUS,
@@ -27,9 +35,13 @@ from ._state import (
     DEFAULT_SLOTS,
     FIELDS,
     SEGMENT_ENV,
+    UNAVAILABLE_HEADER,
+    UNAVAILABLE_PARTS,
     RaindropsState,
     Reply,
-    default_segment_path,
+    Steps,
+    app_path,
+    unavailable_header,
 )
 
 __version__ = "0.1.0"
@@ -42,7 +54,11 @@ __all__ = [
     "DEFAULT_PATH",
     "DEFAULT_SLOTS",
     "FIELDS",
+    "LDR_PREFIX",
     "SEGMENT_ENV",
+    "SEGMENT_PREFIX",
+    "UNAVAILABLE_HEADER",
+    "UNAVAILABLE_PARTS",
     "AccessList",
     "ConfigError",
     "Format",
@@ -53,11 +69,17 @@ __all__ = [
     "RaindropsState",
     "Reply",
     "Snapshot",
+    "Steps",
+    "app_path",
+    "default_segment",
     "default_segment_path",
     "discover_listeners",
+    "listening_inodes",
     "negotiate",
     "render_json",
     "render_prometheus",
     "render_text",
     "socket_name",
+    "sweep_stale_segments",
+    "unavailable_header",
 ]

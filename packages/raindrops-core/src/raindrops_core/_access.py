@@ -27,8 +27,13 @@ class AccessList:
     Clients without an IP address (Unix-socket peers, which are on this
     machine by construction) are allowed; a client address that is not an IP
     address at all (a test client's ``"testclient"``) is refused.  IPv4-mapped
-    IPv6 addresses (``::ffff:127.0.0.1``) are checked as IPv4.  Proxy headers
-    such as ``X-Forwarded-For`` are never trusted.
+    IPv6 addresses (``::ffff:127.0.0.1``) are checked as IPv4.  The address
+    checked is the one the server hands the app: raindrops never reads
+    ``X-Forwarded-For``, but uvicorn rewrites ``scope["client"]`` from it for
+    trusted peers (``--forwarded-allow-ips``, loopback by default), so there
+    the list applies to the forwarded client; gunicorn's ``REMOTE_ADDR`` is
+    the peer (the proxy).  Unlike the Ruby original, which serves everyone,
+    the default is loopback only.
 
     Example::
 

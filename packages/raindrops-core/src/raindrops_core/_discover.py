@@ -6,6 +6,13 @@ passing the descriptor to a spawned child.  A worker therefore holds them
 among its own file descriptors: walking those (``/proc/self/fd`` on Linux,
 ``/dev/fd`` elsewhere) and keeping the stream sockets for which
 ``getsockopt(SO_ACCEPTCONN)`` is 1 finds them, whatever the server.
+
+An app may also open a listening socket of its own inside a worker (after
+fork): each worker's is a different socket, so reporting it, or naming the
+shared segment after it, would make workers disagree.  The server's master
+(or the supervisor of spawned workers) is the worker's parent and holds the
+server's listeners too, so when the parent holds some of the sockets found,
+only those are kept.
 """
 
 from __future__ import annotations
@@ -98,12 +105,44 @@ def _probe(fd: int) -> InheritedListener | None:
     return InheritedListener(fd=fd, name=name, inode=st.st_ino)
 
 
-def discover_listeners() -> tuple[InheritedListener, ...]:
-    """The listening stream sockets among this process's file descriptors.
+def _parent_socket_inodes() -> frozenset[int]:
+    """Inodes of the sockets the parent process holds; empty if they cannot be read."""
+    ppid = os.getppid()
+    if ppid <= 0:
+        return frozenset()
+    directory = f"/proc/{ppid}/fd"
+    try:
+        entries = os.listdir(directory)
+    except OSError:  # not Linux, or another user's process
+        return frozenset()
+    inodes: set[int] = set()
+    for entry in entries:
+        try:
+            target = os.readlink(f"{directory}/{entry}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target.endswith("]"):
+            inodes.add(int(target[8:-1]))
+    return frozenset(inodes)
+
+
+def discover_listeners(*, prefer_parent: bool = True) -> tuple[InheritedListener, ...]:
+    """The listening stream sockets this process inherited from its server.
 
     One entry per socket (descriptors duplicated by the server count once, the
     lowest kept), in descriptor order.  Works under any server that passes
     its listeners to its workers: gunicorn, uvicorn, hypercorn.
+
+    With ``prefer_parent`` (the default), when the parent process (the
+    server's master, or the supervisor of spawned workers) holds some of the
+    listening sockets found, only those are returned: a socket the app opened
+    in this worker after fork is left out, so every worker of one server
+    reports (and names its segment after) the same sockets.  When the parent
+    holds none of them (a single-process server run from a shell) or its
+    descriptors cannot be read (``/proc/<ppid>/fd`` of another user, e.g. a
+    master running as root; or not Linux), every listener found is returned.
+    ``prefer_parent=False`` returns every listening socket among this
+    process's descriptors.
 
     Example::
 
@@ -121,4 +160,9 @@ def discover_listeners() -> tuple[InheritedListener, ...]:
             continue
         seen.add(key)
         found.append(listener)
+    if prefer_parent and found:
+        parents = _parent_socket_inodes()
+        shared = [listener for listener in found if listener.inode in parents]
+        if shared:
+            return tuple(shared)
     return tuple(found)

@@ -88,6 +88,7 @@ class RaindropsCollector:
     ``raindrops_writing``, ``raindrops_listener_active``/``_queued``/``_backlog``
     (label ``listener``), ``raindrops_listeners_available`` and, when
     readable, ``raindrops_listen_overflows_total``/``raindrops_listen_drops_total``.
+    :meth:`collect` blocks while it reads them.
 
     Example::
 
@@ -110,7 +111,14 @@ class RaindropsCollector:
         return f"RaindropsCollector({self._snapshot!r}, namespace={self._namespace!r})"
 
     def collect(self) -> Iterator[Metric]:
-        """Take one snapshot and yield its metric families."""
+        """Take one snapshot and yield its metric families.
+
+        Blocking: prometheus_client calls ``collect()`` synchronously, and the
+        snapshot runs a netlink query and reads ``/proc`` (and, the first
+        time, discovers the listeners).  Do not render a registry holding it
+        from an event loop's own thread; the ASGI endpoint's
+        ``?format=prometheus`` reads the same numbers off the loop.
+        """
         yield from _metrics(self._snapshot(), self._namespace)
 
     def describe(self) -> list[Metric]:

@@ -8,13 +8,13 @@ to answer lives here, once.
 
 from __future__ import annotations
 
+import asyncio
 import http
 import logging
 import os
-import tempfile
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,6 +36,7 @@ from ._discover import InheritedListener, discover_listeners
 from ._errors import ConfigError, FormatError
 from ._prometheus import render_prometheus
 from ._render import render_json, render_text
+from ._segments import SEGMENT_PREFIX, default_segment
 from ._snapshot import CONTENT_TYPES, Format, Snapshot, negotiate
 
 if TYPE_CHECKING:
@@ -47,9 +48,13 @@ __all__ = [
     "DEFAULT_SLOTS",
     "FIELDS",
     "SEGMENT_ENV",
+    "UNAVAILABLE_HEADER",
+    "UNAVAILABLE_PARTS",
     "RaindropsState",
     "Reply",
-    "default_segment_path",
+    "Steps",
+    "app_path",
+    "unavailable_header",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,6 +70,10 @@ ANONYMOUS = "anonymous"
 DEFAULT_SLOTS = 256
 #: The scoreboard's fields, one row per worker process.
 FIELDS: tuple[str, str] = ("calling", "writing")
+#: The response header naming the parts of the stats that could not be read.
+UNAVAILABLE_HEADER = "X-Raindrops-Unavailable"
+#: The parts a snapshot may lack, in the order the header lists them.
+UNAVAILABLE_PARTS: tuple[str, str] = ("listeners", "overflows")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,32 +96,49 @@ class Reply:
         return f"{self.status} {http.HTTPStatus(self.status).phrase}"
 
 
-def _shm_dir() -> str:
-    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK):
-        return "/dev/shm"
-    return tempfile.gettempdir()
+@dataclass(frozen=True, slots=True)
+class Steps:
+    """This process's four per-request steps, bound once: zero-argument C-level callables.
 
-
-def default_segment_path(listeners: Sequence[InheritedListener]) -> str | None:
-    """Where the workers of one server share their counters, or ``None`` (anonymous).
-
-    Every worker of a server holds the same listening sockets (forked or
-    spawned), and a socket's inode names it uniquely while it is open, so
-    ``/dev/shm/raindrops-<uid>-<inode>`` is a path all of them agree on with
-    no configuration, distinct from any other server's.  Outside Linux the
-    temp directory replaces ``/dev/shm``.  No inherited listener (a test
-    client, an app called in-process) gives ``None``.
+    Each is shm-counters' ``row.bind_incr(field)``/``bind_decr(field)``: one
+    cffi call and no Python frame.  The adapters call them on
+    every request; :meth:`RaindropsState.prepare` makes them once per
+    process (again after fork).
 
     Example::
 
-        >>> default_segment_path([InheritedListener(3, "127.0.0.1:8000", 81234)])
-        '/dev/shm/raindrops-0-81234'
+        >>> steps = RaindropsState(listeners=[], segment="anonymous").prepare()
+        >>> steps.incr_calling(), steps.decr_calling()
+        (1, 0)
     """
-    inodes = [listener.inode for listener in listeners if listener.inode]
-    if not inodes:
-        return None
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    return os.path.join(_shm_dir(), f"raindrops-{uid}-{min(inodes)}")
+
+    incr_calling: Callable[[], int]
+    decr_calling: Callable[[], int]
+    incr_writing: Callable[[], int]
+    decr_writing: Callable[[], int]
+
+
+def app_path(path: str, root_path: str) -> str:
+    """The path below the mount point: ``path`` without its ``root_path`` prefix.
+
+    For ASGI, where ``scope["path"]`` includes ``scope["root_path"]`` (the
+    app mounted with Starlette's ``Mount("/ops", app)``, or served behind
+    ``uvicorn --root-path /ops``): the path the app routes on.  The prefix
+    is removed only on a segment boundary (``/ops`` from ``/ops/x``, not from
+    ``/opsx``), and a path not below ``root_path`` (a server that already
+    strips it) is returned as it is.
+
+    Example::
+
+        >>> app_path("/ops/_raindrops", "/ops"), app_path("/_raindrops", "/ops")
+        ('/_raindrops', '/_raindrops')
+    """
+    if not root_path or not path.startswith(root_path):
+        return path
+    rest = path[len(root_path) :]
+    if rest and rest[0] != "/":
+        return path
+    return rest
 
 
 def _check_segment(segment: str | os.PathLike[str] | None) -> str | None:
@@ -192,24 +218,28 @@ class RaindropsState:
     - By default: ``/dev/shm/raindrops-<uid>-<inode of the listening
       socket>``, a path every worker of one server derives alike, forked
       (gunicorn) or spawned (uvicorn ``--workers``); anonymous memory when
-      the process inherited no listener.
+      the process inherited no listener.  The process that creates it sweeps
+      away the stale ones of servers that have stopped.
 
-    The scoreboard is opened in each process at its first request (or
-    snapshot), after any fork.  If it cannot be opened, a warning is logged
-    and this process counts in anonymous memory: serving never fails.
+    :meth:`prepare` opens the scoreboard, claims this process's row and binds
+    its four :class:`Steps`, once per process (at its first request, after
+    any fork; ASGI: at lifespan startup, in a thread).  If the scoreboard
+    cannot be opened, a warning is logged and this process counts in
+    anonymous memory: serving never fails.
 
     ``listeners`` lists the names to report (``"127.0.0.1:8080"``,
     ``"[::1]:8080"``, ``"/run/app.sock"``); malformed ones raise
     :class:`ConfigError` here.  By default, the listening sockets the worker
-    inherited from its server are found among its file descriptors.
+    inherited from its server are found among its file descriptors, once.
     ``allow`` lists the client networks that may read the endpoint
     (loopback only by default; :data:`ALLOW_ALL` for everyone).
 
     Example::
 
         >>> state = RaindropsState(listeners=["127.0.0.1:8080"], segment="anonymous")
-        >>> row = state.row or state.claim()
-        >>> row.incr_calling()  # doctest: +SKIP
+        >>> steps = state.steps or state.prepare()
+        >>> steps.incr_calling()
+        1
         >>> state.snapshot().calling  # doctest: +SKIP
         1
     """
@@ -232,12 +262,15 @@ class RaindropsState:
             raise ConfigError(f"slots must be an int >= 1, not {slots!r}")
         self.slots = slots
         self.liveness_ttl = liveness_ttl
+        #: This process's bound steps once prepared (``None`` before, and after fork).
+        self.steps: Steps | None = None
         #: This process's scoreboard row once claimed (``None`` before, and after fork).
         self.row: ScoreboardRow | None = None
         self._board: Scoreboard | None = None
         self._board_path: str | None = None
-        self._discovered: tuple[str, ...] | None = None
+        self._found: tuple[InheritedListener, ...] | None = None
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
         self._warned: set[str] = set()
         _STATES.add(self)
 
@@ -250,19 +283,36 @@ class RaindropsState:
     # -- per process ---------------------------------------------------------
 
     def _forget_process(self) -> None:
-        """In a forked child: claim a new row."""
+        """In a forked child: claim a new row and bind new steps (the parent's are its own)."""
+        self.steps = None
         self.row = None
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         if key not in self._warned:
             self._warned.add(key)
             logger.warning(message, *args)
 
+    def inherited(self) -> tuple[InheritedListener, ...]:
+        """The listening sockets inherited from the server, found once per state.
+
+        :func:`discover_listeners` at first use (blocking: it walks this
+        process's descriptors); an empty answer is not kept, so a process
+        that gets its listeners later (gunicorn ``--preload`` imports the app
+        before binding) finds them then.
+        """
+        found = self._found
+        if found is None:
+            found = discover_listeners()
+            if found:
+                self._found = found
+        return found
+
     def _open_board(self) -> Scoreboard:
         path = self.segment
         if path is None:
-            path = default_segment_path(discover_listeners())
+            path = default_segment(SEGMENT_PREFIX, self.inherited())
         if path is None or path == ANONYMOUS:
             self._board_path = None
             return Scoreboard(self.slots, FIELDS, liveness_ttl=self.liveness_ttl)
@@ -307,8 +357,7 @@ class RaindropsState:
     def claim(self) -> ScoreboardRow:
         """This process's scoreboard row, claimed on first use (and again after fork).
 
-        The per-request path reads :attr:`row` and calls this only when it is
-        ``None``.  A full scoreboard logs a warning and gives a private row.
+        A full scoreboard logs a warning and gives a private row.
         """
         board = self.board
         with self._lock:
@@ -326,45 +375,84 @@ class RaindropsState:
                     self.row = Scoreboard(1, FIELDS).claim()
             return self.row
 
+    def prepare(self) -> Steps:
+        """This process's :class:`Steps`: scoreboard opened, row claimed, steps bound.
+
+        Once per process (again after fork); blocking (it may discover the
+        listeners, create the segment, read ``/proc``).  The per-request path
+        reads :attr:`steps` and calls this only when it is ``None``.
+        """
+        steps = self.steps
+        if steps is not None:
+            return steps
+        row = self.claim()
+        with self._lock:
+            if self.steps is None:
+                self.steps = Steps(
+                    row.bind_incr("calling"),
+                    row.bind_decr("calling"),
+                    row.bind_incr("writing"),
+                    row.bind_decr("writing"),
+                )
+            return self.steps
+
+    async def aprepare(self) -> Steps:
+        """:meth:`prepare` for an event loop: the blocking part runs in a thread."""
+        steps = self.steps
+        if steps is not None:
+            return steps
+        return await asyncio.get_running_loop().run_in_executor(None, self.prepare)
+
     # -- snapshot ------------------------------------------------------------
 
     def listener_names(self) -> tuple[str, ...]:
         """The listeners reported: the given list, else those inherited (TCP first, then Unix)."""
         names = self.listeners
         if names is None:
-            names = self._discovered
-            if names is None:
-                found = tuple(listener.name for listener in discover_listeners())
-                if found:
-                    self._discovered = found
-                names = found
+            names = tuple(listener.name for listener in self.inherited())
         tcp = tuple(n for n in names if not _is_unix(n))
         return tcp + tuple(n for n in names if _is_unix(n))
 
     def counts(self) -> tuple[int, int]:
         """``(calling, writing)`` summed over every live worker's row."""
-        totals = self.board.totals()
+        board = self.board
+        with self._read_lock:  # totals() reuses one buffer: one reader at a time
+            totals = board.totals()
         return totals["calling"], totals["writing"]
 
-    def _failed(self, unavailable: dict[str, str], part: str, exc: BaseException) -> None:
+    def _failed(self, part: str, exc: BaseException) -> str:
         reason = str(exc) or type(exc).__name__
-        unavailable[part] = reason
         self._warn_once(
             f"{part}:{type(exc).__name__}", "raindrops: %s unavailable: %s", part, reason
         )
+        return reason
 
-    def snapshot(self) -> Snapshot:
+    def _overflows(self) -> tuple[ListenOverflows | None, str | None]:
+        try:
+            return listen_overflows(), None
+        except (LinuxInetDiagError, OSError) as exc:
+            return None, self._failed("overflows", exc)
+
+    def _local(self, overflows: bool) -> tuple[int, int, ListenOverflows | None, str | None]:
+        """The parts read from this machine's memory and ``/proc``: gauges, overflow counters."""
+        calling, writing = self.counts()
+        over, reason = self._overflows() if overflows else (None, None)
+        return calling, writing, over, reason
+
+    def snapshot(self, *, overflows: bool = True) -> Snapshot:
         """Read the gauges and every listener's queues now (blocking netlink query).
+
+        ``overflows=False`` skips reading the machine's listen-overflow
+        counters (``/proc/net/netstat``), which the raindrops text does not show.
 
         Example::
 
             >>> state.snapshot()  # doctest: +SKIP
             Snapshot(calling=1, writing=0, listeners={'127.0.0.1:8080': ListenStats(...)}, ...)
         """
-        calling, writing = self.counts()
         names = self.listener_names()
-        unavailable: dict[str, str] = {}
         listeners: dict[str, ListenStats] = {}
+        failure: str | None = None
         if names:
             tcp = [n for n in names if not _is_unix(n)]
             unix = [n for n in names if _is_unix(n)]
@@ -377,43 +465,50 @@ class RaindropsState:
                     listeners.update(unix_listener_stats(unix))
             except (LinuxInetDiagError, OSError) as exc:
                 listeners = {}
-                self._failed(unavailable, "listeners", exc)
-        overflows = self._overflows(unavailable)
-        return Snapshot(calling, writing, listeners, overflows, unavailable)
+                failure = self._failed("listeners", exc)
+        calling, writing, over, over_failure = self._local(overflows)
+        return _snapshot(calling, writing, listeners, failure, over, over_failure)
 
-    def _overflows(self, unavailable: dict[str, str]) -> ListenOverflows | None:
-        try:
-            return listen_overflows()
-        except (LinuxInetDiagError, OSError) as exc:
-            self._failed(unavailable, "overflows", exc)
-            return None
+    async def asnapshot(self, *, overflows: bool = True) -> Snapshot:
+        """:meth:`snapshot` for an event loop: nothing blocking runs on the loop.
 
-    async def asnapshot(self) -> Snapshot:
-        """:meth:`snapshot` for an event loop: the netlink query never blocks the loop."""
-        calling, writing = self.counts()
-        names = self.listener_names()
-        unavailable: dict[str, str] = {}
+        The netlink query goes through :class:`AsyncDiagSocket` on the loop;
+        listener discovery (the first time), the gauges (their liveness
+        checks read ``/proc``) and the overflow counters are read in a
+        thread, concurrently with it.
+        """
+        loop = asyncio.get_running_loop()
+        names = self.listeners
+        if names is None:
+            found = self._found
+            if found is None:
+                found = await loop.run_in_executor(None, self.inherited)
+            names = tuple(listener.name for listener in found)
+        local = loop.run_in_executor(None, self._local, overflows)
         listeners: dict[str, ListenStats] = {}
-        if names:
+        failure: str | None = None
+        try:
             tcp = [n for n in names if not _is_unix(n)]
             unix = [n for n in names if _is_unix(n)]
-            # One socket per query: it belongs to the running loop, and a
-            # query is one socket() call away from nothing.
-            diag: AsyncDiagSocket | None = None
-            try:
-                diag = AsyncDiagSocket()
-                if tcp:
-                    listeners.update(await diag.tcp_listener_stats(tcp))
-                if unix:
-                    listeners.update(await diag.unix_listener_stats(unix))
-            except (LinuxInetDiagError, OSError) as exc:
-                listeners = {}
-                self._failed(unavailable, "listeners", exc)
-            finally:
-                if diag is not None:
-                    diag.close()
-        overflows = self._overflows(unavailable)
-        return Snapshot(calling, writing, listeners, overflows, unavailable)
+            if tcp or unix:
+                # One socket per query: it belongs to the running loop, and a
+                # query is one socket() call away from nothing.
+                diag: AsyncDiagSocket | None = None
+                try:
+                    diag = AsyncDiagSocket()
+                    if tcp:
+                        listeners.update(await diag.tcp_listener_stats(tcp))
+                    if unix:
+                        listeners.update(await diag.unix_listener_stats(unix))
+                except (LinuxInetDiagError, OSError) as exc:
+                    listeners = {}
+                    failure = self._failed("listeners", exc)
+                finally:
+                    if diag is not None:
+                        diag.close()
+        finally:
+            calling, writing, over, over_failure = await local
+        return _snapshot(calling, writing, listeners, failure, over, over_failure)
 
     # -- the endpoint --------------------------------------------------------
 
@@ -426,21 +521,37 @@ class RaindropsState:
         socket), ``accept`` the ``Accept`` header, ``query`` the raw query string.
         """
         if not self.access.allows(client):
-            return _plain(403, f"403 Forbidden: client {client} is not in the allow-list\n")
+            return _plain(
+                403,
+                f"403 Forbidden: client {client} is not in the allow-list (loopback only "
+                "by default); to allow more, pass allow=['10.0.0.0/8', ...] or "
+                "allow=ALLOW_ALL to the middleware\n",
+            )
         try:
             return negotiate(accept, query)
         except FormatError as exc:
             return _plain(400, f"400 Bad Request: {exc}\n")
 
     def reply(self, snapshot: Snapshot, fmt: Format, *, head: bool = False) -> Reply:
-        """The 200 answer rendering ``snapshot`` as ``fmt`` (no body for ``HEAD``)."""
+        """The 200 answer rendering ``snapshot`` as ``fmt`` (no body for ``HEAD``).
+
+        Headers: ``Content-Type``, ``Content-Length`` and, when a part could
+        not be read, ``X-Raindrops-Unavailable`` naming the missing parts
+        (``listeners, overflows``, in that order).
+        """
         if fmt is Format.TEXT:
             body = render_text(snapshot)
         elif fmt is Format.JSON:
             body = render_json(snapshot)
         else:
             body = render_prometheus(snapshot, openmetrics=fmt is Format.OPENMETRICS)
-        headers = (("Content-Type", CONTENT_TYPES[fmt]), ("Content-Length", str(len(body))))
+        headers: tuple[tuple[str, str], ...] = (
+            ("Content-Type", CONTENT_TYPES[fmt]),
+            ("Content-Length", str(len(body))),
+        )
+        missing = unavailable_header(snapshot.unavailable)
+        if missing:
+            headers += ((UNAVAILABLE_HEADER, missing),)
         return Reply(200, headers, b"" if head else body)
 
     def respond(
@@ -456,16 +567,49 @@ class RaindropsState:
         decided = self.preflight(client, accept, query)
         if isinstance(decided, Reply):
             return _headless(decided) if method == "HEAD" else decided
-        return self.reply(self.snapshot(), decided, head=method == "HEAD")
+        snap = self.snapshot(overflows=decided is not Format.TEXT)
+        return self.reply(snap, decided, head=method == "HEAD")
 
     async def arespond(
         self, method: str, client: str | None, accept: str | None, query: str | None
     ) -> Reply:
-        """:meth:`respond` for an event loop (netlink through :class:`AsyncDiagSocket`)."""
+        """:meth:`respond` for an event loop: nothing blocking runs on the loop."""
         decided = self.preflight(client, accept, query)
         if isinstance(decided, Reply):
             return _headless(decided) if method == "HEAD" else decided
-        return self.reply(await self.asnapshot(), decided, head=method == "HEAD")
+        snap = await self.asnapshot(overflows=decided is not Format.TEXT)
+        return self.reply(snap, decided, head=method == "HEAD")
+
+
+def unavailable_header(unavailable: Mapping[str, str]) -> str:
+    """The ``X-Raindrops-Unavailable`` value: missing parts, comma+space separated, or ``""``.
+
+    Known parts in the order of :data:`UNAVAILABLE_PARTS`, then any other.
+
+    Example::
+
+        >>> unavailable_header({"overflows": "ENOENT", "listeners": "EPERM"})
+        'listeners, overflows'
+    """
+    parts = [part for part in UNAVAILABLE_PARTS if part in unavailable]
+    parts += [part for part in unavailable if part not in UNAVAILABLE_PARTS]
+    return ", ".join(parts)
+
+
+def _snapshot(
+    calling: int,
+    writing: int,
+    listeners: dict[str, ListenStats],
+    failure: str | None,
+    overflows: ListenOverflows | None,
+    overflows_failure: str | None,
+) -> Snapshot:
+    unavailable: dict[str, str] = {}
+    if failure is not None:
+        unavailable["listeners"] = failure
+    if overflows_failure is not None:
+        unavailable["overflows"] = overflows_failure
+    return Snapshot(calling, writing, listeners, overflows, unavailable)
 
 
 def _plain(status: int, text: str) -> Reply:

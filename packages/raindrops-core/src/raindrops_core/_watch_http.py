@@ -517,14 +517,9 @@ def last_data_recv_ms(info: object) -> int | None:
 
 
 def _default_segment() -> str | None:
-    from ._discover import discover_listeners
-    from ._state import _shm_dir
+    from ._segments import LDR_PREFIX, default_segment
 
-    inodes = [listener.inode for listener in discover_listeners() if listener.inode]
-    if not inodes:
-        return None
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    return os.path.join(_shm_dir(), f"raindrops-ldr-{uid}-{min(inodes)}")
+    return default_segment(LDR_PREFIX)
 
 
 #: The Ruby ``aggregate`` gem's log2 buckets that a millisecond count can reach:
