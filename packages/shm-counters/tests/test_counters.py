@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import enum
+import errno
 import mmap
 import multiprocessing
+import os
+import signal
 import sys
+from collections.abc import Callable
+from decimal import Decimal
 
 import pytest
 import shm_counters
@@ -18,8 +24,13 @@ from shm_counters import (
     Counters,
     CounterSizeError,
     CounterValueError,
+    Scoreboard,
+    SegmentError,
     ShmCountersError,
 )
+
+if sys.platform != "win32":
+    import resource
 
 FORK = multiprocessing.get_context("fork")
 
@@ -122,14 +133,104 @@ def test_index_error_is_both_package_and_builtin_error() -> None:
         Counters(1)[1]
 
 
-@pytest.mark.parametrize("index", [1.0, "0", None])
-def test_non_int_index_is_a_type_error(index: object) -> None:
-    """A float, str or None index raises TypeError."""
-    c = Counters(2)
-    with pytest.raises(TypeError):
-        c.incr(index)  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
-        c[index]  # type: ignore[index]
+class _Index:
+    """An index like numpy's integers: not an int, but has __index__."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+class _Slot(enum.IntEnum):
+    FIRST = 0
+    LAST = 3
+
+
+def _index_ops(c: Counters) -> dict[str, Callable[[object], object]]:
+    """Every operation that takes a counter index, as a one-argument callable."""
+    return {
+        "incr": c.incr,  # type: ignore[dict-item]
+        "decr": c.decr,  # type: ignore[dict-item]
+        "incr by 2": lambda i: c.incr(i, 2),  # type: ignore[arg-type]
+        "getitem": c.__getitem__,  # type: ignore[dict-item]
+        "setitem": lambda i: c.__setitem__(i, 5),  # type: ignore[arg-type]
+        "bind_incr": c.bind_incr,  # type: ignore[dict-item]
+    }
+
+
+@pytest.mark.parametrize(
+    ("index", "kind"),
+    [
+        (True, "bool"),
+        (False, "bool"),
+        (1.0, "float"),
+        (0.5, "float"),
+        ("0", "str"),
+        (None, "NoneType"),
+    ],
+)
+def test_non_int_index_is_a_type_error(index: object, kind: str) -> None:
+    """bool, float, str and None indexes raise the same TypeError everywhere, changing nothing."""
+    c = Counters(4)
+    for name, op in _index_ops(c).items():
+        with pytest.raises(TypeError) as info:
+            op(index)
+        assert str(info.value) == f"counter index must be an int, not {kind}", name
+        assert type(info.value) is TypeError
+    assert c.to_list() == [0, 0, 0, 0]
+
+
+def test_index_with_dunder_index_is_accepted() -> None:
+    """Objects with __index__ (numpy integers) and int subclasses index like ints."""
+    c = Counters(4)
+    assert c.incr(_Index(2)) == 1
+    assert c.incr(_Index(2), 3) == 4
+    assert c.decr(_Index(2)) == 3
+    c[_Index(1)] = 9
+    assert c[_Index(1)] == 9
+    assert c.bind_incr(_Index(3))() == 1
+    assert c.incr(_Slot.LAST) == 2
+    assert c[_Slot.FIRST] == 0
+    assert c.to_list() == [0, 9, 3, 2]
+    with pytest.raises(CounterIndexError) as info:
+        c.incr(_Index(4))
+    assert str(info.value) == "index 4 out of range for 4 counters (allowed 0 <= index < 4)"
+    with pytest.raises(CounterIndexError):
+        c[_Index(-1)]
+
+
+@pytest.mark.parametrize(
+    ("amount", "kind"),
+    [
+        (True, "bool"),
+        (False, "bool"),
+        (1.0, "float"),
+        (Decimal("1.5"), "Decimal"),
+        (None, "NoneType"),
+    ],
+)
+def test_non_int_amounts_and_values_are_type_errors(amount: object, kind: str) -> None:
+    """Amounts and written values refuse bool, float, Decimal and None (cffi would take some)."""
+    c = Counters(5000)
+    for op, name in ((c.incr, "amount"), (c.decr, "amount"), (c.__setitem__, "value")):
+        for i in (0, 4999):  # with a prebuilt pointer, and past them
+            with pytest.raises(TypeError) as info:
+                op(i, amount)  # type: ignore[operator]
+            assert str(info.value) == f"{name} must be an int, not {kind}"
+    assert set(c.to_list()) == {0}
+
+
+def test_amounts_and_values_with_dunder_index_are_accepted() -> None:
+    """Amounts and values that are numpy-like integers count like ints."""
+    c = Counters(5000)
+    assert c.incr(0, _Index(5)) == 5
+    assert c.decr(0, _Index(2)) == 3
+    assert c.incr(4999, _Index(7)) == 7
+    c[1] = _Index(11)  # type: ignore[assignment]
+    c[4998] = _Index(12)  # type: ignore[assignment]
+    assert (c[0], c[1], c[4998], c[4999]) == (3, 11, 12, 7)
 
 
 @pytest.mark.parametrize("amount", [-1, 2**64, 2**100])
@@ -161,15 +262,30 @@ def test_float_amount_is_a_type_error() -> None:
         Counters(1).incr(0, 1.5)  # type: ignore[arg-type]
 
 
+def _machine_bytes() -> int:
+    """The test's own reading of physical memory, capped at 2**40 (the oracle)."""
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return 2**40
+    return min(2**40, pages * PAGE_SIZE) if pages > 0 else 2**40
+
+
+MAX_BYTES = _machine_bytes()
+MAX_SIZE = MAX_BYTES // CACHE_LINE_SIZE
+RANGE = f"counters need 1 <= size <= {MAX_SIZE} ({MAX_BYTES} bytes of memory in"
+
+
 @pytest.mark.parametrize(
     ("size", "message"),
     [
-        (0, f"size 0 out of range: counters need 1 <= size <= {2**40 // CACHE_LINE_SIZE}"),
-        (-3, f"size -3 out of range: counters need 1 <= size <= {2**40 // CACHE_LINE_SIZE}"),
+        (0, f"size 0 out of range: {RANGE} {CACHE_LINE_SIZE}-byte slots)"),
+        (-3, f"size -3 out of range: {RANGE} {CACHE_LINE_SIZE}-byte slots)"),
         (
-            2**40,
-            f"size {2**40} out of range: counters need 1 <= size <= {2**40 // CACHE_LINE_SIZE}",
+            MAX_SIZE + 1,
+            f"size {MAX_SIZE + 1} out of range: {RANGE} {CACHE_LINE_SIZE}-byte slots)",
         ),
+        (2**40, f"size {2**40} out of range: {RANGE} {CACHE_LINE_SIZE}-byte slots)"),
         ("3", "size must be an int, not str '3'"),
         (2.0, "size must be an int, not float 2.0"),
         (True, "size must be an int, not bool True"),
@@ -177,11 +293,74 @@ def test_float_amount_is_a_type_error() -> None:
     ],
 )
 def test_bad_sizes(size: object, message: str) -> None:
-    """Sizes below 1, absurdly large or not ints raise CounterSizeError."""
+    """Sizes below 1, beyond the machine's memory or not ints raise CounterSizeError."""
     with pytest.raises(CounterSizeError) as info:
         Counters(size)  # type: ignore[arg-type]
     assert str(info.value) == message
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.skipif(MAX_BYTES >= 2**40, reason="machine memory reaches the 2**40 cap")
+def test_size_beyond_memory_is_refused_before_mapping() -> None:
+    """Counters(2**34) (1 TiB) is a CounterSizeError on a machine with less memory, not ENOMEM."""
+    with pytest.raises(CounterSizeError) as info:
+        Counters(2**34)
+    assert str(info.value) == f"size {2**34} out of range: {RANGE} {CACHE_LINE_SIZE}-byte slots)"
+
+
+def _in_child_with_limit(limit: int, amount: int, make: Callable[[], object]) -> str:
+    """Run ``make()`` in a forked child whose resource ``limit`` allows ``amount`` more bytes.
+
+    Returns ``"<errno> <message>"`` of the SegmentError it raised, or what
+    went wrong instead.
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            if limit == resource.RLIMIT_AS:
+                with open("/proc/self/statm") as f:
+                    used = int(f.read().split()[0]) * PAGE_SIZE
+                amount += used
+            else:
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(limit, (amount, resource.getrlimit(limit)[1]))
+            try:
+                make()
+                out = "no error"
+            except SegmentError as exc:
+                out = f"{exc.errno} {exc}"
+            except BaseException as exc:
+                out = f"{type(exc).__name__}: {exc}"
+            os.write(w, out.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as f:
+            return f.read().decode()
+    finally:
+        os.waitpid(pid, 0)
+
+
+@pytest.mark.linux
+def test_anonymous_memory_the_system_refuses_is_a_segment_error() -> None:
+    """A mapping the system refuses (RLIMIT_AS here) raises SegmentError naming size and bytes."""
+    mib = 2**20
+    n = 256 * mib // CACHE_LINE_SIZE
+    got = _in_child_with_limit(resource.RLIMIT_AS, 32 * mib, lambda: Counters(n))
+    assert got == (
+        f"{errno.ENOMEM} [Errno {errno.ENOMEM}] cannot map {n} counters ({256 * mib} bytes)"
+        " of anonymous shared memory: Cannot allocate memory"
+    )
+    got = _in_child_with_limit(
+        resource.RLIMIT_AS, 32 * mib, lambda: Scoreboard(2**20, ["a", "b", "c"])
+    )
+    nbytes = 2**20 * (-(-5 * 8 // CACHE_LINE_SIZE) * CACHE_LINE_SIZE)
+    assert got == (
+        f"{errno.ENOMEM} [Errno {errno.ENOMEM}] cannot map a scoreboard of 1048576 rows"
+        f" of 3 fields ({nbytes} bytes) of anonymous shared memory: Cannot allocate memory"
+    )
 
 
 def test_resize_within_capacity_keeps_values() -> None:

@@ -7,11 +7,15 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import shm_counters._scoreboard
+import shm_counters._segment
 import shmc_test_workers as workers
 from shm_counters import (
+    CACHE_LINE_SIZE,
     ClosedError,
     CounterSizeError,
     CounterValueError,
@@ -22,7 +26,10 @@ from shm_counters import (
     ScoreboardRow,
     SegmentError,
 )
+from shm_counters._native import lib
 from shm_counters._scoreboard import process_alive
+
+_real_process_alive = process_alive
 
 FORK = multiprocessing.get_context("fork")
 SPAWN = multiprocessing.get_context("spawn")
@@ -119,15 +126,176 @@ def test_sigkilled_worker_stops_counting_and_row_is_reclaimed() -> None:
         q.join(30)
 
 
-def test_dead_row_stops_counting_within_ttl() -> None:
-    """With a liveness TTL, a dead owner's row stops counting once the TTL passes."""
-    board = Scoreboard(2, FIELDS, liveness_ttl=0.2)
+class _Clock:
+    """A fake monotonic clock in ns that moves 1 us per reading, and on demand."""
+
+    def __init__(self) -> None:
+        self.now = 10**12
+
+    def __call__(self) -> int:
+        self.now += 1_000
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * 1e9)
+
+
+class _Checks:
+    """process_alive, counting the PIDs it is asked about."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+
+    def __call__(self, pid: int, start_time: int = 0) -> bool:
+        self.pids.append(pid)
+        return _real_process_alive(pid, start_time)
+
+    def take(self) -> list[int]:
+        """The PIDs checked since the last take()."""
+        pids, self.pids = self.pids, []
+        return pids
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    """Scoreboards read this fake clock for liveness expiry."""
+    fake = _Clock()
+    monkeypatch.setattr(shm_counters._scoreboard, "_clock", fake)
+    return fake
+
+
+@pytest.fixture
+def checks(monkeypatch: pytest.MonkeyPatch) -> _Checks:
+    """Scoreboards check liveness through this counting wrapper."""
+    wrapper = _Checks()
+    monkeypatch.setattr(shm_counters._scoreboard, "process_alive", wrapper)
+    return wrapper
+
+
+def test_dead_row_stops_counting_within_ttl(clock: _Clock) -> None:
+    """A dead owner's row counts until its cached liveness expires, then stops at the first call."""
+    board = Scoreboard(2, FIELDS, liveness_ttl=0.5)
     p, _done, (_, pid, _) = _start_holder(board, 4)
     assert board.totals() == {"calling": 4, "writing": 1}
     os.kill(pid, signal.SIGKILL)
     p.join(30)
-    time.sleep(0.25)
+    clock.advance(0.4)
+    assert board.totals() == {"calling": 4, "writing": 1}  # cached for liveness_ttl
+    clock.advance(0.2)
     assert board.totals() == {"calling": 0, "writing": 0}
+
+
+@pytest.fixture
+def eight_rows() -> Iterator[tuple[Scoreboard, list[Any]]]:
+    """A scoreboard (ttl 0, 3 checks per call) with 8 owned rows: this process's, 7 children's.
+
+    Row 0 is this process's (calling 1); row k is child k's (calling k + 1).
+    """
+    board = Scoreboard(16, FIELDS, liveness_ttl=0, checks_per_call=3)
+    board.claim().incr_calling()
+    holders = [_start_holder(board, k + 1) for k in range(1, 8)]
+    assert [info[0] for _, _, info in holders] == list(range(1, 8))
+    try:
+        yield board, holders
+    finally:
+        for p, _done, _info in holders:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGKILL)
+            p.join(30)
+
+
+def test_totals_checks_at_most_checks_per_call_rows(
+    eight_rows: tuple[Scoreboard, list[Any]], clock: _Clock, checks: _Checks
+) -> None:
+    """Each totals() checks at most checks_per_call owners, the ones due longest, in turn."""
+    board, holders = eight_rows
+    pids = [os.getpid()] + [p.pid for p, _, _ in holders]
+    per_call = []
+    for _ in range(6):
+        assert board.totals() == {"calling": 36, "writing": 7}
+        per_call.append([pids.index(pid) for pid in checks.take()])
+    # due longest first, ties by row: rows checked in one call come due together
+    assert [sorted(rows) for rows in per_call] == [
+        [0, 1, 2],
+        [3, 4, 5],
+        [0, 6, 7],
+        [1, 2, 3],
+        [0, 4, 5],
+        [1, 6, 7],
+    ]
+    assert len(board.rows()) == 8
+    assert len(checks.take()) == 3
+
+
+def test_killed_owner_stops_counting_within_the_stated_bound(
+    eight_rows: tuple[Scoreboard, list[Any]], clock: _Clock, checks: _Checks
+) -> None:
+    """With 8 owned rows, 3 checks per call, a SIGKILLed owner drops out within ceil(8/3) calls."""
+    board, holders = eight_rows
+    for _ in range(6):  # rows 1, 6, 7 are checked last: row 7 is the last due
+        board.totals()
+    victim, _done, (index, pid, _) = holders[6]
+    assert index == 7
+    os.kill(pid, signal.SIGKILL)
+    victim.join(30)
+    seen = [board.totals()["calling"] for _ in range(3)]
+    assert seen == [36, 36, 28]  # counted by its last known liveness until checked
+    assert board.totals()["calling"] == 28
+    assert [r.index for r in board.rows()] == [0, 1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.linux
+def test_dead_owner_is_not_checked_again(clock: _Clock, checks: _Checks) -> None:
+    """On Linux a dead (PID, start time) stays dead: once found, it costs no more checks."""
+    board = Scoreboard(2, FIELDS, liveness_ttl=0)
+    p, _done, (_, pid, _) = _start_holder(board, 2)
+    assert board.totals() == {"calling": 2, "writing": 1}
+    os.kill(pid, signal.SIGKILL)
+    p.join(30)
+    assert board.totals() == {"calling": 0, "writing": 0}
+    assert checks.take() == [pid, pid]
+    for _ in range(3):
+        assert board.totals() == {"calling": 0, "writing": 0}
+    assert checks.take() == []
+
+
+def test_due_rows_are_checked_longest_due_first(
+    clock: _Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Among 50 due rows, each call checks the 7 due longest, so all are checked in turn."""
+    asked: list[int] = []
+
+    def alive(pid: int, start_time: int = 0) -> bool:
+        asked.append(pid)
+        return True
+
+    monkeypatch.setattr(shm_counters._scoreboard, "process_alive", alive)
+    board = Scoreboard(64, FIELDS, liveness_ttl=0, checks_per_call=7)
+    for r in range(50):  # owners 1000 + r, as if 50 processes held rows
+        lib.shmc_store_sc(board._cell(r, 2), 1)
+        lib.shmc_store_sc(board._cell(r, 0), 1000 + r)
+    per_call = []
+    for _ in range(9):
+        assert board.totals() == {"calling": 50, "writing": 0}
+        per_call.append(sorted(pid - 1000 for pid in asked))
+        asked.clear()
+    assert per_call == [
+        *(list(range(k, k + 7)) for k in range(0, 49, 7)),
+        [0, 1, 2, 3, 4, 5, 49],
+        [6, 7, 8, 9, 10, 11, 12],
+    ]
+
+
+def test_rows_of_one_process_share_one_check(clock: _Clock, checks: _Checks) -> None:
+    """Rows with the same owner and start time cost one liveness check per call."""
+    board = Scoreboard(4, FIELDS, liveness_ttl=0)
+    row = board.claim()
+    row.incr_calling()
+    for cell in (1, 0):  # copy the owner into row 2, start time first (as claim does)
+        lib.shmc_store_sc(board._cell(2, cell), lib.shmc_load_sc(board._cell(0, cell)))
+    lib.shmc_store_sc(board._cell(2, 2), 5)
+    assert board.totals() == {"calling": 6, "writing": 0}
+    assert checks.take() == [os.getpid()]
 
 
 def test_reap_frees_dead_rows() -> None:
@@ -236,8 +404,9 @@ def test_spawned_worker_on_named_scoreboard(shm_path: str) -> None:
 def test_named_scoreboard_layout_mismatch(shm_path: str) -> None:
     """Attaching with other fields or another row count is a SegmentError."""
     Scoreboard(4, FIELDS, path=shm_path)
-    with pytest.raises(SegmentError, match="scoreboard fields are 'calling\\\\nwriting'"):
+    with pytest.raises(SegmentError) as info:
         Scoreboard(4, ["calling"], path=shm_path)
+    assert info.value.strerror == "scoreboard fields are (calling, writing), not (calling)"
     with pytest.raises(SegmentError, match="scoreboard has 4 rows, not 8"):
         Scoreboard(8, FIELDS, path=shm_path)
     with pytest.raises(SegmentError) as info:
@@ -252,6 +421,43 @@ def test_bad_slots(slots: object, exc: type[Exception]) -> None:
     """Slot counts outside 1..2**20 or not ints raise CounterSizeError."""
     with pytest.raises(exc):
         Scoreboard(slots, FIELDS)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("value", "exc", "message"),
+    [
+        (
+            0,
+            CounterValueError,
+            "checks_per_call 0 out of range: allowed 1 <= checks_per_call <= 1048576",
+        ),
+        (
+            2**20 + 1,
+            CounterValueError,
+            f"checks_per_call {2**20 + 1} out of range: allowed 1 <= checks_per_call <= 1048576",
+        ),
+        (True, TypeError, "checks_per_call must be an int, not bool"),
+        (2.0, TypeError, "checks_per_call must be an int, not float"),
+    ],
+)
+def test_bad_checks_per_call(value: object, exc: type[Exception], message: str) -> None:
+    """checks_per_call outside 1..2**20 or not an int is refused, saying what is allowed."""
+    with pytest.raises(exc) as info:
+        Scoreboard(2, FIELDS, checks_per_call=value)  # type: ignore[arg-type]
+    assert str(info.value) == message
+
+
+def test_scoreboard_beyond_memory_is_refused() -> None:
+    """A scoreboard bigger than the machine's memory raises CounterSizeError naming the bytes."""
+    limit = shm_counters._segment.MAX_BYTES
+    nfields = limit // 2**20 // 8 + 1
+    nbytes = 2**20 * (-(-(2 + nfields) * 8 // CACHE_LINE_SIZE) * CACHE_LINE_SIZE)
+    with pytest.raises(CounterSizeError) as info:
+        Scoreboard(2**20, [f"f{k}" for k in range(nfields)])
+    assert str(info.value) == (
+        f"scoreboard of 1048576 rows of {nfields} fields needs {nbytes} bytes,"
+        f" more than {limit} (this machine's memory)"
+    )
 
 
 def test_bad_liveness_ttl() -> None:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import errno
 import multiprocessing
 import os
+import signal
 import stat
 import struct
+import sys
+from types import SimpleNamespace
 
 import pytest
+import shm_counters._segment
 import shmc_test_workers as workers
 from shm_counters import (
     CACHE_LINE_SIZE,
@@ -18,8 +22,12 @@ from shm_counters import (
     Histogram,
     Scoreboard,
     SegmentError,
+    counter_struct,
     unlink,
 )
+
+if sys.platform != "win32":
+    import resource
 
 SPAWN = multiprocessing.get_context("spawn")
 FORK = multiprocessing.get_context("fork")
@@ -172,6 +180,21 @@ def test_counters_unlink_method(shm_path: str) -> None:
         Counters(1).unlink()
 
 
+def test_size_on_attach_grows_the_recorded_count(shm_path: str) -> None:
+    """Asking an existing segment for more counters records them; asking fewer changes nothing."""
+    a = Counters(2, path=shm_path)
+    b = Counters(5, path=shm_path)
+    assert (len(a), len(b)) == (2, 5)
+    assert _header(shm_path)[5] == 5
+    assert len(Counters.attach(shm_path)) == 5
+    c = Counters(3, path=shm_path)
+    assert len(c) == 3
+    assert _header(shm_path)[5] == 5
+    assert len(Counters.attach(shm_path)) == 5
+    b.incr(4)
+    assert Counters.attach(shm_path).to_list() == [0, 0, 0, 0, 1]
+
+
 def test_resize_of_named_segment_is_seen_by_attach(shm_path: str) -> None:
     """resize() records the new count in the header for later attachers."""
     c = Counters(2, path=shm_path)
@@ -268,6 +291,171 @@ def test_attach_to_other_kind(shm_path: str) -> None:
     Counters(1, path=shm_path)
     with pytest.raises(SegmentError, match="holds counters, not scoreboard"):
         Scoreboard(2, ["a"], path=shm_path)
+
+
+A = counter_struct("A", ["calling", "writing"])
+B = counter_struct("B", ["requests", "bytes", "errors"])
+
+
+def test_struct_header_records_its_field_names(shm_path: str) -> None:
+    """A named struct's header holds its field count and names after the fixed header."""
+    A(path=shm_path)
+    magic, version, kind, _slot, header_size, count, capacity, param, extra = _header(shm_path)
+    assert (magic, version, kind, count, param, extra) == (b"SHMCTRS\x00", 1, 1, 2, 2, 15)
+    assert header_size == max(128, CACHE_LINE_SIZE)
+    with open(shm_path, "rb") as f:
+        f.seek(64)
+        assert f.read(15) == b"calling\nwriting"
+    assert os.path.getsize(shm_path) == header_size + capacity * CACHE_LINE_SIZE
+
+
+def test_struct_refuses_another_structs_segment(shm_path: str) -> None:
+    """A struct attaching to a file laid out for other fields raises, naming both lists."""
+    a = A(path=shm_path)
+    a.incr_calling(5)
+    for make in (lambda: B(path=shm_path), lambda: B(path=shm_path, create=False, zero=True)):
+        with pytest.raises(SegmentError) as info:
+            make()
+        assert info.value.errno == errno.EINVAL
+        assert info.value.filename == shm_path
+        assert info.value.strerror == (
+            "segment holds fields (calling, writing), not B's fields (requests, bytes, errors)"
+        )
+    narrower = counter_struct("A", ["calling"])
+    with pytest.raises(
+        SegmentError, match=r"fields \(calling, writing\), not A's fields \(calling\)"
+    ):
+        narrower(path=shm_path)
+    assert a.to_dict() == {"calling": 5, "writing": 0}
+    same = counter_struct("Other", ["calling", "writing"])(path=shm_path)
+    assert same.calling == 5  # the names decide, not the class name
+
+
+def test_struct_refuses_a_plain_counters_segment(shm_path: str) -> None:
+    """A struct will not read a file of plain counters: it has no field names to check."""
+    Counters(3, path=shm_path).incr(0)
+    with pytest.raises(SegmentError) as info:
+        A(path=shm_path)
+    assert info.value.errno == errno.EINVAL
+    assert info.value.strerror == (
+        "segment holds plain counters (no field names), not A's fields (calling, writing)"
+    )
+    assert Counters.attach(shm_path).to_list() == [1, 0, 0]
+
+
+def test_plain_counters_attach_to_a_structs_segment(shm_path: str) -> None:
+    """Counters.attach() reads a struct's file as counters, field k at index k."""
+    b = B(path=shm_path)
+    b.incr_bytes(300)
+    c = Counters.attach(shm_path)
+    assert c.to_list() == [0, 300, 0]
+    c.incr(2)
+    assert b.errors == 1
+    wider = Counters(5, path=shm_path)  # more counters than fields: the struct still fits
+    assert len(wider) == 5
+    assert B(path=shm_path).to_dict() == {"requests": 0, "bytes": 300, "errors": 1}
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (b"\xff\xfeling\nwriting", "segment field names are not UTF-8"),
+        (b"calling writing", "segment field names b'calling writing' do not make 2 identifiers"),
+        (b"calling\nwrit-ng", "segment field names b'calling\\nwrit-ng' do not make 2"),
+    ],
+)
+def test_malformed_field_names_are_refused(shm_path: str, extra: bytes, fragment: str) -> None:
+    """Field names in a header that are not UTF-8 identifiers make the file refused."""
+    A(path=shm_path)
+    _patch(shm_path, 64, extra)
+    _expect_einval(shm_path, fragment)
+    with pytest.raises(SegmentError, match="segment field names"):
+        A(path=shm_path)
+
+
+def test_names_count_without_names_is_refused(shm_path: str) -> None:
+    """A counters header claiming field names but holding none is refused."""
+    Counters(2, path=shm_path)
+    _patch(shm_path, 40, struct.pack("<I", 2))
+    _expect_einval(shm_path, "segment says 2 field names but holds none")
+
+
+def test_named_scoreboard_header_uses_the_same_names(shm_path: str) -> None:
+    """A scoreboard's file names its fields the same way, and a mismatch names both lists."""
+    Scoreboard(2, ["calling", "writing"], path=shm_path)
+    with open(shm_path, "rb") as f:
+        f.seek(64)
+        assert f.read(15) == b"calling\nwriting"
+    with pytest.raises(SegmentError) as info:
+        Scoreboard(2, ["calling"], path=shm_path)
+    assert info.value.strerror == "scoreboard fields are (calling, writing), not (calling)"
+
+
+def _segment_error_in_child(make: object, fsize_limit: int) -> str:
+    """Call ``make()`` in a forked child limited to files of ``fsize_limit`` bytes."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, hard))
+            try:
+                make()  # type: ignore[operator]
+                out = "no error"
+            except SegmentError as exc:
+                out = f"{exc.errno} {exc.strerror}"
+            except BaseException as exc:
+                out = f"{type(exc).__name__}: {exc}"
+            os.write(w, out.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as f:
+            return f.read().decode()
+    finally:
+        os.waitpid(pid, 0)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs fork and RLIMIT_FSIZE")
+def test_file_size_the_system_refuses_is_a_segment_error(shm_path: str) -> None:
+    """A segment file the system will not size (RLIMIT_FSIZE here) raises, naming the bytes."""
+    n = 2**16
+    header = max(64, CACHE_LINE_SIZE)
+    nbytes = -(-(header + n * CACHE_LINE_SIZE) // PAGE_SIZE) * PAGE_SIZE
+    got = _segment_error_in_child(lambda: Counters(n, path=shm_path), 2**20)
+    assert got == (
+        f"{errno.EFBIG} cannot create segment for {n} counters ({nbytes} bytes): File too large"
+    )
+    assert os.listdir(os.path.dirname(shm_path)) == []  # no file, no temporary left
+
+
+def _refuse_mmap(*args: object) -> object:
+    raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+
+
+def test_histogram_mapping_refused_is_a_segment_error(
+    shm_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Histogram memory the system refuses raises SegmentError naming the buckets and bytes."""
+    monkeypatch.setattr(shm_counters._segment, "mmap", SimpleNamespace(mmap=_refuse_mmap))
+    with pytest.raises(SegmentError) as info:
+        Histogram(log2_buckets=8)
+    assert info.value.errno == errno.ENOMEM
+    assert str(info.value) == (
+        f"[Errno {errno.ENOMEM}] cannot map a histogram of 8 buckets ({PAGE_SIZE} bytes)"
+        " of anonymous shared memory: Cannot allocate memory"
+    )
+    with pytest.raises(SegmentError) as info:
+        Histogram(log2_buckets=8, path=shm_path)
+    nbytes = max(64, CACHE_LINE_SIZE) + -(-(16 + 8) * 8 // CACHE_LINE_SIZE) * CACHE_LINE_SIZE
+    assert info.value.strerror == (
+        f"cannot create segment for a histogram of 8 buckets ({nbytes} bytes)"
+        ": Cannot allocate memory"
+    )
+    assert info.value.filename == shm_path
+    assert os.listdir(os.path.dirname(shm_path)) == []
 
 
 def test_exact_total_from_spawned_processes(shm_path: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+from decimal import Decimal
 
 import pytest
 from shm_counters import (
@@ -81,6 +82,42 @@ def test_bad_amounts_and_values(amount: int) -> None:
     with pytest.raises(CounterValueError, match=f"^value {amount} out of range"):
         s.calling = amount
     assert s.to_dict() == {"calling": 0, "writing": 0}
+
+
+class _Index:
+    """A numpy-like integer: not an int, but has __index__."""
+
+    def __index__(self) -> int:
+        return 1
+
+
+@pytest.mark.parametrize(
+    ("amount", "kind"), [(True, "bool"), (2.0, "float"), (Decimal("1.5"), "Decimal")]
+)
+def test_non_int_amounts_and_values(amount: object, kind: str) -> None:
+    """incr_/decr_ amounts and field values refuse bool, float and Decimal; nothing changes."""
+    s = Stats()
+    for op, name in (
+        (s.incr_calling, "amount"),
+        (s.decr_writing, "amount"),
+        (lambda v: setattr(s, "calling", v), "value"),
+    ):
+        with pytest.raises(TypeError) as info:
+            op(amount)
+        assert str(info.value) == f"{name} must be an int, not {kind}"
+    with pytest.raises(TypeError) as info:
+        s[amount]  # type: ignore[index]
+    assert str(info.value) == f"field index must be an int, not {kind}"
+    assert s.to_dict() == {"calling": 0, "writing": 0}
+
+
+def test_numpy_like_amounts_values_and_indexes() -> None:
+    """Objects with __index__ work as amounts, values and positional indexes."""
+    s = Stats()
+    assert s.incr_calling(_Index()) == 1  # type: ignore[arg-type]
+    s.writing = _Index()
+    assert s[_Index()] == 1  # type: ignore[index]
+    assert s.to_dict() == {"calling": 1, "writing": 1}
 
 
 @pytest.mark.parametrize(

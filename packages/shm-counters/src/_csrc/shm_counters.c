@@ -73,13 +73,61 @@ void shmc_zero_cells(uint64_t *cells, uint64_t count)
 		__atomic_store_n(&cells[i], 0, RLX);
 }
 
+/* Is row a due before row b: (expiry, index) ordering. */
+static int due_before(const uint64_t *expiry, uint64_t a, uint64_t b)
+{
+	return expiry[a] < expiry[b] || (expiry[a] == expiry[b] && a < b);
+}
+
+/* Restore the max-heap property of heap[0..n) (by due_before) from k down. */
+static void sift_down(uint64_t *heap, uint64_t n, uint64_t k,
+                      const uint64_t *expiry)
+{
+	for (;;) {
+		uint64_t top = k, l = 2 * k + 1, r = l + 1;
+		if (l < n && due_before(expiry, heap[top], heap[l]))
+			top = l;
+		if (r < n && due_before(expiry, heap[top], heap[r]))
+			top = r;
+		if (top == k)
+			return;
+		uint64_t t = heap[k];
+		heap[k] = heap[top];
+		heap[top] = t;
+		k = top;
+	}
+}
+
+/* Keep in heap[0..*n) the (at most max) rows due first: a max-heap, so the
+ * row due last of those kept is at the top, replaced by any row due before. */
+static void keep_due(uint64_t *heap, uint64_t *n, uint64_t max, uint64_t row,
+                     const uint64_t *expiry)
+{
+	if (*n < max) {
+		uint64_t k = (*n)++;
+		heap[k] = row;
+		while (k > 0) {
+			uint64_t parent = (k - 1) / 2;
+			if (!due_before(expiry, heap[parent], heap[k]))
+				break;
+			uint64_t t = heap[k];
+			heap[k] = heap[parent];
+			heap[parent] = t;
+			k = parent;
+		}
+	} else if (max > 0 && due_before(expiry, row, heap[0])) {
+		heap[0] = row;
+		sift_down(heap, *n, 0, expiry);
+	}
+}
+
 uint64_t shmc_sb_scan(char *rows, uint64_t nrows, uint64_t row_bytes,
                       uint64_t nfields, uint64_t now,
-                      const uint64_t *cache_owner, const uint64_t *cache_stime,
-                      const uint64_t *cache_expiry, const uint8_t *cache_alive,
-                      uint64_t *totals, uint64_t *stale)
+                      uint64_t *cache_owner, uint64_t *cache_stime,
+                      uint64_t *cache_expiry, uint8_t *cache_alive,
+                      uint64_t *totals, uint64_t *due, uint64_t max_due)
 {
-	uint64_t nstale = 0;
+	uint64_t ndue = 0;
 	for (uint64_t f = 0; f < nfields; f++)
 		totals[f] = 0;
 	for (uint64_t r = 0; r < nrows; r++) {
@@ -88,17 +136,21 @@ uint64_t shmc_sb_scan(char *rows, uint64_t nrows, uint64_t row_bytes,
 		if (owner == 0 || (owner & SHMC_CLAIMING))
 			continue;
 		uint64_t stime = __atomic_load_n(&row[1], SC);
-		if (owner != cache_owner[r] || stime != cache_stime[r] ||
-		    now > cache_expiry[r]) {
-			stale[nstale++] = r;
-			continue;
+		if (owner != cache_owner[r] || stime != cache_stime[r]) {
+			/* a new owner: it was alive to claim the row */
+			cache_owner[r] = owner;
+			cache_stime[r] = stime;
+			cache_expiry[r] = now ? now - 1 : 0;
+			cache_alive[r] = 1;
 		}
+		if (now > cache_expiry[r])
+			keep_due(due, &ndue, max_due, r, cache_expiry);
 		if (!cache_alive[r])
 			continue;
 		for (uint64_t f = 0; f < nfields; f++)
 			totals[f] += __atomic_load_n(&row[2 + f], RLX);
 	}
-	return nstale;
+	return ndue;
 }
 
 static void min_cas(uint64_t *cell, uint64_t v)

@@ -51,17 +51,22 @@ void shmc_load_many(char *slots, uint64_t count, uint64_t *out);
 void shmc_store_many(char *slots, uint64_t count, const uint64_t *values);
 
 /* Scoreboard: nrows rows of row_bytes bytes, each
- * [owner, start_time, field_0, ..., field_{nfields-1}].
- * Sums into totals[nfields] the rows whose owner is cached as alive and
- * unexpired; writes the indexes of rows that need a liveness check into
- * stale[] and returns how many. Rows with owner 0 or being claimed
- * (SHMC_CLAIMING bit set) are skipped. */
+ * [owner, start_time, field_0, ..., field_{nfields-1}], and one reader's
+ * private liveness cache per row (owner, start time, expiry, alive).
+ * Rows with owner 0 or being claimed (SHMC_CLAIMING bit set) are skipped.
+ * A row whose owner or start time differs from the cache is recorded in it
+ * as alive (its owner was alive to claim it) and due since now - 1
+ * (expiry now - 1); the caller records each check's result and expiry.
+ * Sums into totals[nfields] the rows cached as alive, fresh or not; a row
+ * is due when now > its expiry. Writes into due[] the indexes of at most
+ * max_due due rows, those with the smallest (expiry, index), and returns
+ * how many (in no particular order). */
 #define SHMC_CLAIMING 0x8000000000000000ULL
 uint64_t shmc_sb_scan(char *rows, uint64_t nrows, uint64_t row_bytes,
                       uint64_t nfields, uint64_t now,
-                      const uint64_t *cache_owner, const uint64_t *cache_stime,
-                      const uint64_t *cache_expiry, const uint8_t *cache_alive,
-                      uint64_t *totals, uint64_t *stale);
+                      uint64_t *cache_owner, uint64_t *cache_stime,
+                      uint64_t *cache_expiry, uint8_t *cache_alive,
+                      uint64_t *totals, uint64_t *due, uint64_t max_due);
 void shmc_zero_cells(uint64_t *cells, uint64_t count);
 
 /* Histogram: cells[0..15] statistics, see SHMC_H_* below; explicit mode

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import operator
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
@@ -18,13 +19,24 @@ from ._errors import (
     SegmentError,
 )
 from ._native import CACHE_LINE_SIZE, MAX, lib, new_u64
-from ._segment import Kind, Layout, PathArg, Segment, page_round, unlink
+from ._segment import (
+    MAX_BYTES,
+    Kind,
+    Layout,
+    PathArg,
+    Segment,
+    encode_names,
+    format_names,
+    page_round,
+    unlink,
+)
 
 __all__ = [
     "CLOSED",
     "ONE",
     "Counters",
     "amount_error",
+    "as_int",
     "bound_step",
     "check_size",
     "retire_step",
@@ -33,8 +45,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
-_MAX_BYTES = 2**40
-_MAX_SIZE = _MAX_BYTES // CACHE_LINE_SIZE
+_MAX_SIZE = MAX_BYTES // CACHE_LINE_SIZE
 # Counters below this index get a prebuilt pointer each, for the one-argument
 # incr/decr-by-1 path (a cffi call with one argument skips the argument tuple).
 _FAST_LIMIT = 4096
@@ -44,6 +55,10 @@ ONE = 1
 
 _inc1 = lib.shmc_inc1
 _dec1 = lib.shmc_dec1
+_load = lib.shmc_load
+_store = lib.shmc_store
+_add = lib.shmc_add
+_sub = lib.shmc_sub
 _incr_at = lib.shmc_incr_at
 _decr_at = lib.shmc_decr_at
 _load_at = lib.shmc_load_at
@@ -90,12 +105,28 @@ def retire_step(step: functools.partial[int], owner: str) -> None:
 
 
 def check_size(size: object, what: str = "counters") -> int:
-    """Return ``size`` if it is an int in ``[1, 2**40 / CACHE_LINE_SIZE]``."""
+    """Return ``size`` if it is an int in ``[1, MAX_BYTES / CACHE_LINE_SIZE]``."""
     if isinstance(size, bool) or not isinstance(size, int):
         raise CounterSizeError(f"size must be an int, not {type(size).__name__} {size!r}")
     if not 1 <= size <= _MAX_SIZE:
-        raise CounterSizeError(f"size {size} out of range: {what} need 1 <= size <= {_MAX_SIZE}")
+        raise CounterSizeError(
+            f"size {size} out of range: {what} need 1 <= size <= {_MAX_SIZE}"
+            f" ({MAX_BYTES} bytes of memory in {CACHE_LINE_SIZE}-byte slots)"
+        )
     return size
+
+
+def as_int(value: object, what: str) -> int:
+    """``value`` as an int: ints and ``__index__`` objects (numpy integers), never bool.
+
+    Raises ``TypeError("<what> must be an int, not <type>")`` otherwise.
+    """
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+    raise TypeError(f"{what} must be an int, not {type(value).__name__}")
 
 
 def amount_error(name: str, value: object, low: int = 0, high: int = MAX) -> Exception:
@@ -112,6 +143,12 @@ class Counters:
     anonymous and shared with children forked after construction; with
     ``path`` it is a named segment file (e.g. under ``/dev/shm``) that any
     process can attach to. Arithmetic is modulo ``2**64``.
+
+    On an existing segment, ``size`` must fit its capacity; the count its
+    header records (what :meth:`attach` gets) is raised to ``size`` if
+    lower, never lowered. ``size`` is at most this machine's memory in
+    ``CACHE_LINE_SIZE`` slots (:class:`CounterSizeError`); memory the
+    system will not map raises :class:`SegmentError` naming the bytes.
 
     Example::
 
@@ -130,7 +167,6 @@ class Counters:
         "__weakref__",
         "_bound",
         "_capacity",
-        "_fast",
         "_keep",
         "_path",
         "_ptrs",
@@ -148,33 +184,69 @@ class Counters:
         zero: bool = False,
         mode: int = 0o600,
     ) -> None:
+        self._open(size, path, create, zero, mode)
+
+    def _open(
+        self,
+        size: int | None,
+        path: PathArg | None,
+        create: bool,
+        zero: bool,
+        mode: int,
+        names: tuple[str, ...] = (),
+        owner: str = "",
+    ) -> None:
+        """Map the counters; ``names`` are the fields of ``owner``, a counter struct.
+
+        A struct's names go in a new file's header and must equal an
+        existing file's; plain counters (no names) attach to either.
+        """
         if path is None:
             n = check_size(size)
-            nbytes = page_round(n * CACHE_LINE_SIZE)
-            seg = Segment.anonymous(nbytes)
-            capacity = nbytes // CACHE_LINE_SIZE
+            seg = Segment.anonymous(n * CACHE_LINE_SIZE, f"{n} counters")
+            capacity = page_round(n * CACHE_LINE_SIZE) // CACHE_LINE_SIZE
         else:
-            n_or_none = None if size is None else check_size(size)
+            asked = None if size is None else check_size(size)
+            extra = encode_names(names)
 
             def want() -> Layout:
                 n = check_size(size)
-                header = Layout(Kind.COUNTERS, n, 0).header_size
-                capacity = (page_round(header + n * CACHE_LINE_SIZE) - header) // (CACHE_LINE_SIZE)
-                return Layout(Kind.COUNTERS, n, capacity)
+                header = Layout(Kind.COUNTERS, n, 0, len(names), extra).header_size
+                capacity = (page_round(header + n * CACHE_LINE_SIZE) - header) // CACHE_LINE_SIZE
+                return Layout(Kind.COUNTERS, n, capacity, len(names), extra)
 
-            seg = Segment.named(path, kind=Kind.COUNTERS, want=want if create else None, mode=mode)
-            layout = seg.header()
-            capacity = layout.capacity
-            if n_or_none is None:
-                n = layout.count
-            elif n_or_none > capacity:
+            seg = Segment.named(
+                path,
+                kind=Kind.COUNTERS,
+                want=want if create else None,
+                mode=mode,
+                what=f"{asked} counters",
+            )
+            theirs = seg.field_names()
+            if names and theirs != names:
+                if not theirs:
+                    message = (
+                        "segment holds plain counters (no field names)"
+                        f", not {owner}'s fields {format_names(names)}"
+                    )
+                else:
+                    message = (
+                        f"segment holds fields {format_names(theirs)}"
+                        f", not {owner}'s fields {format_names(names)}"
+                    )
+                raise SegmentError(errno.EINVAL, message, seg.path)
+            capacity = seg.header().capacity
+            if asked is None:
+                n = seg.header().count
+            elif asked > capacity:
                 raise SegmentError(
                     errno.EINVAL,
-                    f"segment holds {capacity} counters at most, {n_or_none} asked",
+                    f"segment holds {capacity} counters at most, {asked} asked",
                     seg.path,
                 )
             else:
-                n = n_or_none
+                n = asked
+                seg.grow_count(n)
         self._seg: Segment | None = seg
         # Held until this object dies, even after close(): a call in flight in
         # another thread, or a pointer handed out by cell(), must never find
@@ -184,15 +256,22 @@ class Counters:
         self._capacity = capacity
         self._size = n
         self._slots: Any = seg.chars(0)
-        self._ptrs = [seg.cells(k * CACHE_LINE_SIZE) for k in range(min(capacity, _FAST_LIMIT))]
-        self._fast = min(n, _FAST_LIMIT)
+        self._ptrs = self._prebuilt(seg, n)
         self._bound: list[Any] = []
         if zero and path is not None:
             lib.shmc_store_many(self._slots, capacity, new_u64(capacity))
 
+    @staticmethod
+    def _prebuilt(seg: Segment, size: int) -> list[Any]:
+        """A pointer to each of the first ``min(size, _FAST_LIMIT)`` counters."""
+        return [seg.cells(k * CACHE_LINE_SIZE) for k in range(min(size, _FAST_LIMIT))]
+
     @classmethod
     def attach(cls, path: PathArg) -> Counters:
         """Attach to an existing named segment, with the size in its header.
+
+        Any counters segment will do, a counter struct's included (its
+        fields are counters 0, 1, ... in field order).
 
         Example::
 
@@ -200,45 +279,71 @@ class Counters:
         """
         return cls(path=path, create=False)
 
-    # -- errors (off the hot path) ------------------------------------------
+    # -- errors and checks (off the hot path) -------------------------------
 
     def _closed_error(self) -> ClosedError:
         return ClosedError("operation on closed Counters")
 
-    def _index_error(self, i: object) -> Exception:
+    def _index(self, i: object) -> int:
+        """``i`` as a checked counter index, or the error saying what is wrong."""
         if self._seg is None:
-            return self._closed_error()
-        if isinstance(i, bool) or not isinstance(i, int):
-            return TypeError(f"counter index must be an int, not {type(i).__name__}")
-        return CounterIndexError(
-            f"index {i} out of range for {self._size} counters (allowed 0 <= index < {self._size})"
-        )
+            raise self._closed_error()
+        k = i if type(i) is int else as_int(i, "counter index")
+        if not 0 <= k < self._size:
+            raise CounterIndexError(
+                f"index {k} out of range for {self._size} counters"
+                f" (allowed 0 <= index < {self._size})"
+            )
+        return k
 
-    def _call_error(self, i: object, name: str, value: object) -> Exception:
+    def _refused(self, name: str, value: object) -> Exception:
+        """The error for a C call cffi refused: closed meanwhile, or out of range."""
         if self._seg is None:
             return self._closed_error()
-        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
-            return self._index_error(i)
         return amount_error(name, value)
 
     # -- the hot path -------------------------------------------------------
+    #
+    # self._ptrs holds a prebuilt pointer for each of the first
+    # min(len, _FAST_LIMIT) counters, and nothing else: indexing it is the
+    # upper bound check (IndexError), `i >= 0` the lower one, and the two
+    # identity tests keep True and False (ints to a list) off it. Whatever
+    # else fails there (None, str, float: TypeError) takes the checked path,
+    # which accepts objects with __index__ (numpy integers) and says what is
+    # wrong with the rest. try costs nothing in CPython >= 3.11 unless raised.
+    # The checked path is written out in each method: a helper method call
+    # would cost incr(i, n) a third more.
 
     def incr(self, i: int, n: int = 1) -> int:
         """Add ``n`` to counter ``i`` atomically; return the new value.
 
+        ``i`` and ``n`` are ints or objects with ``__index__`` (such as numpy
+        integers); bool, float, str and None raise :class:`TypeError`.
+
         Example::
 
-            >>> Counters(1).incr(0, 5)
-            5
+            >>> c = Counters(2)
+            >>> c.incr(0), c.incr(0, 5)
+            (1, 6)
         """
-        if n is ONE and 0 <= i < self._fast:
-            return _inc1(self._ptrs[i])
-        if i >= self._size:
-            raise self._index_error(i)
+        try:
+            if i >= 0 and i is not True and i is not False:
+                if n is ONE:
+                    return _inc1(self._ptrs[i])
+                if type(n) is int:
+                    return _add(self._ptrs[i], n)
+        except (IndexError, TypeError):
+            pass
+        except OverflowError:
+            raise amount_error("amount", n) from None
+        if type(i) is not int or not 0 <= i < self._size:
+            i = self._index(i)
+        if type(n) is not int:
+            n = as_int(n, "amount")
         try:
             return _incr_at(self._slots, i, n)
         except (OverflowError, TypeError):
-            raise self._call_error(i, "amount", n) from None
+            raise self._refused("amount", n) from None
 
     def decr(self, i: int, n: int = 1) -> int:
         """Subtract ``n`` from counter ``i`` atomically; return the new value.
@@ -248,30 +353,69 @@ class Counters:
             >>> Counters(1).decr(0)
             18446744073709551615
         """
-        if n is ONE and 0 <= i < self._fast:
-            return _dec1(self._ptrs[i])
-        if i >= self._size:
-            raise self._index_error(i)
+        try:
+            if i >= 0 and i is not True and i is not False:
+                if n is ONE:
+                    return _dec1(self._ptrs[i])
+                if type(n) is int:
+                    return _sub(self._ptrs[i], n)
+        except (IndexError, TypeError):
+            pass
+        except OverflowError:
+            raise amount_error("amount", n) from None
+        if type(i) is not int or not 0 <= i < self._size:
+            i = self._index(i)
+        if type(n) is not int:
+            n = as_int(n, "amount")
         try:
             return _decr_at(self._slots, i, n)
         except (OverflowError, TypeError):
-            raise self._call_error(i, "amount", n) from None
+            raise self._refused("amount", n) from None
 
     def __getitem__(self, i: int) -> int:
-        if i >= self._size:
-            raise self._index_error(i)
+        """Read counter ``i``: ``c[i]``.
+
+        Example::
+
+            >>> Counters(2)[1]
+            0
+        """
         try:
-            return _load_at(self._slots, i)
-        except (OverflowError, TypeError):
-            raise self._call_error(i, "value", 0) from None
+            if i >= 0 and i is not True and i is not False:
+                return _load(self._ptrs[i])
+        except (IndexError, TypeError):
+            pass
+        k = self._index(i)
+        try:
+            return _load_at(self._slots, k)
+        except TypeError:  # closed by another thread meanwhile
+            raise self._closed_error() from None
 
     def __setitem__(self, i: int, value: int) -> None:
-        if i >= self._size:
-            raise self._index_error(i)
+        """Write counter ``i``: ``c[i] = value``, an int in ``[0, MAX]``.
+
+        Example::
+
+            >>> c = Counters(1)
+            >>> c[0] = 7
+            >>> c[0]
+            7
+        """
+        try:
+            if i >= 0 and i is not True and i is not False and type(value) is int:
+                _store(self._ptrs[i], value)
+                return
+        except (IndexError, TypeError):
+            pass
+        except OverflowError:
+            raise amount_error("value", value) from None
+        i = self._index(i)
+        if type(value) is not int:
+            value = as_int(value, "value")
         try:
             _store_at(self._slots, i, value)
         except (OverflowError, TypeError):
-            raise self._call_error(i, "value", value) from None
+            raise self._refused("value", value) from None
 
     def bind_incr(self, i: int) -> Callable[[], int]:
         """A zero-argument callable adding 1 to counter ``i``; returns the new value.
@@ -320,13 +464,26 @@ class Counters:
 
     @property
     def capacity(self) -> int:
-        """How many counters fit in the segment (``resize`` up to this)."""
+        """How many counters fit in the segment (``resize`` up to this).
+
+        Example::
+
+            >>> c = Counters(3)
+            >>> len(c), c.capacity  # whole pages of 64-byte slots
+            (3, 64)
+        """
         self._check_open()
         return self._capacity
 
     @property
     def path(self) -> str | None:
-        """The named segment's path, or None for anonymous memory."""
+        """The named segment's path, or None for anonymous memory.
+
+        Example::
+
+            >>> Counters(1).path is None
+            True
+        """
         return self._path
 
     @property
@@ -349,12 +506,20 @@ class Counters:
         if size > self._capacity:
             raise CapacityError(f"cannot resize to {size} counters: capacity is {self._capacity}")
         self._size = size
-        self._fast = min(size, _FAST_LIMIT)
+        self._ptrs = self._prebuilt(seg, size)
         if seg.path is not None:
             seg.set_count(size)
 
     def to_list(self) -> list[int]:
-        """All values, in index order (each read atomically, not all at once)."""
+        """All values, in index order (each read atomically, not all at once).
+
+        Example::
+
+            >>> c = Counters(3)
+            >>> c[2] = 5
+            >>> c.to_list(), list(c)
+            ([0, 0, 5], [0, 0, 5])
+        """
         self._check_open()
         out = new_u64(self._size)
         lib.shmc_load_many(self._slots, self._size, out)
@@ -383,10 +548,9 @@ class Counters:
 
     def _cell_pointer(self, i: int) -> tuple[Any, Segment]:
         """A raw ``uint64_t *`` on counter ``i`` and the segment to keep alive with it."""
+        k = self._index(i)
         seg = self._check_open()
-        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self._size:
-            raise self._index_error(i)
-        return seg.cells(i * CACHE_LINE_SIZE), seg
+        return seg.cells(k * CACHE_LINE_SIZE), seg
 
     def close(self) -> None:
         """Close: later use raises :class:`ClosedError`.
@@ -395,18 +559,30 @@ class Counters:
         as a struct's ``incr_`` functions) is garbage-collected, so no call can
         ever touch unmapped memory. Closing a named segment never deletes its
         file: see :meth:`unlink`.
+
+        Example::
+
+            >>> c = Counters(1)
+            >>> c.close()
+            >>> c.closed
+            True
         """
         self._seg = None
         self._slots = CLOSED
         self._size = 0
-        self._fast = 0
         self._ptrs = []
         for step in self._bound:
             retire_step(step, "Counters")
         self._bound = []
 
     def unlink(self) -> None:
-        """Delete the named segment's file (attached processes keep their mapping)."""
+        """Delete the named segment's file (attached processes keep their mapping).
+
+        Example::
+
+            c = Counters(4, path="/dev/shm/myapp.counters")
+            c.unlink()  # the file is gone; c still works until closed
+        """
         if self._path is None:
             raise SegmentError(errno.EINVAL, "anonymous Counters have no file to unlink")
         unlink(self._path)

@@ -58,8 +58,9 @@ class ScoreboardFullError(ShmCountersError, RuntimeError):
 
 
 class SegmentError(ShmCountersError, OSError):
-    """A named segment that cannot be used: missing, foreign, truncated, ...
+    """A segment that cannot be used or made: missing, foreign, truncated, refused by the OS.
 
     Built like :class:`OSError`: ``SegmentError(errno.EINVAL, message, path)``,
-    so ``.errno`` is an ``errno.*`` value and ``.filename`` the path.
+    so ``.errno`` is an ``errno.*`` value and ``.filename`` the path (None
+    for anonymous memory, e.g. ``ENOMEM`` when the system will not map it).
     """

@@ -46,7 +46,8 @@ class _Lib:
         cache_expiry: Any,
         cache_alive: Any,
         totals: Any,
-        stale: Any,
+        due: Any,
+        max_due: int,
         /,
     ) -> int: ...
     def shmc_hist_record(self, cells: Any, log2: int, nbuckets: int, value: int, /) -> int: ...

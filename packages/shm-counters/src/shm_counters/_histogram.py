@@ -125,8 +125,9 @@ class Histogram:
                 cells[H_DATA : H_DATA + nb + 1] = list(edges)
             lib.shmc_hist_reset(cells, log2, nb)
 
+        what = f"a histogram of {nb} buckets"
         if path is None:
-            seg = Segment.anonymous(ncells * 8)
+            seg = Segment.anonymous(ncells * 8, what)
             init(seg)
         else:
 
@@ -139,6 +140,7 @@ class Histogram:
                 want=want if create else None,
                 mode=mode,
                 init=init,
+                what=what,
             )
             got = seg.header()
             if not given:
@@ -175,7 +177,12 @@ class Histogram:
 
     @classmethod
     def attach(cls, path: PathArg) -> Histogram:
-        """Attach to an existing named histogram, with its own buckets."""
+        """Attach to an existing named histogram, with its own buckets.
+
+        Example::
+
+            h = Histogram.attach("/dev/shm/myapp.latency")
+        """
         return cls(path=path, create=False)
 
     @property
@@ -210,7 +217,16 @@ class Histogram:
         return [(e[k], e[k + 1]) for k in range(self._nb)]
 
     def snapshot(self) -> HistogramSnapshot:
-        """Read the histogram (cell by cell, while others may record)."""
+        """Read the histogram (cell by cell, while others may record).
+
+        Example::
+
+            >>> h = Histogram(log2_buckets=2)
+            >>> h.record(3)
+            >>> s = h.snapshot()
+            >>> s.count, s.mean, s.buckets
+            (1, 3.0, ((0, 2, 0), (2, 4, 1)))
+        """
         if self._seg is None:
             raise ClosedError("operation on closed Histogram")
         n = H_DATA + self._nb + (0 if self._log2 else self._nb + 1)
@@ -241,13 +257,30 @@ class Histogram:
         )
 
     def reset(self) -> None:
-        """Zero everything (not atomic with concurrent ``record`` calls)."""
+        """Zero everything (not atomic with concurrent ``record`` calls).
+
+        Example::
+
+            >>> h = Histogram()
+            >>> h.record(7)
+            >>> h.reset()
+            >>> h.snapshot().count
+            0
+        """
         if self._seg is None:
             raise ClosedError("operation on closed Histogram")
         lib.shmc_hist_reset(self._cells, self._log2, self._nb)
 
     def close(self) -> None:
-        """Release the mapping; later use raises :class:`ClosedError`."""
+        """Release the mapping; later use raises :class:`ClosedError`.
+
+        Example::
+
+            >>> h = Histogram()
+            >>> h.close()
+            >>> h.closed
+            True
+        """
         self._seg = None
         self._cells = CLOSED
 

@@ -11,6 +11,14 @@ rows of different processes never share a line)::
 
 Only the owner writes its row's counters, so they share the row's cache
 lines; the owner cell changes by compare-and-swap only.
+
+Each reader (each Scoreboard object) caches every row's owner liveness,
+because checking it costs system calls (``kill`` and a ``/proc`` read).
+``shmc_sb_scan`` sums the rows cached as alive and picks the rows due for a
+check: a cache entry expires ``liveness_ttl`` after its check, and a row
+with a new owner is presumed alive (its owner was alive to claim it) and
+due at once. A call checks at most ``checks_per_call`` due rows, those due
+longest, so its cost is bounded whatever the number of rows.
 """
 
 from __future__ import annotations
@@ -33,8 +41,8 @@ from ._errors import (
     ScoreboardFullError,
     SegmentError,
 )
-from ._native import CACHE_LINE_SIZE, CLAIMING, cas, ffi, lib, new_u8, new_u64
-from ._segment import Kind, Layout, PathArg, Segment, page_round
+from ._native import CACHE_LINE_SIZE, CLAIMING, MAX, cas, ffi, lib, new_u8, new_u64
+from ._segment import MAX_BYTES, Kind, Layout, PathArg, Segment, encode_names, format_names
 from ._struct import FieldBank, check_fields
 
 __all__ = ["RowInfo", "Scoreboard", "ScoreboardRow", "process_alive"]
@@ -46,6 +54,8 @@ _LINUX = sys.platform.startswith("linux")
 _HIDDEN = 2  # owner, start time
 _MAX_ROWS = 2**20
 _PID_MASK = CLAIMING - 1
+# The reader's clock for liveness expiry (tests replace it).
+_clock = time.monotonic_ns
 
 
 def _proc_stat(pid: int) -> tuple[bytes, int] | None:
@@ -117,7 +127,16 @@ class ScoreboardRow(FieldBank):
     """The row of the current process; same interface as a counter struct.
 
     ``row.f``, ``row.f = v``, ``row.incr_f(n=1)``, ``row.decr_f(n=1)``,
-    ``row.to_dict()``, plus ``index``, ``pid`` and ``release()``.
+    ``row.to_dict()``, ``row.bind_incr(f)``, plus ``index``, ``pid`` and
+    ``release()``.
+
+    Example::
+
+        >>> board = Scoreboard(2, ["calling"])
+        >>> row = board.claim()
+        >>> row.index, row.incr_calling()
+        (0, 1)
+        >>> board.close()
     """
 
     __slots__ = ("_board", "_owner", "index", "pid")
@@ -132,7 +151,16 @@ class ScoreboardRow(FieldBank):
         self._bind(cells[_HIDDEN:], keep)
 
     def release(self) -> None:
-        """Zero this row and free it for another process; the row is closed."""
+        """Zero this row and free it for another process; the row is closed.
+
+        Example::
+
+            >>> board = Scoreboard(2, ["calling"])
+            >>> row = board.claim()
+            >>> row.release()
+            >>> row.closed, board.rows()
+            (True, [])
+        """
         if self.closed:
             return
         for cell in self._cells:
@@ -173,6 +201,11 @@ class Scoreboard:
     row for the child. A row object obtained before the fork keeps pointing
     at the parent's row.
 
+    ``liveness_ttl`` (seconds) is how long this object trusts a row owner's
+    liveness once checked; ``checks_per_call`` bounds the checks one
+    :meth:`totals` or :meth:`rows` call makes (see :meth:`totals` for what
+    that guarantees).
+
     Example::
 
         >>> board = Scoreboard(8, ["calling", "writing"])
@@ -187,6 +220,7 @@ class Scoreboard:
     __slots__ = (
         "__weakref__",
         "_alive",
+        "_due",
         "_expiry",
         "_keep",
         "_nfields",
@@ -197,10 +231,10 @@ class Scoreboard:
         "_row_class",
         "_rows",
         "_seg",
-        "_stale",
         "_stime",
         "_totals",
         "_ttl_ns",
+        "checks_per_call",
         "fields",
         "liveness_ttl",
         "slots",
@@ -215,6 +249,7 @@ class Scoreboard:
         create: bool = True,
         mode: int = 0o600,
         liveness_ttl: float = 0.5,
+        checks_per_call: int = 32,
     ) -> None:
         if isinstance(slots, bool) or not isinstance(slots, int):
             raise CounterSizeError(f"slots must be an int, not {type(slots).__name__} {slots!r}")
@@ -227,34 +262,51 @@ class Scoreboard:
             raise CounterValueError(
                 f"liveness_ttl {liveness_ttl} out of range: allowed 0 <= liveness_ttl <= 3600 s"
             )
+        if isinstance(checks_per_call, bool) or not isinstance(checks_per_call, int):
+            raise TypeError(f"checks_per_call must be an int, not {type(checks_per_call).__name__}")
+        if not 1 <= checks_per_call <= _MAX_ROWS:
+            raise CounterValueError(
+                f"checks_per_call {checks_per_call} out of range:"
+                f" allowed 1 <= checks_per_call <= {_MAX_ROWS}"
+            )
         nfields = len(names)
         row_bytes = -(-(_HIDDEN + nfields) * 8 // CACHE_LINE_SIZE) * CACHE_LINE_SIZE
-        extra = "\n".join(names).encode()
+        nbytes = slots * row_bytes
+        what = f"{slots} row{'s' * (slots != 1)} of {nfields} field{'s' * (nfields != 1)}"
+        if nbytes > MAX_BYTES:
+            raise CounterSizeError(
+                f"scoreboard of {what} needs {nbytes} bytes,"
+                f" more than {MAX_BYTES} (this machine's memory)"
+            )
         if path is None:
-            seg = Segment.anonymous(page_round(slots * row_bytes))
+            seg = Segment.anonymous(nbytes, f"a scoreboard of {what}")
         else:
 
             def want() -> Layout:
                 return Layout(
                     Kind.SCOREBOARD,
                     slots,
-                    slots * row_bytes // CACHE_LINE_SIZE,
+                    nbytes // CACHE_LINE_SIZE,
                     nfields,
-                    extra,
+                    encode_names(names),
                 )
 
             seg = Segment.named(
-                path, kind=Kind.SCOREBOARD, want=want if create else None, mode=mode
+                path,
+                kind=Kind.SCOREBOARD,
+                want=want if create else None,
+                mode=mode,
+                what=f"a scoreboard of {what}",
             )
-            got = seg.header()
-            if got.param != nfields or got.extra != extra:
+            theirs = seg.field_names()
+            if theirs != names:
                 raise SegmentError(
                     errno.EINVAL,
-                    f"scoreboard fields are {got.extra.decode(errors='replace')!r}"
-                    f", not {extra.decode()!r}",
+                    f"scoreboard fields are {format_names(theirs)}, not {format_names(names)}",
                     seg.path,
                 )
-            if got.count != slots or got.capacity * CACHE_LINE_SIZE != slots * row_bytes:
+            got = seg.header()
+            if got.count != slots or got.capacity * CACHE_LINE_SIZE != nbytes:
                 raise SegmentError(
                     errno.EINVAL,
                     f"scoreboard has {got.count} rows, not {slots}",
@@ -263,6 +315,7 @@ class Scoreboard:
         self.fields: tuple[str, ...] = names
         self.slots = slots
         self.liveness_ttl = float(liveness_ttl)
+        self.checks_per_call = checks_per_call
         self._ttl_ns = int(liveness_ttl * 1e9)
         self._path = seg.path
         self._seg: Segment | None = seg
@@ -272,13 +325,13 @@ class Scoreboard:
         self._keep = seg  # held until this object dies, even after close()
         self._row: ScoreboardRow | None = None
         self._row_class = type("ScoreboardRow", (ScoreboardRow,), ScoreboardRow._namespace(names))
-        # per-process liveness cache, read by shmc_sb_scan
+        # this reader's liveness cache, kept up to date by shmc_sb_scan and _refresh
         self._owner = new_u64(slots)
         self._stime = new_u64(slots)
         self._expiry = new_u64(slots)
         self._alive = new_u8(slots)
         self._totals = new_u64(nfields)
-        self._stale = new_u64(slots)
+        self._due = new_u64(checks_per_call)
         _boards.add(self)
 
     @property
@@ -354,41 +407,55 @@ class Scoreboard:
         return self._make_row(r, pid)
 
     def _refresh(self) -> Any:
-        """Sum live rows into ``self._totals``, checking stale owners first."""
-        rows = self._rows
-        now = time.monotonic_ns()
-        load = lib.shmc_load_sc
-        for _ in range(4):
-            nstale = lib.shmc_sb_scan(
-                rows,
-                self.slots,
-                self._row_bytes,
-                self._nfields,
-                now,
-                self._owner,
-                self._stime,
-                self._expiry,
-                self._alive,
-                self._totals,
-                self._stale,
-            )
-            if not nstale:
-                break
-            for j in range(nstale):
-                r = self._stale[j]
-                owner = load(self._cell(r, 0))
-                stime = load(self._cell(r, 1))
-                self._owner[r] = owner
-                self._stime[r] = stime
-                self._expiry[r] = now + self._ttl_ns
-                self._alive[r] = 0 if owner & CLAIMING else int(process_alive(owner, stime))
+        """Sum the rows counted as alive into ``self._totals``, checking a few first.
+
+        One C scan sums the rows cached as alive and picks at most
+        ``checks_per_call`` rows due for a check; they are checked (rows of
+        one process share one check) and, if any answer changed, summed again.
+        """
+        now = _clock()
+        args = (
+            self._rows,
+            self.slots,
+            self._row_bytes,
+            self._nfields,
+            now,
+            self._owner,
+            self._stime,
+            self._expiry,
+            self._alive,
+            self._totals,
+            self._due,
+        )
+        ndue = lib.shmc_sb_scan(*args, self.checks_per_call)
+        if not ndue:
+            return self._totals
+        answers: dict[tuple[int, int], bool] = {}
+        changed = False
+        for j in range(ndue):
+            r = self._due[j]
+            key = (self._owner[r], self._stime[r])
+            alive = answers.get(key)
+            if alive is None:
+                alive = answers[key] = process_alive(*key)
+            changed = changed or alive != bool(self._alive[r])
+            self._alive[r] = alive
+            # On Linux a dead (pid, start time) stays dead: never check it again.
+            self._expiry[r] = now + self._ttl_ns if alive or not key[1] else MAX
+        if changed:
+            lib.shmc_sb_scan(*args, 0)
         return self._totals
 
     def totals(self) -> dict[str, int]:
         """Sum every field over the rows whose owner is alive.
 
-        An owner's liveness is cached for ``liveness_ttl`` seconds, so a dead
-        worker's row stops counting within that time.
+        Owner liveness is cached per row for ``liveness_ttl`` seconds, and
+        one call checks at most ``checks_per_call`` rows (the ones due
+        longest); a row with a new owner counts as alive until checked. So
+        a dead owner's row stops counting in the first call made more than
+        ``liveness_ttl`` after its death when no more than
+        ``checks_per_call`` rows are owned, and otherwise at the latest in
+        the ``ceil(owned rows / checks_per_call)``-th such call.
 
         Example::
 
@@ -400,20 +467,42 @@ class Scoreboard:
         return dict(zip(self.fields, totals, strict=True))
 
     def rows(self) -> list[RowInfo]:
-        """The live rows, by index, with their owner PIDs and values."""
+        """The rows counted in :meth:`totals`, by index, with their owner PIDs and values.
+
+        Example::
+
+            >>> board = Scoreboard(4, ["calling"])
+            >>> board.claim().incr_calling()
+            1
+            >>> [(r.index, r.values) for r in board.rows()]
+            [(0, {'calling': 1})]
+            >>> board.close()
+        """
         self._check_open()
         self._refresh()
         out = []
         load = lib.shmc_load
+        load_sc = lib.shmc_load_sc
         for r in range(self.slots):
-            owner = lib.shmc_load_sc(self._cell(r, 0))
-            if owner and owner == self._owner[r] and self._alive[r]:
-                values = {f: load(self._cell(r, _HIDDEN + k)) for k, f in enumerate(self.fields)}
-                out.append(RowInfo(r, owner, values))
+            owner = load_sc(self._cell(r, 0))
+            if not owner or owner != self._owner[r] or not self._alive[r]:
+                continue
+            if load_sc(self._cell(r, 1)) != self._stime[r]:
+                continue
+            values = {f: load(self._cell(r, _HIDDEN + k)) for k, f in enumerate(self.fields)}
+            out.append(RowInfo(r, owner, values))
         return out
 
     def reap(self) -> int:
-        """Free now the rows whose owner is dead; return how many."""
+        """Free now the rows whose owner is dead; return how many.
+
+        Unlike :meth:`totals`, it checks every owned row.
+
+        Example::
+
+            >>> Scoreboard(4, ["calling"]).reap()
+            0
+        """
         self._check_open()
         freed = 0
         load = lib.shmc_load_sc
@@ -430,7 +519,15 @@ class Scoreboard:
         return freed
 
     def close(self) -> None:
-        """Release this process's row (if claimed) and the mapping."""
+        """Release this process's row (if claimed) and the mapping.
+
+        Example::
+
+            >>> board = Scoreboard(2, ["calling"])
+            >>> board.close()
+            >>> board.closed
+            True
+        """
         if self._seg is None:
             return
         if self._row is not None:

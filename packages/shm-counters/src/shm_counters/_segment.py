@@ -11,14 +11,24 @@ header then data::
     20      4     header size      bytes before the data, a multiple of slot size
     24      8     count            counters / rows / buckets
     32      8     capacity         data size in slots
-    40      4     param            fields per row / 1 for log2 buckets
+    40      4     param            counters: number of field names (0 for plain
+                                   counters); scoreboard: fields per row;
+                                   histogram: 1 for log2 buckets
     44      4     extra length     bytes of kind-specific extra after offset 64
-    64      ...   extra            e.g. the scoreboard's field names
+    64      ...   extra            field names, UTF-8, separated by newlines:
+                                   a counter struct's or a scoreboard's
 
 All integers are little-endian (the machine's order on every platform this
 runs on, checked at attach). A new file is created atomically: written
 whole under a temporary name in the same directory, then ``os.link()``-ed
 into place, so racing processes all end up on one segment.
+
+No segment, anonymous or named, may exceed :data:`MAX_BYTES`: the machine's
+physical memory (at most 2**40 bytes). Shared memory lives in RAM (or swap);
+a segment larger than RAM could never be used in full, and Linux's default
+overcommit heuristic refuses to map one much larger anyway. When the system
+still refuses (a stricter overcommit policy, ``RLIMIT_AS``, ``RLIMIT_FSIZE``,
+a full tmpfs), the error is a :class:`SegmentError` naming the bytes asked.
 """
 
 from __future__ import annotations
@@ -35,9 +45,19 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from ._errors import SegmentError
-from ._native import CACHE_LINE_SIZE, PAGE_SIZE, at, lib, map_base
+from ._native import CACHE_LINE_SIZE, PAGE_SIZE, at, cas, lib, map_base
 
-__all__ = ["Kind", "Layout", "PathArg", "Segment", "page_round", "unlink"]
+__all__ = [
+    "MAX_BYTES",
+    "Kind",
+    "Layout",
+    "PathArg",
+    "Segment",
+    "encode_names",
+    "format_names",
+    "page_round",
+    "unlink",
+]
 
 PathArg = Union[str, "os.PathLike[str]"]
 
@@ -45,7 +65,23 @@ MAGIC = b"SHMCTRS\x00"
 VERSION = 1
 _HEADER = struct.Struct("<8sIIIIQQII")
 _EXTRA_OFFSET = 64
-_MAX_BYTES = 2**40
+# The format's own bound on a segment's data (capacity x slot size).
+_FORMAT_BYTES = 2**40
+
+
+def _machine_bytes() -> int:
+    """The machine's physical memory in bytes, at most 2**40 (2**40 when unknown)."""
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return _FORMAT_BYTES
+    if pages <= 0:
+        return _FORMAT_BYTES
+    return min(_FORMAT_BYTES, pages * PAGE_SIZE)
+
+
+#: The largest segment made here, in bytes: physical memory, at most 2**40.
+MAX_BYTES = _machine_bytes()
 
 
 class Kind(enum.IntEnum):
@@ -108,6 +144,24 @@ def _invalid(path: str, message: str) -> SegmentError:
     return SegmentError(errno.EINVAL, message, path)
 
 
+def _map_error(exc: OSError, message: str, path: str | None = None) -> SegmentError:
+    """The error for a mapping (or file size) the system refused."""
+    code = exc.errno if exc.errno is not None else errno.ENOMEM
+    if path is None:
+        return SegmentError(code, f"{message}: {os.strerror(code)}")
+    return SegmentError(code, f"{message}: {os.strerror(code)}", path)
+
+
+def encode_names(names: tuple[str, ...]) -> bytes:
+    """Field names as a segment header stores them (the ``extra`` bytes)."""
+    return "\n".join(names).encode()
+
+
+def format_names(names: tuple[str, ...]) -> str:
+    """Field names for an error message: ``(calling, writing)``."""
+    return f"({', '.join(names)})"
+
+
 class Segment:
     """One mapping and where its data starts."""
 
@@ -127,10 +181,43 @@ class Segment:
             raise SegmentError(errno.EINVAL, "anonymous memory has no header")
         return self.layout
 
+    def field_names(self) -> tuple[str, ...]:
+        """The field names in a named segment's header; ``()`` when it has none.
+
+        Raises :class:`SegmentError` when the names are not as many as the
+        header's ``param`` says, or not UTF-8 identifiers.
+        """
+        layout = self.header()
+        path = self.path or ""
+        if not layout.extra:
+            if layout.kind == Kind.COUNTERS and layout.param == 0:
+                return ()
+            raise _invalid(path, f"segment says {layout.param} field names but holds none")
+        try:
+            names = tuple(layout.extra.decode().split("\n"))
+        except UnicodeDecodeError:
+            raise _invalid(path, "segment field names are not UTF-8") from None
+        if len(names) != layout.param or not all(n.isidentifier() for n in names):
+            raise _invalid(
+                path,
+                f"segment field names {layout.extra!r} do not make {layout.param} identifiers",
+            )
+        return names
+
     @classmethod
-    def anonymous(cls, nbytes: int) -> Segment:
-        """Map ``nbytes`` (page-rounded) of zeroed anonymous shared memory."""
-        return cls(mmap.mmap(-1, page_round(nbytes)), 0, None, None)
+    def anonymous(cls, nbytes: int, what: str) -> Segment:
+        """Map ``nbytes`` (page-rounded) of zeroed anonymous shared memory.
+
+        ``what`` says what the memory is for, in an error (``"4 counters"``).
+        """
+        size = page_round(nbytes)
+        try:
+            mm = mmap.mmap(-1, size)
+        except OSError as exc:
+            raise _map_error(
+                exc, f"cannot map {what} ({size} bytes) of anonymous shared memory"
+            ) from None
+        return cls(mm, 0, None, None)
 
     def chars(self, offset: int) -> Any:
         """A raw ``char *`` to data byte ``offset``: keep ``self`` while using it."""
@@ -144,6 +231,18 @@ class Segment:
         """Record a new count in a named segment's header."""
         lib.shmc_store(at(self.base, 24), count)
 
+    def grow_count(self, count: int) -> int:
+        """Raise a named segment's recorded count to at least ``count``; return it.
+
+        A compare-and-swap, so processes growing it at once keep the largest.
+        """
+        cell = at(self.base, 24)
+        for _ in range(1000):
+            recorded = int(lib.shmc_load_sc(cell))
+            if recorded >= count or cas(cell, recorded, count):
+                return max(recorded, count)
+        raise SegmentError(errno.EAGAIN, "segment count keeps changing", self.path)
+
     @classmethod
     def named(
         cls,
@@ -153,11 +252,13 @@ class Segment:
         want: Callable[[], Layout] | None,
         mode: int,
         init: Callable[[Segment], None] | None = None,
+        what: str = "",
     ) -> Segment:
         """Attach to the segment at ``path``, creating it when ``want`` is given.
 
         ``want()`` builds the layout of a new file (it may raise for missing
-        parameters); ``init`` fills its data before it is linked into place.
+        parameters); ``init`` fills its data before it is linked into place;
+        ``what`` says what it holds, in an error (``"4 counters"``).
         """
         name = _fspath(path)
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
@@ -168,7 +269,7 @@ class Segment:
             except FileNotFoundError:
                 if want is None:
                     raise SegmentError(errno.ENOENT, "no segment to attach to", name) from None
-                made = _create(name, want(), mode, init)
+                made = _create(name, want(), mode, init, what or kind.name.lower())
                 if made is not None:
                     return made
                 continue  # someone else won the race: attach to theirs
@@ -182,11 +283,15 @@ class Segment:
 
 
 def _create(
-    path: str, layout: Layout, mode: int, init: Callable[[Segment], None] | None
+    path: str, layout: Layout, mode: int, init: Callable[[Segment], None] | None, what: str
 ) -> Segment | None:
     """Create ``path`` atomically; return None when another process won."""
-    if layout.file_size > _MAX_BYTES:
-        raise _invalid(path, f"segment of {layout.file_size} bytes exceeds 2**40")
+    if layout.file_size > MAX_BYTES:
+        raise _invalid(
+            path,
+            f"segment for {what} ({layout.file_size} bytes) exceeds {MAX_BYTES} bytes"
+            " (this machine's memory)",
+        )
     directory, base = os.path.split(path)
     tmp = os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
@@ -195,8 +300,13 @@ def _create(
         raise _os_error(exc, "create", path) from None
     try:
         os.fchmod(fd, mode)
-        os.ftruncate(fd, layout.file_size)
-        mm = mmap.mmap(fd, layout.file_size)
+        try:
+            os.ftruncate(fd, layout.file_size)
+            mm = mmap.mmap(fd, layout.file_size)
+        except OSError as exc:
+            raise _map_error(
+                exc, f"cannot create segment for {what} ({layout.file_size} bytes)", path
+            ) from None
         _HEADER.pack_into(
             mm,
             0,
@@ -219,6 +329,8 @@ def _create(
         except FileExistsError:
             return None
         return segment
+    except SegmentError:
+        raise
     except OSError as exc:
         raise _os_error(exc, "create", path) from None
     finally:
@@ -258,12 +370,16 @@ def _attach(fd: int, path: str, kind: Kind) -> Segment:
             path,
             f"segment holds {Kind(got_kind).name.lower()}, not {kind.name.lower()}",
         )
+    if extra_len > size - _EXTRA_OFFSET or header_size > size:
+        raise _invalid(path, f"segment header size {header_size} is inconsistent")
     layout = Layout(Kind(got_kind), count, capacity, param, os.pread(fd, extra_len, _EXTRA_OFFSET))
     if len(layout.extra) != extra_len or header_size != layout.header_size:
         raise _invalid(path, f"segment header size {header_size} is inconsistent")
+    if capacity * slot > _FORMAT_BYTES:
+        raise _invalid(path, f"segment capacity {capacity} exceeds 2**40 bytes")
     # Counters and scoreboards count slots; a histogram's count is its number
     # of buckets, packed 8 per slot, so only the byte bound applies to it.
-    if capacity * slot > _MAX_BYTES or (got_kind != Kind.HISTOGRAM and count > capacity):
+    if got_kind != Kind.HISTOGRAM and count > capacity:
         raise _invalid(path, f"segment count {count} exceeds capacity {capacity}")
     if size != layout.file_size:
         problem = "truncated" if size < layout.file_size else "oversized"
@@ -274,7 +390,7 @@ def _attach(fd: int, path: str, kind: Kind) -> Segment:
     try:
         mm = mmap.mmap(fd, size)
     except OSError as exc:
-        raise _os_error(exc, "map", path) from None
+        raise _map_error(exc, f"cannot map segment of {size} bytes", path) from None
     return Segment(mm, header_size, path, layout)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._counters import CLOSED, ONE, Counters, amount_error, bound_step, retire_step
+from ._counters import CLOSED, ONE, Counters, amount_error, as_int, bound_step, retire_step
 from ._errors import ClosedError, CounterIndexError, FieldNameError
 from ._native import lib
 from ._segment import PathArg
@@ -82,7 +82,8 @@ def _adder(fn: Any, one: Any, cell: list[Any], owner: str, keep: object) -> Any:
         try:
             if n is ONE:  # one-argument cffi calls skip the argument tuple
                 return one(cell[0])  # type: ignore[no-any-return]
-            return fn(cell[0], n)  # type: ignore[no-any-return]
+            # cffi would take True as 1 and truncate Decimal('1.5'): refuse them
+            return fn(cell[0], n if type(n) is int else as_int(n, "amount"))  # type: ignore[no-any-return]
         except (OverflowError, TypeError):
             raise _change_error(cell, n, owner, keep) from None
 
@@ -98,7 +99,7 @@ def _field_property(k: int, name: str) -> property:
 
     def put(self: FieldBank, value: int) -> None:
         try:
-            _store(self._cells[k][0], value)
+            _store(self._cells[k][0], value if type(value) is int else as_int(value, "value"))
         except (OverflowError, TypeError):
             raise self._fail(value, "value") from None
 
@@ -213,9 +214,9 @@ class FieldBank:
         return self._cells[0][0] is CLOSED
 
     def __getitem__(self, k: int) -> int:
+        """Read field ``k`` (in field order): ``s[0]``."""
         n = len(self.fields)
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise TypeError(f"field index must be an int, not {type(k).__name__}")
+        k = as_int(k, "field index")
         if not 0 <= k < n:
             raise CounterIndexError(
                 f"index {k} out of range for {n} fields (allowed 0 <= index < {n})"
@@ -232,7 +233,16 @@ class FieldBank:
         return iter(self.to_dict().values())
 
     def to_dict(self) -> dict[str, int]:
-        """The values by field name (each read atomically, not all at once)."""
+        """The values by field name (each read atomically, not all at once).
+
+        Example::
+
+            >>> s = counter_struct("Stats", ["calling", "writing"])()
+            >>> s.incr_writing()
+            1
+            >>> s.to_dict()
+            {'calling': 0, 'writing': 1}
+        """
         try:
             return {f: _load(c[0]) for f, c in zip(self.fields, self._cells, strict=True)}
         except TypeError:
@@ -246,7 +256,20 @@ class FieldBank:
 
 
 class CounterStruct(FieldBank):
-    """Base class of the classes :func:`counter_struct` makes."""
+    """Base class of the classes :func:`counter_struct` makes.
+
+    ``Cls(path=None, create=True, zero=False, mode=0o600)``: a fresh
+    anonymous segment, or the named one at ``path`` (created or attached
+    like :class:`Counters`). A named segment records the field names, and a
+    struct refuses a segment whose names differ.
+
+    Example::
+
+        >>> Stats = counter_struct("Stats", ["calling", "writing"])
+        >>> isinstance(Stats(), CounterStruct)
+        True
+        >>> s = Stats(path="/dev/shm/myapp.stats")  # doctest: +SKIP
+    """
 
     __slots__ = ("_counters",)
 
@@ -260,13 +283,25 @@ class CounterStruct(FieldBank):
     ) -> None:
         if not self.fields:
             raise FieldNameError("use counter_struct() to make a class with fields")
-        self._counters = Counters(len(self.fields), path=path, create=create, zero=zero, mode=mode)
+        # A named segment records the field names: another struct (or an
+        # older file without names) is refused instead of read field by field.
+        counters = Counters.__new__(Counters)
+        counters._open(len(self.fields), path, create, zero, mode, self.fields, type(self).__name__)
+        self._counters = counters
         cells = [self._counters._cell_pointer(k) for k in range(len(self.fields))]
         self._bind([c for c, _ in cells], cells[0][1])
 
     @property
     def counters(self) -> Counters:
-        """The underlying :class:`Counters` (field k is index k)."""
+        """The underlying :class:`Counters` (field k is index k).
+
+        Example::
+
+            >>> s = counter_struct("Stats", ["calling", "writing"])()
+            >>> s.writing = 2
+            >>> s.counters.to_list()
+            [0, 2]
+        """
         return self._counters
 
     @property
@@ -275,7 +310,15 @@ class CounterStruct(FieldBank):
         return self._counters.path
 
     def close(self) -> None:
-        """Release the mapping; later use raises :class:`ClosedError`."""
+        """Release the mapping; later use raises :class:`ClosedError`.
+
+        Example::
+
+            >>> s = counter_struct("Stats", ["calling"])()
+            >>> s.close()
+            >>> s.closed
+            True
+        """
         self._unbind()
         self._counters.close()
 
