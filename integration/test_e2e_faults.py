@@ -345,61 +345,59 @@ def test_raindrops_segment_removed_while_running_keeps_counting(tmp_path: Path) 
         wait_idle(server)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "the table splits silently: a worker respawned after the segment file was unlinked "
-        "finds no file, creates a new segment at the same path and claims its row there; "
-        "the older workers keep the unlinked mapping, so their endpoint lists only "
-        "themselves, the new worker's lists only itself, and so does the file at the path"
-    ),
-)
-def test_utilization_segment_removed_then_worker_respawned_keeps_one_table(
-    tmp_path: Path,
-) -> None:
-    """After its segment file is unlinked, a respawned worker still joins the one shared table."""
-    segment = tmp_path / "utilization.seg"
+def test_segments_removed_then_worker_respawned_keeps_one_table(tmp_path: Path) -> None:
+    """After both segment files are unlinked, a respawned worker adopts them: nothing splits.
+
+    shm-counters maps the deleted file a sibling still holds (/proc/PID/fd)
+    instead of creating a new one at the path, so the new worker's requests
+    are seen by the old workers and the utilization table lists every worker.
+    """
     env = stack_env(tmp_path)
+    segments = [tmp_path / "raindrops.seg", tmp_path / "utilization.seg"]
     with (
         bind_tcp() as sock,
         launch("gunicorn-sync", "e2e_stack:wsgi", sock, workers=3, env=env) as server,
     ):
-        # Three held requests: every sync worker has served one, so claimed its row.
+        # Three held requests: every sync worker has served one, so opened both segments.
         warm = [_send(server.connect(20), f"/hold?gate=warm&id={i}") for i in range(3)]
-        warm_pids = _pids(tmp_path, "pid", 3)
+        assert len(set(_pids(tmp_path, "pid", 3))) == 3
         (tmp_path / "warm").touch()
-        bodies = [_drain(c) for c in warm]
-        # Only the final assertion may fail as the xfail expects.
-        if len(set(warm_pids)) != 3 or not all(b.endswith(b"released\n") for b in bodies):
-            pytest.fail(f"warm-up did not reach every worker: {warm_pids} {bodies}")
+        assert all(_drain(c).endswith(b"released\n") for c in warm)
+        for i in range(3):
+            (tmp_path / f"pid-{i}").unlink()
         before = server.worker_pids()
-        os.unlink(segment)
+        for segment in segments:
+            os.unlink(segment)
         victim = before[0]
         os.kill(victim, signal.SIGKILL)
         _wait_respawned(server, victim, len(before))
         (newcomer,) = set(server.worker_pids()) - set(before)
-        # The new worker serves a request (so claims its row): the old ones are
-        # stopped meanwhile, so it is the only one that can accept it.
         old = sorted(set(server.worker_pids()) - {newcomer})
+        # The newcomer holds one request (the old workers are stopped meanwhile,
+        # so only it can accept), then an old worker holds another.
         for pid in old:
             os.kill(pid, signal.SIGSTOP)
         try:
-            _, _, hello = server.get("/hello")
+            first = _send(server.connect(20), "/hold?gate=hold&id=0")
+            assert _pid_of(tmp_path, "pid-0") == newcomer
         finally:
             for pid in old:
                 os.kill(pid, signal.SIGCONT)
-        if hello != f"hello from {newcomer}\n".encode():
-            pytest.fail(f"the new worker {newcomer} did not serve the request: {hello!r}")
+        conns = [first, _send(server.connect(20), "/hold?gate=hold&id=1")]
+        try:
+            assert _pid_of(tmp_path, "pid-1") in old
+            # The third worker (an old one) answers: it sees the newcomer's request.
+            wait_until(lambda: stats(server)["calling"] == 2, timeout=5)
+        finally:
+            (tmp_path / "hold").touch()
+            assert all(_drain(c).endswith(b"released\n") for c in conns)
+        wait_idle(server)
         live = set(server.worker_pids())
         # Whichever worker answers, the table lists every live worker: all have served.
         answers = [{w["pid"] for w in settled_utilization(server)["workers"]} for _ in range(6)]
-        file_view = open_scoreboard(str(segment), create=False)
-        try:
-            on_disk = {w.pid for w in worker_stats(file_view)}
-        finally:
-            file_view.close()
-        assert (answers, on_disk) == ([live] * 6, live)
+        assert answers == [live] * 6
+        # And no second file was made at either path.
+        assert [segment.exists() for segment in segments] == [False, False]
 
 
 @pytest.mark.parametrize("why", ["parent is a file", "directory not writable"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import multiprocessing
 import os
 import signal
@@ -487,3 +488,74 @@ def test_racing_creators_end_up_on_one_segment(shm_path: str) -> None:
     assert Counters.attach(shm_path).to_list() == [6]
     leftovers = [n for n in os.listdir(os.path.dirname(shm_path)) if n.endswith(".tmp")]
     assert leftovers == []
+
+
+def _hold_segment(path: str, ready: object, done: object) -> None:
+    """Create a named Counters, count once, and keep it mapped until told to stop."""
+    c = Counters(2, path=path)
+    c.incr(0)
+    ready.set()  # type: ignore[attr-defined]
+    done.wait(30)  # type: ignore[attr-defined]
+    os._exit(0 if c[0] == 2 else 1)
+
+
+def _adopt_segment(path: str, out: object) -> None:
+    """Open the (deleted) path as a sibling would: count once and report what it sees."""
+    c = Counters(2, path=path)
+    out.put((c.incr(0), os.path.exists(path)))  # type: ignore[attr-defined]
+
+
+@pytest.mark.linux
+def test_deleted_segment_is_adopted_by_a_sibling(shm_path: str) -> None:
+    """A sibling opening a deleted-but-mapped path maps the same memory, not a new file."""
+    ready, done, out = FORK.Event(), FORK.Event(), FORK.Queue()
+    holder = FORK.Process(target=_hold_segment, args=(shm_path, ready, done))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        os.unlink(shm_path)
+        sibling = FORK.Process(target=_adopt_segment, args=(shm_path, out))
+        sibling.start()
+        sibling.join(30)
+        # The sibling saw the holder's count (1 -> 2) and made no new file.
+        assert (sibling.exitcode, out.get(timeout=5)) == (0, (2, False))
+        done.set()
+        holder.join(30)
+        assert holder.exitcode == 0  # and the holder saw the sibling's increment
+    finally:
+        done.set()
+        if holder.is_alive():
+            holder.kill()
+            holder.join(5)
+
+
+@pytest.mark.linux
+def test_deleted_segment_nobody_maps_is_created_afresh(shm_path: str) -> None:
+    """With no process of the family mapping the deleted file, a new file is created."""
+    c = Counters(2, path=shm_path)
+    c.incr(0)
+    os.unlink(shm_path)
+    out = FORK.Queue()
+    # This process is the child's parent, so family: drop its mapping first.
+    c.close()
+    del c
+    gc.collect()
+    child = FORK.Process(target=_adopt_segment, args=(shm_path, out))
+    child.start()
+    child.join(30)
+    assert (child.exitcode, out.get(timeout=5)) == (0, (1, True))
+
+
+def test_full_filesystem_is_an_error_at_creation(
+    shm_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filesystem that cannot hold the segment is a SegmentError at creation, not a SIGBUS."""
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    with pytest.raises(SegmentError) as info:
+        Counters(4, path=shm_path)
+    assert info.value.errno == errno.ENOSPC
+    assert not os.path.exists(shm_path)

@@ -29,6 +29,20 @@ a segment larger than RAM could never be used in full, and Linux's default
 overcommit heuristic refuses to map one much larger anyway. When the system
 still refuses (a stricter overcommit policy, ``RLIMIT_AS``, ``RLIMIT_FSIZE``,
 a full tmpfs), the error is a :class:`SegmentError` naming the bytes asked.
+A new file's blocks are reserved when it is created (``posix_fallocate``),
+so a full tmpfs is that error at creation, never a SIGBUS on first touch.
+
+A named segment whose file was deleted while processes still map it (an
+operator's ``rm``, a /dev/shm cleaner) is *adopted*, not replaced, by a new
+process of the same family: before creating a file at a path that does not
+exist, :meth:`Segment.named` looks at the processes of the caller's family
+(its parent and the parent's other children: a server's master and its
+workers) for an open descriptor of ``PATH (deleted)`` and maps that same
+file through ``/proc/PID/fd/N`` (Linux; the kernel allows it for the same
+user). So a worker respawned after the file vanished keeps counting with
+its siblings instead of starting a second, disjoint segment. The path stays
+missing (the kernel cannot link a deleted file back); once no process maps
+the old segment any more, the next one creates a new file.
 """
 
 from __future__ import annotations
@@ -269,6 +283,9 @@ class Segment:
             except FileNotFoundError:
                 if want is None:
                     raise SegmentError(errno.ENOENT, "no segment to attach to", name) from None
+                adopted = _adopt_orphan(name, kind)
+                if adopted is not None:
+                    return adopted
                 made = _create(name, want(), mode, init, what or kind.name.lower())
                 if made is not None:
                     return made
@@ -302,6 +319,7 @@ def _create(
         os.fchmod(fd, mode)
         try:
             os.ftruncate(fd, layout.file_size)
+            _reserve(fd, layout.file_size)
             mm = mmap.mmap(fd, layout.file_size)
         except OSError as exc:
             raise _map_error(
@@ -339,6 +357,90 @@ def _create(
             os.unlink(tmp)
         except OSError:
             pass
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the file's blocks now, so a full tmpfs fails here, not with SIGBUS later.
+
+    Filesystems without fallocate (EOPNOTSUPP, EINVAL) keep a sparse file.
+    """
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:  # pragma: no cover - not on Linux
+        return
+    try:
+        fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+
+
+def _family() -> list[int]:
+    """The caller's parent and the parent's other children (a server's master and workers).
+
+    Empty when the parent is init (pid 1) or not readable: a process with no
+    family of its own must not go through every process on the machine.
+    """
+    me, parent = os.getpid(), os.getppid()
+    if parent <= 1:
+        return []
+    pids = [parent]
+    try:
+        tasks = os.listdir(f"/proc/{parent}/task")
+    except OSError:
+        return []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{parent}/task/{tid}/children", "rb") as f:
+                pids += [int(p) for p in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return [p for p in dict.fromkeys(pids) if p != me]
+
+
+def _adopt_orphan(path: str, kind: Kind) -> Segment | None:
+    """Map the deleted file still open as ``path`` in the caller's family, if any.
+
+    Every match is checked like any file (header, kind) and must really be
+    deleted (no links left); the first that passes is returned.
+    """
+    directory, base = os.path.split(path)
+    try:
+        real_dir = os.path.realpath(directory or ".")
+    except (OSError, ValueError):
+        return None
+    # A process that attached shows the path; the one that created the file
+    # shows the temporary name it was written under before os.link().
+    wanted = os.path.join(real_dir, base) + " (deleted)"
+    creator_prefix = os.path.join(real_dir, f".{base}.")
+
+    def names_path(link: str) -> bool:
+        return link == wanted or (
+            link.startswith(creator_prefix) and link.endswith(".tmp (deleted)")
+        )
+
+    for pid in _family():
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for entry in fds:
+            link = f"{fd_dir}/{entry}"
+            try:
+                if not names_path(os.readlink(link)):
+                    continue
+                fd = os.open(link, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                if os.fstat(fd).st_nlink != 0:
+                    continue
+                return _attach(fd, path, kind)
+            except (SegmentError, OSError):
+                continue
+            finally:
+                os.close(fd)
+    return None
 
 
 def _attach(fd: int, path: str, kind: Kind) -> Segment:
