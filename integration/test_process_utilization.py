@@ -6,6 +6,12 @@ clock for every process on Linux) at the start and end of the sleep. The
 union of those intervals per pid is the busy time that worker must show;
 the test reads it from the shared segment (as the CLI or a Prometheus
 collector would) and from the stats endpoint, over the same period.
+
+``/file`` answers a ``wsgi.file_wrapper`` body over a real file whose
+``read()`` lies: the client gets the file's bytes only if the server sent the
+descriptor with sendfile(), which gunicorn does only for a body that is an
+instance of its own ``wsgi.file_wrapper`` class. The file's ``close()``
+notes how many requests the worker had in flight at that moment.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from servers import ASGI_KINDS, Server, bind_tcp, launch
+from servers import ASGI_KINDS, Server, bind_tcp, launch, wait_until
 
 pytestmark = [
     pytest.mark.linux,
@@ -29,7 +35,7 @@ pytestmark = [
 
 APP = textwrap.dedent(
     """
-    import asyncio, json, os, time
+    import asyncio, json, os, tempfile, time
 
     from process_utilization import ProcessUtilization
     from process_utilization.asgi import ProcessUtilization as AsgiProcessUtilization
@@ -43,7 +49,42 @@ APP = textwrap.dedent(
         return int(query[3:]) if query.startswith("ms=") else 0
 
 
+    FILE_BYTES = b"bytes sent by sendfile\\n"
+    READ_BYTES = b"bytes read by iteration\\n"
+
+
+    class LyingFile:
+        # A real file for sendfile(), whose read() returns other bytes.
+
+        def __init__(self):
+            fd, path = tempfile.mkstemp(prefix="pu-file-")
+            os.write(fd, FILE_BYTES)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.unlink(path)
+            self._fd = fd
+            self._read = False
+
+        def fileno(self):
+            return self._fd
+
+        def read(self, size=-1):
+            if self._read:
+                return b""
+            self._read = True
+            return READ_BYTES
+
+        def close(self):
+            os.close(self._fd)
+            marks = os.environ["PU_MARKS"]
+            with open(os.path.join(marks, f"closed-{os.getpid()}"), "w") as f:
+                f.write(str(wsgi.in_flight))
+
+
     def inner(environ, start_response):
+        if environ["PATH_INFO"] == "/file":
+            start_response("200 OK", [("Content-Type", "text/plain"),
+                                      ("Content-Length", str(len(FILE_BYTES)))])
+            return environ["wsgi.file_wrapper"](LyingFile())
         t0 = time.monotonic()
         time.sleep(_ms(environ.get("QUERY_STRING", "")) / 1000)
         body = _answer(t0, time.monotonic())
@@ -69,6 +110,8 @@ APP = textwrap.dedent(
 SLEEP_MS = 40
 PAUSE_S = 0.04
 PER_CLIENT = 12
+#: Rounds of load at most, until every worker has served in one round.
+ROUNDS = 5
 
 
 def _union(intervals: list[tuple[float, float]]) -> float:
@@ -125,6 +168,19 @@ def _busy_from_endpoint(server: Server) -> dict[int, float]:
     return {w["pid"]: w["busy_seconds_total"] for w in json.loads(body)["workers"]}
 
 
+def _workers(server: Server) -> set[int]:
+    """The server's worker processes (not multiprocessing's resource tracker)."""
+    pids = set()
+    for pid in server.worker_pids():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"resource_tracker" not in cmdline:
+            pids.add(pid)
+    return pids
+
+
 @pytest.mark.parametrize(
     ("kind", "preload"),
     [
@@ -137,6 +193,8 @@ def _busy_from_endpoint(server: Server) -> dict[int, float]:
 def test_every_worker_shows_its_busy_fraction(kind: str, preload: bool, tmp_path: Path) -> None:
     """Each worker's scoreboard busy time matches the union of its requests' sleeps.
 
+    The load is repeated (at most ROUNDS times) until one round was served
+    by every worker, so each worker's figure is checked against real work.
     With ``--preload`` the anonymous scoreboard made in the master is shared
     by inheritance and read through the endpoint; otherwise every worker
     opens the segment named by the environment and the test reads the file.
@@ -153,19 +211,25 @@ def test_every_worker_shows_its_busy_fraction(kind: str, preload: bool, tmp_path
         ) as srv,
     ):
         read = (lambda: _busy_from_endpoint(srv)) if preload else (lambda: _busy_by_pid(segment))
-        before = read()
-        t0 = time.monotonic()
-        served = _drive(srv, clients=3)
-        t1 = time.monotonic()
-        after = read()
+        rounds: list[set[int]] = []
+        for _ in range(ROUNDS):
+            before = read()
+            t0 = time.monotonic()
+            served = _drive(srv, clients=3)
+            t1 = time.monotonic()
+            after = read()
+            workers = _workers(srv)
+            rounds.append(set(served))
+            if len(workers) == 2 and set(served) == workers:
+                break
         status, headers, body = srv.get("/_utilization?format=json")
-        workers = set(srv.worker_pids())
 
-    assert set(served) <= workers
+    assert len(workers) == 2, workers
+    assert set(served) == workers, (kind, rounds)
     assert sum(len(v) for v in served.values()) == 3 * PER_CLIENT
     elapsed = t1 - t0
     for pid in workers:
-        expected = _union(served.get(pid, []))
+        expected = _union(served[pid])
         measured = after.get(pid, 0.0) - before.get(pid, 0.0)
         # The middleware's interval wraps the app's own by a little.
         assert expected - 0.002 <= measured <= expected * 1.10 + 0.05, (pid, kind)
@@ -177,5 +241,45 @@ def test_every_worker_shows_its_busy_fraction(kind: str, preload: bool, tmp_path
     assert status == 200
     assert headers["content-type"] == "application/json"
     table = json.loads(body)
-    assert {w["pid"] for w in table["workers"]} >= set(served)
+    assert {w["pid"] for w in table["workers"]} == workers
     assert table["total"]["requests_total"] >= 3 * PER_CLIENT
+
+
+def _row_of(segment: str, pid: int) -> tuple[int, int] | None:
+    """``(requests_total, in_flight)`` of ``pid``'s row in the segment, if it has one."""
+    from process_utilization import open_scoreboard, worker_stats
+
+    board = open_scoreboard(segment, create=False)
+    try:
+        for w in worker_stats(board):
+            if w.pid == pid:
+                return w.requests_total, w.in_flight
+        return None
+    finally:
+        board.close()
+
+
+@pytest.mark.parametrize("kind", ["gunicorn-sync", "gunicorn-gthread"])
+def test_file_wrapper_body_keeps_gunicorns_sendfile_path(kind: str, tmp_path: Path) -> None:
+    """A wsgi.file_wrapper body is sent with sendfile() and recorded after the server closes it."""
+    (tmp_path / "pu_app.py").write_text(APP)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    segment = str(tmp_path / "utilization.seg")
+    env = {"PROCESS_UTILIZATION_SEGMENT": segment, "PU_MARKS": str(marks)}
+    with (
+        bind_tcp() as sock,
+        launch(kind, "pu_app:wsgi", sock, workers=1, env=env, app_dir=tmp_path) as srv,
+    ):
+        status, _, body = srv.get("/file")
+        # Only sendfile() on the descriptor sends these bytes (read() lies).
+        assert (status, body) == (200, b"bytes sent by sendfile\n")
+        wait_until(lambda: len(list(marks.iterdir())) == 1)
+        [mark] = marks.iterdir()
+        pid = int(mark.name.removeprefix("closed-"))
+        # The file was closed by the server while the request was still in flight...
+        assert mark.read_text() == "1"
+        # ...and recorded right after: one request (the readiness probe's is
+        # the other), nothing left in flight.
+        wait_until(lambda: _row_of(segment, pid) == (2, 0))
+        assert pid in _workers(srv)

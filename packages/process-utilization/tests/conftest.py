@@ -6,15 +6,25 @@ import sys
 
 import pytest
 
+#: What ``FakeClock.wall`` adds to the monotonic reading: a wall-clock epoch.
+EPOCH = 1_700_000_000.0
+
 
 class FakeClock:
-    """A clock that reads whatever the test set, in seconds."""
+    """A clock that reads whatever the test set, in seconds.
+
+    Calling it is the monotonic clock; ``wall`` is a wall clock that moves
+    with it, ``EPOCH`` seconds ahead.
+    """
 
     def __init__(self, t: float = 1000.0) -> None:
         self.t = t
 
     def __call__(self) -> float:
         return self.t
+
+    def wall(self) -> float:
+        return EPOCH + self.t
 
 
 @pytest.fixture

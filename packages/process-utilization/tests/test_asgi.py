@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 from typing import Any
 
@@ -136,28 +137,56 @@ def test_non_http_scopes_pass_through_uncounted(clock: Any) -> None:
     assert mw.total_requests == 0
 
 
-def test_app_exception_still_records_and_reports(
-    clock: Any, caplog: pytest.LogCaptureFixture
+REPORT = (
+    "process-utilization pid={pid} worker=0 requests=1"
+    " total_requests=1 in_flight=0 horizon=61.000s active=61.000s idle=0.000s"
+    " util=100.0% rps=0.02 avg=61000.0ms"
+)
+
+
+async def boom_after(clock: Any, scope: Any, receive: Any, send: Any) -> None:
+    clock.t += 61
+    raise RuntimeError("boom")
+
+
+def test_app_exception_still_records_and_reports_to_stderr(
+    clock: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A failing app ends the request in the accounting; a due report goes to the logger."""
+    """A failing app ends the request; a due report goes to sys.stderr, one line."""
 
     async def boom(scope: Any, receive: Any, send: Any) -> None:
-        clock.t += 61
-        raise RuntimeError("boom")
+        await boom_after(clock, scope, receive, send)
 
     mw = ProcessUtilization(boom, clock=clock, report_interval=60, window=1000)
     clock.t = 1000.0
+    with pytest.raises(RuntimeError, match="boom"):
+        asyncio.run(mw(http_scope(), noop_receive, hello))
+    assert (mw.in_flight, mw.requests) == (0, 1)
+    captured = capsys.readouterr()
+    assert captured.err == REPORT.format(pid=os.getpid()) + "\n"
+    assert captured.out == ""
+
+
+def test_report_to_a_logger_instead_of_stderr(
+    clock: Any, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """report_to=a logger sends the ASGI report line there at INFO, nothing to stderr."""
+
+    async def boom(scope: Any, receive: Any, send: Any) -> None:
+        await boom_after(clock, scope, receive, send)
+
+    logger = logging.getLogger("test.pu.asgi")
+    mw = ProcessUtilization(boom, clock=clock, report_interval=60, window=1000, report_to=logger)
+    clock.t = 1000.0
     with (
-        caplog.at_level(logging.INFO, logger="process_utilization"),
+        caplog.at_level(logging.INFO, logger="test.pu.asgi"),
         pytest.raises(RuntimeError, match="boom"),
     ):
         asyncio.run(mw(http_scope(), noop_receive, hello))
-    assert (mw.in_flight, mw.requests) == (0, 1)
-    assert [r.getMessage() for r in caplog.records] == [
-        f"process-utilization pid={__import__('os').getpid()} worker=0 requests=1"
-        " total_requests=1 in_flight=0 horizon=61.000s active=61.000s idle=0.000s"
-        " util=100.0% rps=0.02 avg=61000.0ms"
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("test.pu.asgi", "INFO", REPORT.format(pid=os.getpid()))
     ]
+    assert capsys.readouterr().err == ""
 
 
 def test_under_starlette_with_stats_endpoint() -> None:
@@ -227,7 +256,110 @@ def test_statsd_gets_the_asgi_status_and_method(clock: Any) -> None:
             client.close()
     assert sent == ["http.response.start", "http.response.body"]
     assert packet.decode().split("\n") == [
-        "request_time:250.000000|ms",
-        "request_time.put:250.000000|ms",
-        "status_code.201:1|c",
+        "response_time:250.000000|ms",
+        "response_time.put:250.000000|ms",
+        "status_code.created:1|c",
     ]
+
+
+class FlakyClock:
+    """A settable clock that raises while ``broken`` is true."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.broken = False
+
+    def __call__(self) -> float:
+        if self.broken:
+            raise OSError("clock gone")
+        return self.t
+
+
+def test_clock_failing_never_breaks_an_asgi_request(caplog: pytest.LogCaptureFixture) -> None:
+    """A clock raising at the start or the end serves the request and leaves nothing in flight."""
+    clock = FlakyClock()
+    sent: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        clock.broken = scope["path"] == "/break-at-end"
+        await hello(scope, receive, send)
+
+    async def send(msg: Any) -> None:
+        sent.append(msg["type"])
+
+    mw = ProcessUtilization(app, clock=clock)
+
+    async def main() -> None:
+        clock.broken = True  # broken at the start
+        await mw(http_scope("/"), noop_receive, send)
+        clock.broken = False
+        await mw(http_scope("/break-at-end"), noop_receive, send)
+        clock.broken = False
+
+    with caplog.at_level(logging.WARNING, logger="process_utilization"):
+        asyncio.run(main())
+    assert sent == ["http.response.start", "http.response.body"] * 2
+    assert (mw.in_flight, mw.requests, mw.total_requests) == (0, 1, 2)
+    row = mw.scoreboard.rows()[0].values
+    assert (row["entered"], row["requests"]) == (1, 1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "process_utilization: clock failed (logged once per process): OSError('clock gone')"
+    ]
+
+
+def statsd_packets(
+    app: Any, clock: Any, method: str = "GET"
+) -> tuple[list[str] | None, BaseException | None]:
+    """Run one ASGI request with statsd on; the packet's lines (None if none) and any error."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+        sink.bind(("127.0.0.1", 0))
+        client = StatsClient("127.0.0.1", sink.getsockname()[1])
+        error: BaseException | None = None
+        try:
+            mw = ProcessUtilization(app, clock=clock, statsd=client)
+
+            async def send(msg: Any) -> None:
+                return None
+
+            try:
+                asyncio.run(mw({**http_scope(), "method": method}, noop_receive, send))
+            except Exception as exc:
+                error = exc
+            client.incr("end")  # a marker: whatever came before it was sent by the request
+            sink.settimeout(5)
+            lines = sink.recv(65536).decode().split("\n")
+        finally:
+            client.close()
+    assert mw.in_flight == 0
+    if lines == ["end:1|c"]:
+        return None, error
+    return lines, error
+
+
+def test_statsd_sends_nothing_for_an_app_failing_before_its_response(clock: Any) -> None:
+    """An app raising before http.response.start sends no statsd packet (as rack-statsd)."""
+
+    async def boom(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("boom")
+
+    lines, error = statsd_packets(boom, clock)
+    assert lines is None
+    assert isinstance(error, RuntimeError)
+
+
+def test_statsd_counts_a_started_response_even_if_the_app_then_fails(clock: Any) -> None:
+    """Once http.response.start went out, its status is sent, even if the app then raises."""
+
+    async def half(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        clock.t += 0.5
+        raise RuntimeError("after start")
+
+    clock.t = 1000.0
+    lines, error = statsd_packets(half, clock, method="DELETE")
+    assert lines == [
+        "response_time:500.000000|ms",
+        "response_time.delete:500.000000|ms",
+        "status_code.missing:1|c",
+    ]
+    assert isinstance(error, RuntimeError)

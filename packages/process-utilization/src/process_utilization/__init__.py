@@ -26,6 +26,7 @@ from ._board import (
     open_scoreboard,
     render_json,
     render_text,
+    response_ns,
     worker_stats,
 )
 from ._core import GcStats, StatsdClient, UtilizationCore, UtilizationStats
@@ -50,6 +51,7 @@ __all__ = [
     "open_scoreboard",
     "render_json",
     "render_text",
+    "response_ns",
     "worker_stats",
 ]
 

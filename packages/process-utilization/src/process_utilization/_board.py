@@ -6,19 +6,27 @@ middleware's clock (``time.monotonic`` by default, which on Linux is one
 clock for every process of the machine, so a reader in another process can
 compare its own clock with a worker's timestamps).
 
-Row fields:
+Row fields (in the order readers load them):
 
-``in_flight``
-    requests inside the application right now in that worker;
+``requests`` / ``entered``
+    requests completed, and requests that entered the application, since
+    the worker began; ``entered - requests`` is the number in flight now
+    (two +1 steps instead of a +1 and a -1 per request; ``requests`` is
+    loaded first, so a reader never sees more completed than entered);
 ``busy_ns``
     cumulative nanoseconds with at least one request in flight, *settled*
     at every request end (a monotonic counter: Prometheus ``rate()`` of it
     is exact);
+``overlapped`` / ``response_ns``
+    ``response_ns`` is the sum of the durations of the completed requests,
+    written per request only once ``overlapped`` is 1 (the worker has had
+    two requests in flight at once): until then every request's duration
+    equals the busy time it settled, so the sum is ``busy_ns`` and the
+    per-request path saves a write (one-request-at-a-time workers such as
+    gunicorn ``sync`` never write it). :func:`response_ns` picks the one;
 ``busy_since_ns``
     clock time of the last settlement while requests are in flight, so a
     reader adds the unsettled part (``now - busy_since_ns``) for a live view;
-``requests`` / ``response_ns``
-    completed requests and the sum of their durations since the worker began;
 ``horizon_ns`` / ``horizon_busy_ns`` / ``horizon_requests`` /
 ``horizon_response_ns``
     the clock time of the worker's horizon and the cumulative counters at
@@ -31,8 +39,9 @@ Row fields:
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,23 +50,27 @@ from shm_counters import Scoreboard
 from ._errors import ConfigError
 
 __all__ = [
+    "ANONYMOUS",
     "DEFAULT_SLOTS",
     "FIELDS",
     "SEGMENT_ENV",
     "WorkerStats",
+    "check_segment",
     "open_scoreboard",
     "render_json",
     "render_text",
+    "response_ns",
     "worker_stats",
 ]
 
 #: The fields of every row, in order.
 FIELDS: tuple[str, ...] = (
-    "in_flight",
-    "busy_ns",
-    "busy_since_ns",
     "requests",
+    "entered",
+    "busy_ns",
+    "overlapped",
     "response_ns",
+    "busy_since_ns",
     "horizon_ns",
     "horizon_busy_ns",
     "horizon_requests",
@@ -72,15 +85,53 @@ SEGMENT_ENV = "PROCESS_UTILIZATION_SEGMENT"
 #: Rows in a scoreboard the middleware creates itself.
 DEFAULT_SLOTS = 64
 
+#: ``segment="anonymous"``: anonymous shared memory, shared only across fork().
+ANONYMOUS = "anonymous"
+
+
+def check_segment(segment: object) -> str | None:
+    """The segment path to open, ``None`` for anonymous memory; rejects the rest.
+
+    ``None`` falls back to ``$PROCESS_UTILIZATION_SEGMENT`` (unset or empty:
+    anonymous). A segment is an absolute path or ``"anonymous"``: a relative
+    path would make a file in whatever directory the server runs in.
+
+    Example::
+
+        check_segment("/dev/shm/myapp-utilization")  # '/dev/shm/myapp-utilization'
+        check_segment("anonymous")  # None
+    """
+    where = "segment"
+    if segment is None:
+        segment = os.environ.get(SEGMENT_ENV) or None
+        where = f"${SEGMENT_ENV}"
+        if segment is None:
+            return None
+    if not isinstance(segment, (str, os.PathLike)):
+        raise ConfigError(f"{where} must be an absolute path or {ANONYMOUS!r}, got {segment!r}")
+    text = os.fspath(segment)
+    if not isinstance(text, str):
+        raise ConfigError(f"{where} must be an absolute path or {ANONYMOUS!r}, got {segment!r}")
+    if text == ANONYMOUS:
+        return None
+    if not os.path.isabs(text):
+        raise ConfigError(
+            f"{where} {text!r} is not an absolute path; give one like "
+            f"'/dev/shm/myapp-utilization', or {ANONYMOUS!r}"
+        )
+    return text
+
 
 def open_scoreboard(
     segment: str | None = None, *, slots: int = DEFAULT_SLOTS, create: bool = True
 ) -> Scoreboard:
     """Open (or create) a scoreboard with the rows this package writes.
 
-    ``segment=None`` gives anonymous shared memory, inherited by forked
-    workers; a path (typically under ``/dev/shm``) is shared by any process
-    that opens it, spawned workers and the CLI included.
+    ``segment=None`` (or ``"anonymous"``) gives anonymous shared memory,
+    inherited by forked workers; a path (typically under ``/dev/shm``) is
+    shared by any process that opens it, spawned workers and the CLI
+    included. Creating needs an absolute path (a relative one would land in
+    the current directory); ``create=False`` opens any path.
 
     Example::
 
@@ -90,6 +141,10 @@ def open_scoreboard(
     """
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
         raise ConfigError(f"slots must be a positive integer, got {slots!r}")
+    if segment == ANONYMOUS:
+        segment = None
+    elif create and segment is not None:
+        segment = check_segment(segment)
     return Scoreboard(slots, FIELDS, path=segment, create=create)
 
 
@@ -97,8 +152,11 @@ def open_scoreboard(
 class WorkerStats:
     """One worker's row, read at one moment, in seconds.
 
-    ``busy_seconds_total`` and ``requests_total`` only grow while the worker
-    lives; the other figures cover the worker's current horizon.
+    ``busy_seconds_total``, ``requests_total`` and ``response_seconds_total``
+    only grow while the worker lives; ``horizon_time``, ``requests``,
+    ``active_time`` and ``response_time`` cover the worker's current horizon,
+    as do the derived ``percentage_active``, ``requests_per_second`` and
+    ``average_response_time``.
     """
 
     index: int
@@ -110,6 +168,7 @@ class WorkerStats:
     horizon_time: float
     requests: int
     active_time: float
+    response_time: float
     gc_seconds: float
     gc_collections: int
 
@@ -129,10 +188,10 @@ class WorkerStats:
 
     @property
     def average_response_time(self) -> float:
-        """Mean duration of all requests completed, in milliseconds."""
-        if self.requests_total == 0:
+        """Mean duration of the requests completed since the horizon, in ms."""
+        if self.requests == 0:
             return 0.0
-        return 1000.0 * self.response_seconds_total / self.requests_total
+        return 1000.0 * self.response_time / self.requests
 
     def to_dict(self) -> dict[str, Any]:
         """The fields and the derived figures, for JSON."""
@@ -143,6 +202,16 @@ class WorkerStats:
         return out
 
 
+def response_ns(values: Mapping[str, int]) -> int:
+    """The summed request durations of one row's ``values`` (see ``overlapped``).
+
+    Example::
+
+        response_ns(board.rows()[0].values) / 1e9  # seconds
+    """
+    return values["response_ns"] if values["overlapped"] else values["busy_ns"]
+
+
 def worker_stats(
     scoreboard: Scoreboard, *, clock: Callable[[], float] = time.monotonic
 ) -> list[WorkerStats]:
@@ -150,7 +219,13 @@ def worker_stats(
 
     ``clock`` must be the clock the workers' middleware uses (both default
     to ``time.monotonic``). Workers that have not served a request yet are
-    listed with zero figures.
+    listed with zero figures. ``busy_seconds_total`` and ``active_time``
+    include the part of a request still in flight.
+
+    The rows are read twice: a row whose ``requests`` did not change in
+    between was not half-way through a request's end while read, so its
+    in-flight part is added; otherwise its settled figures are shown
+    alone (never a request's busy time twice).
 
     Example::
 
@@ -158,21 +233,30 @@ def worker_stats(
             print(f"{w.pid}: {w.percentage_active:.1f}% busy")
     """
     now_ns = round(clock() * 1e9)
+    first = {info.index: info for info in scoreboard.rows()}
     out: list[WorkerStats] = []
     for info in scoreboard.rows():
-        v = info.values
+        before = first.get(info.index)
+        steady = (
+            before is not None
+            and before.pid == info.pid
+            and before.values["requests"] == info.values["requests"]
+        )
+        v = before.values if steady and before is not None else info.values
         busy = v["busy_ns"]
-        in_flight = v["in_flight"]
+        in_flight = max(0, v["entered"] - v["requests"])
         since = v["busy_since_ns"]
-        if in_flight and 0 < since < now_ns:
+        if steady and in_flight and 0 < since < now_ns:
             busy += now_ns - since
+        response = response_ns(v)
         horizon = v["horizon_ns"]
         if horizon and horizon <= now_ns:
             horizon_time = now_ns - horizon
             requests = max(0, v["requests"] - v["horizon_requests"])
             active = min(horizon_time, max(0, busy - v["horizon_busy_ns"]))
+            horizon_response = max(0, response - v["horizon_response_ns"])
         else:
-            horizon_time = requests = active = 0
+            horizon_time = requests = active = horizon_response = 0
         out.append(
             WorkerStats(
                 index=info.index,
@@ -180,10 +264,11 @@ def worker_stats(
                 in_flight=in_flight,
                 requests_total=v["requests"],
                 busy_seconds_total=busy / 1e9,
-                response_seconds_total=v["response_ns"] / 1e9,
+                response_seconds_total=response / 1e9,
                 horizon_time=horizon_time / 1e9,
                 requests=requests,
                 active_time=active / 1e9,
+                response_time=horizon_response / 1e9,
                 gc_seconds=v["gc_ns"] / 1e9,
                 gc_collections=v["gc_collections"],
             )
@@ -211,8 +296,10 @@ def render_text(workers: Iterable[WorkerStats]) -> str:
     """A plain-text table, one worker a line, then a ``total`` line.
 
     ``requests`` and ``busy_s`` are totals since each worker began;
-    ``req/s`` and ``util%`` cover each worker's horizon; ``avg_ms`` is the
-    mean duration of every request the worker completed.
+    ``req/s``, ``avg_ms`` and ``util%`` cover each worker's horizon (as the
+    seed's ``requests_per_second``, ``average_response_time`` and
+    ``percentage_active`` do). The ``total`` line sums ``req/s`` and pools
+    ``avg_ms`` and ``util%`` over every worker's horizon.
 
     Example output::
 
@@ -256,8 +343,9 @@ def render_text(workers: Iterable[WorkerStats]) -> str:
 
 
 def _total(rows: Sequence[WorkerStats]) -> dict[str, Any]:
-    """Sums over workers; ``percentage_active`` is the mean utilization."""
+    """Sums over workers; averages and utilization pooled over their horizons."""
     requests_total = sum(w.requests_total for w in rows)
+    requests = sum(w.requests for w in rows)
     horizon = sum(w.horizon_time for w in rows)
     return {
         "workers": len(rows),
@@ -266,9 +354,7 @@ def _total(rows: Sequence[WorkerStats]) -> dict[str, Any]:
         "busy_seconds_total": sum(w.busy_seconds_total for w in rows),
         "requests_per_second": sum(w.requests_per_second for w in rows),
         "average_response_time": (
-            1000.0 * sum(w.response_seconds_total for w in rows) / requests_total
-            if requests_total
-            else 0.0
+            1000.0 * sum(w.response_time for w in rows) / requests if requests else 0.0
         ),
         "percentage_active": (
             100.0 * sum(w.active_time for w in rows) / horizon if horizon else 0.0

@@ -2,26 +2,30 @@
 
 Busy time is the time with at least one request in flight: when requests
 overlap (threads, asyncio) the overlap counts once, so utilization never
-exceeds 100 %. All times are integer nanoseconds of an injectable clock.
+exceeds 100 %. All durations are integer nanoseconds of an injectable
+monotonic clock; ``horizon`` alone is wall-clock time, as in the seed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import gc
+import ipaddress
 import logging
 import os
+import re
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from shm_counters import Scoreboard
 
-from ._board import DEFAULT_SLOTS, SEGMENT_ENV, open_scoreboard, render_json
+from ._board import DEFAULT_SLOTS, check_segment, open_scoreboard, render_json
 from ._board import render_text as _render_text
 from ._board import worker_stats as _worker_stats
 from ._errors import ConfigError
@@ -32,6 +36,40 @@ __all__ = ["GcStats", "StatsdClient", "UtilizationCore", "UtilizationStats"]
 _log = logging.getLogger("process_utilization")
 
 _NEVER = 1 << 126  # a deadline no clock reaches
+
+#: rack-statsd's per-method timings: only these methods, spelled exactly so.
+_METHOD_TIMINGS: dict[object, str] = {
+    m: f"response_time.{m.lower()}" for m in ("GET", "HEAD", "POST", "PUT", "DELETE")
+}
+
+#: rack-statsd's status counter names; other codes send no status counter.
+_STATUS_COUNTERS: dict[object, str] = {
+    code: f"status_code.{name}"
+    for code, name in (
+        (200, "ok"),
+        (201, "created"),
+        (202, "accepted"),
+        (301, "moved_permanently"),
+        (302, "found"),
+        (303, "see_other"),
+        (304, "not_modified"),
+        (305, "use_proxy"),
+        (307, "temporary_redirect"),
+        (400, "bad_request"),
+        (401, "unauthorized"),
+        (402, "payment_required"),
+        (403, "forbidden"),
+        (404, "missing"),
+        (410, "gone"),
+        (422, "invalid"),
+        (500, "error"),
+        (502, "bad_gateway"),
+        (503, "node_down"),
+        (504, "gateway_timeout"),
+    )
+}
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
 
 
 class StatsdClient(Protocol):
@@ -51,9 +89,13 @@ class GcStats:
 
 @dataclass(frozen=True, slots=True)
 class UtilizationStats:
-    """This process's figures at one moment (times in seconds, averages in ms)."""
+    """This process's figures at one moment (times in seconds, averages in ms).
 
-    horizon: float
+    ``horizon`` is wall-clock time (``time.time()`` seconds, ``None`` before
+    the first request); every duration is measured on the monotonic clock.
+    """
+
+    horizon: float | None
     horizon_time: float
     active_time: float
     idle_time: float
@@ -82,6 +124,59 @@ def _check_seconds(name: str, value: object, *, allow_none: bool = False) -> Non
         raise ConfigError(f"{name} must be {allowed}, got {value!r}")
 
 
+def _check_callable(name: str, value: object) -> None:
+    if not callable(value):
+        raise ConfigError(f"{name} must be a callable returning seconds, got {value!r}")
+
+
+def _check_text(name: str, value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{name} must be None or a string, got {value!r}")
+
+
+def parse_statsd_address(value: str) -> tuple[str, int, bool]:
+    """Split ``"host:port"`` or ``"[v6]:port"`` into ``(host, port, is_ipv6)``.
+
+    Raises :class:`ConfigError` naming the value and the accepted forms.
+
+    Example::
+
+        parse_statsd_address("[::1]:8125")  # ("::1", 8125, True)
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not (port.isascii() and port.isdigit()):
+        raise ConfigError(f"statsd must be a client or 'host:port', got {value!r}")
+    number = int(port)
+    if not 1 <= number <= 65535:
+        raise ConfigError(f"statsd port must be 1..65535, got {value!r}")
+    if host.startswith("[") or host.endswith("]"):
+        inner = host[1:-1] if host.startswith("[") and host.endswith("]") else ""
+        try:
+            ipaddress.IPv6Address(inner)
+        except ValueError:
+            raise ConfigError(
+                f"statsd brackets must hold an IPv6 address like '[::1]:8125', got {value!r}"
+            ) from None
+        return inner, number, True
+    if ":" in host:
+        raise ConfigError(
+            f"statsd IPv6 address must be in brackets like '[::1]:8125', got {value!r}"
+        )
+    if not _HOST_NAME.match(host):
+        raise ConfigError(f"statsd host must be a host name or an IP address, got {value!r}")
+    return host, number, False
+
+
+def _check_report_to(value: object) -> None:
+    if value is None or isinstance(value, (logging.Logger, logging.LoggerAdapter)):
+        return
+    if not callable(getattr(value, "write", None)):
+        raise ConfigError(
+            "report_to must be None, a logging.Logger or a writable stream "
+            f"(an object with write()), got {value!r}"
+        )
+
+
 def _after_fork_in_child(ref: weakref.ReferenceType[UtilizationCore]) -> None:
     core = ref()
     if core is not None:
@@ -94,7 +189,7 @@ class UtilizationCore:
     Not used directly: :class:`process_utilization.ProcessUtilization`
     (WSGI) and :class:`process_utilization.asgi.ProcessUtilization` (ASGI)
     add the protocol. Everything here is safe with requests in flight in
-    several threads at once.
+    several threads or asyncio tasks at once.
     """
 
     #: The instance in this process (the last one constructed).
@@ -105,10 +200,11 @@ class UtilizationCore:
         *,
         window: float = 100.0,
         report_interval: float | None = 300.0,
+        report_to: logging.Logger | logging.LoggerAdapter[Any] | Any | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         scoreboard: Scoreboard | None = None,
-        segment: str | None = None,
+        segment: str | os.PathLike[str] | None = None,
         slots: int = DEFAULT_SLOTS,
         stats_path: str | None = None,
         proctitle: bool = False,
@@ -121,6 +217,11 @@ class UtilizationCore:
         _check_seconds("window", window)
         _check_seconds("report_interval", report_interval, allow_none=True)
         _check_seconds("proctitle_interval", proctitle_interval)
+        _check_callable("clock", clock)
+        _check_callable("wall_clock", wall_clock)
+        _check_report_to(report_to)
+        _check_text("proctitle_prefix", proctitle_prefix)
+        _check_text("statsd_prefix", statsd_prefix)
         if stats_path is not None and not (
             isinstance(stats_path, str) and stats_path.startswith("/")
         ):
@@ -129,6 +230,7 @@ class UtilizationCore:
             )
         self.window = float(window)
         self.report_interval = None if report_interval is None else float(report_interval)
+        self.report_to = report_to
         self.stats_path = stats_path
         self._clock = clock
         self._wall_clock = wall_clock
@@ -139,9 +241,22 @@ class UtilizationCore:
         self._report_ns = None if report_interval is None else round(report_interval * 1e9)
         self._title_ns = round(proctitle_interval * 1e9)
 
+        self._statsd: Any = None
+        self._statsd_pipeline: Callable[[], Any] | None = None
+        self._owns_statsd = False
+        statsd_address: tuple[str, int, bool] | None = None
+        if isinstance(statsd, str):
+            statsd_address = parse_statsd_address(statsd)
+        elif statsd is not None and not (
+            callable(getattr(statsd, "timing", None)) and callable(getattr(statsd, "incr", None))
+        ):
+            raise ConfigError(
+                "statsd must be None, 'host:port' or a client with timing() and incr(), "
+                f"got {statsd!r}"
+            )
+
         if scoreboard is None:
-            segment = segment or os.environ.get(SEGMENT_ENV) or None
-            scoreboard = open_scoreboard(segment, slots=slots)
+            scoreboard = open_scoreboard(check_segment(segment), slots=slots)
         self.scoreboard: Scoreboard = scoreboard
         self._row: Any = None
         self._row_failed = False
@@ -154,19 +269,21 @@ class UtilizationCore:
             self._getproctitle = mod.getproctitle
         self._proctitle_prefix = proctitle_prefix
 
-        self._statsd: StatsdClient | None = None
-        self._owns_statsd = False
-        if isinstance(statsd, str):
-            host, sep, port = statsd.rpartition(":")
-            if not sep or not host or not port.isdigit():
-                raise ConfigError(f"statsd must be a client or 'host:port', got {statsd!r}")
+        if statsd_address is not None:
             mod = require("statsd", feature="statsd=", extra="statsd")
-            self._statsd = mod.StatsClient(host.strip("[]"), int(port), prefix=statsd_prefix)
+            host, port, ipv6 = statsd_address
+            self._statsd = mod.StatsClient(host, port, prefix=statsd_prefix, ipv6=ipv6)
             self._owns_statsd = True
         elif statsd is not None:
             self._statsd = statsd
+        if self._statsd is not None:
+            self._statsd_pipeline = getattr(self._statsd, "pipeline", None)
 
         self._lock = threading.Lock()
+        self._warned: set[str] = set()
+        self._current: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+            f"process_utilization_start_{id(self)}", default=None
+        )
         self._reset_all()
 
         self.track_gc = bool(track_gc)
@@ -186,15 +303,18 @@ class UtilizationCore:
     def _reset_all(self) -> None:
         """Forget everything (construction, and in a forked child)."""
         self._started = False
+        self._cold = True
+        self._overlapped = False
         self._in_flight = 0
         self.total_requests = 0
-        self.requests = 0
         self._completed = 0
         self._response_ns = 0
         self._busy_ns = 0
         self._busy_since = 0
         self._horizon = 0
+        self._horizon_wall: float | None = None
         self._horizon_busy = 0
+        self._horizon_completed = 0
         self._horizon_response = 0
         self._next_event = _NEVER
         self._next_report = _NEVER
@@ -205,6 +325,7 @@ class UtilizationCore:
         self._lock = threading.Lock()
         self._row = None
         self._row_failed = False
+        self._warned = set()
         self._reset_all()
         self._gc_ns = 0
         self._gc_collections = 0
@@ -229,7 +350,8 @@ class UtilizationCore:
             close = getattr(self._statsd, "close", None)
             if close is not None:
                 close()
-            self._statsd = None
+        self._statsd = None
+        self._statsd_pipeline = None
         row, self._row = self._row, None
         self._row_failed = True
         if row is not None:
@@ -238,29 +360,44 @@ class UtilizationCore:
             except Exception as exc:
                 _log.warning("process_utilization: releasing the row failed: %r", exc)
 
+    def _warn_once(self, what: str, exc: BaseException) -> None:
+        """Log ``what failed`` at WARNING, the first time only in this process."""
+        if what in self._warned:
+            return
+        self._warned.add(what)
+        _log.warning("process_utilization: %s failed (logged once per process): %r", what, exc)
+
+    def _wall_now(self) -> float:
+        try:
+            return self._wall_clock()
+        except Exception as exc:
+            self._warn_once("wall_clock", exc)
+            return time.time()
+
     # -- the scoreboard row ----------------------------------------------------
 
     def _claim(self) -> Any:
         """Claim this process's row (lazily, once per process).
 
         The row starts from this process's current figures; afterwards the
-        hot path only adds to it (atomic adds, cheaper than stores).
+        hot path only adds to it (atomic adds, cheaper than stores), the
+        +1/-1 steps through bound C-level callables.
         """
         try:
             row = self.scoreboard.claim()
-            row.in_flight = self._in_flight
+            row.requests = self._completed
+            row.entered = self._completed + self._in_flight
             row.busy_ns = self._busy_ns
             row.busy_since_ns = self._busy_since if self._in_flight else 0
-            row.requests = self._completed
-            row.response_ns = self._response_ns
+            row.response_ns = self._response_total()
+            row.overlapped = int(self._overlapped)
             row.gc_ns = self._gc_ns
             row.gc_collections = self._gc_collections
             self._publish_horizon(row)
-            self._incr_in_flight = row.incr_in_flight
-            self._decr_in_flight = row.decr_in_flight
-            self._incr_busy = row.incr_busy_ns
-            self._incr_requests = row.incr_requests
-            self._incr_response = row.incr_response_ns
+            self._row_enter = row.bind_incr("entered")
+            self._row_done = row.bind_incr("requests")
+            self._row_busy = row.incr_busy_ns
+            self._row_response = row.incr_response_ns
         except Exception as exc:
             self._row_failed = True
             _log.warning(
@@ -273,6 +410,41 @@ class UtilizationCore:
         self._row = row
         return row
 
+    def _response_total(self) -> int:
+        """The summed durations of the completed requests (ns).
+
+        Until two requests overlap it equals the settled busy time, which
+        the per-request path then keeps alone (see :meth:`_first_overlap`).
+        """
+        return self._response_ns if self._overlapped else self._busy_ns
+
+    def _warm_up(self, now: int) -> None:
+        """The first request of this process: start the horizon, claim the row."""
+        if not self._started:
+            self._first_request(now)
+        if self._row is None and not self._row_failed:
+            self._claim()
+        self._cold = False
+
+    def _first_overlap(self) -> None:
+        """Two requests in flight at once, the first time in this process.
+
+        Until now every request's duration equalled the busy time it
+        settled, so the response sum was the busy sum, here and for readers
+        of the row, and the hot path did not keep it. From now on it is kept
+        per request: the sum so far is written first, then the flag (readers
+        load ``busy_ns``, then ``overlapped``, then ``response_ns``).
+        """
+        self._overlapped = True
+        self._response_ns = self._busy_ns
+        row = self._row
+        if row is not None:
+            try:
+                row.response_ns = self._response_ns
+                row.overlapped = 1
+            except Exception as exc:
+                self._row_broken(exc)
+
     def _row_broken(self, exc: BaseException) -> None:
         self._row = None
         self._row_failed = True
@@ -280,110 +452,188 @@ class UtilizationCore:
 
     def _publish_horizon(self, row: Any) -> None:
         row.horizon_busy_ns = self._horizon_busy
-        row.horizon_requests = self._completed - self.requests
+        row.horizon_requests = self._horizon_completed
         row.horizon_response_ns = self._horizon_response
         row.horizon_ns = self._horizon
 
     # -- the per-request path ---------------------------------------------------
 
-    def start_request(self) -> int:
-        """Count a request as in flight; returns its start (clock nanoseconds).
+    def _enter(self, env: MutableMapping[str, Any] | None) -> int | None:
+        """Count a request in flight; its start (clock ns), ``None`` if not counted.
 
-        The middleware calls this; call it yourself only when accounting for
-        work that does not pass through the middleware, and always pair it
-        with :meth:`record_request`.
-
-        Example::
-
-            started = mw.start_request()
-            try:
-                do_work()
-            finally:
-                mw.record_request(started)
+        With ``env`` (the WSGI environ or ASGI scope) the request also counts
+        in ``total_requests`` and ``env`` gets ``process.total_requests`` and
+        ``process.request_start``. Never raises for a failing clock or row:
+        a request whose start the clock cannot read is not counted in flight.
         """
-        # The clock is read under the lock so that busy intervals settled by
-        # concurrent threads never run backwards.
         lock = self._lock
         lock.acquire()
         try:
-            now = self._now()
-            if not self._started:
-                self._first_request(now)
-            row = self._row
-            if row is None and not self._row_failed:
-                row = self._claim()
-            self.total_requests += 1
-            n = self._in_flight
-            self._in_flight = n + 1
-            if n == 0:
-                self._busy_since = now
-            if row is not None:
-                try:
-                    if n == 0:
-                        row.busy_since_ns = now
-                    self._incr_in_flight()
-                except Exception as exc:
-                    self._row_broken(exc)
+            if env is not None:
+                total = self.total_requests + 1
+                self.total_requests = total
+                env["process.total_requests"] = total
+            now: int | None
+            try:
+                now = self._now()
+            except Exception as exc:
+                self._warn_once("clock", exc)
+                now = None
+            else:
+                if self._cold:
+                    self._warm_up(now)
+                row = self._row
+                n = self._in_flight
+                self._in_flight = n + 1
+                if n == 0:
+                    self._busy_since = now
+                    if row is not None:
+                        try:
+                            row.busy_since_ns = now
+                            self._row_enter()
+                        except Exception as exc:
+                            self._row_broken(exc)
+                else:
+                    if not self._overlapped:
+                        self._first_overlap()
+                        row = self._row
+                    if row is not None:
+                        try:
+                            self._row_enter()
+                        except Exception as exc:
+                            self._row_broken(exc)
         finally:
             lock.release()
+        if env is not None:
+            # The seed's Time.now. Deriving it from the monotonic start and
+            # an offset saves this read but costs as much in big-int maths.
+            try:
+                env["process.request_start"] = self._wall_clock()
+            except Exception as exc:
+                self._warn_once("wall_clock", exc)
+                env["process.request_start"] = time.time()
         return now
 
-    def record_request(self, started: int) -> str | None:
-        """Count a request started at ``started`` as finished now.
+    def _leave(self, started: int, method: object = None, status: int | None = None) -> str | None:
+        """Count the request started at ``started`` as finished now; never raises.
 
-        Called once per request after its response body is closed. Returns
-        the periodic report line when one is due (the middleware writes it
-        to ``wsgi.errors`` or the logger), else ``None``.
+        Returns the periodic report line when one is due. With ``status``
+        (statsd on and a response started) the timings and the status
+        counter go to statsd, outside the lock.
         """
         lock = self._lock
         lock.acquire()
         try:
-            now = self._now()
+            try:
+                now = self._now()
+            except Exception as exc:
+                self._warn_once("clock", exc)
+                # Count nothing more than is already known to have passed.
+                now = max(started, self._busy_since)
             n = self._in_flight - 1
             self._in_flight = n
-            self.requests += 1
             self._completed += 1
-            duration = now - started
-            self._response_ns += duration
             settled = now - self._busy_since
             self._busy_ns += settled
             self._busy_since = now
-            if self._row is not None:
+            overlapped = self._overlapped
+            if overlapped:
+                duration = now - started
+                self._response_ns += duration
+            row = self._row
+            if row is not None:
                 try:
-                    self._incr_busy(settled)
+                    # This order, with readers loading requests, entered,
+                    # busy_ns, busy_since_ns in that order, never lets a
+                    # reader count the settled part twice (see worker_stats).
+                    self._row_done()
                     if n:
-                        self._row.busy_since_ns = now
-                    self._incr_requests()
-                    self._incr_response(duration)
-                    self._decr_in_flight()
+                        row.busy_since_ns = now
+                    self._row_busy(settled)
+                    if overlapped:
+                        self._row_response(duration)
                 except Exception as exc:
                     self._row_broken(exc)
+            line = None
             if now >= self._next_event:
-                return self._periodic(now)
-            return None
+                try:
+                    line = self._periodic(now)
+                except Exception as exc:
+                    self._warn_once("the periodic update", exc)
         finally:
             lock.release()
+        if status is not None:
+            self._send_statsd(now - started, method, status)
+        return line
+
+    def reset_stats(self) -> int | None:
+        """Start the clock for one request (the seed's per-request reset).
+
+        As in the seed, it marks the start of a request that
+        :meth:`record_request` later records; it does not count in
+        ``total_requests`` (the middleware does that per request). Unlike
+        the seed, the start is not one attribute shared by every request:
+        it is returned, and remembered for the current thread or asyncio
+        task, so :meth:`record_request` without arguments records the
+        right one when requests overlap. Returns ``None`` if the clock
+        failed (logged once).
+
+        Example::
+
+            mw.reset_stats()
+            try:
+                do_work_outside_the_middleware()
+            finally:
+                mw.record_request()
+        """
+        started = self._enter(None)
+        self._current.set(started)
+        return started
+
+    def record_request(self, started: int | None = None) -> str | None:
+        """Record a request as finished now (the seed's after-the-body hook).
+
+        ``started`` is what :meth:`reset_stats` returned; without it, the
+        start remembered by the last :meth:`reset_stats` of this thread or
+        task. Adds its duration to the horizon's figures, restarts the
+        horizon after ``window`` seconds, and returns the periodic report
+        line when one is due (the middleware writes it out), else ``None``.
+        Never raises: with no start known it logs a warning once, as the
+        seed warns when recording fails.
+        """
+        if started is None:
+            started = self._current.get()
+            self._current.set(None)
+            if started is None:
+                self._warn_once(
+                    "record_request",
+                    RuntimeError("record_request() without a reset_stats() before it"),
+                )
+                return None
+        return self._leave(started)
 
     # -- horizon, title, report (not per request) -------------------------------
 
     def _first_request(self, now: int) -> None:
         self._started = True
         if self._getproctitle is not None:
-            self._title_base = self._proctitle_prefix or self._getproctitle()
-        self._reset_horizon(now)
+            try:
+                self._title_base = self._proctitle_prefix or self._getproctitle()
+            except Exception as exc:
+                self._warn_once("getproctitle", exc)
         self._next_report = _NEVER if self._report_ns is None else now + self._report_ns
         self._next_title = now if self._setproctitle is not None else _NEVER
-        self._update_next_event()
+        self._reset_horizon(now)
 
     def first_request(self) -> None:
-        """Start the horizon (and the report and title timers); runs once.
+        """Start the horizon and the report and title timers.
 
-        The middleware calls it before the first request; calling it again
-        does nothing.
+        The middleware calls it once per worker, before its first request,
+        as the seed does; calling it again starts them afresh (in the seed
+        it is ``reset_horizon``).
         """
         with self._lock:
-            if not self._started:
-                self._first_request(self._now())
+            self._first_request(self._now())
 
     def _update_next_event(self) -> None:
         self._next_event = min(
@@ -392,12 +642,13 @@ class UtilizationCore:
 
     def _reset_horizon(self, now: int) -> None:
         self._horizon = now
+        self._horizon_wall = self._wall_now()
         busy = self._busy_ns
         if self._in_flight:
             busy += now - self._busy_since
         self._horizon_busy = busy
-        self._horizon_response = self._response_ns
-        self.requests = 0
+        self._horizon_completed = self._completed
+        self._horizon_response = self._response_total()
         row = self._row
         if row is not None:
             try:
@@ -409,21 +660,12 @@ class UtilizationCore:
     def reset_horizon(self) -> None:
         """Start a new horizon now: the averages cover only what follows.
 
-        Happens by itself after a request ends more than ``window`` seconds
-        after the horizon, so long-past traffic does not skew the averages.
+        As in the seed, ``horizon`` becomes now and ``active_time`` and
+        ``requests`` zero. Happens by itself when a request ends more than
+        ``window`` seconds after the horizon, so long-past traffic does not
+        skew the averages.
         """
         with self._lock:
-            self._reset_horizon(self._now())
-
-    def reset_stats(self) -> None:
-        """Zero ``total_requests`` and start a new horizon.
-
-        The cumulative counters shared on the scoreboard (busy seconds,
-        completed requests) keep growing, so rates derived from them stay
-        exact.
-        """
-        with self._lock:
-            self.total_requests = 0
             self._reset_horizon(self._now())
 
     def _periodic(self, now: int) -> str | None:
@@ -436,13 +678,34 @@ class UtilizationCore:
             try:
                 self._setproctitle(self.proctitle(self._snapshot(now)))
             except Exception as exc:
-                _log.warning("process_utilization: setproctitle failed: %r", exc)
+                self._warn_once("setproctitle", exc)
         if now - self._horizon > self._window_ns:
             self._reset_horizon(now)
         self._update_next_event()
         return line
 
+    def _emit(self, line: str, default: Any) -> None:
+        """Write one report line to ``report_to``, else to ``default`` (a stream)."""
+        target = self.report_to
+        try:
+            if target is None:
+                target = default
+            if isinstance(target, (logging.Logger, logging.LoggerAdapter)):
+                target.info("%s", line)
+                return
+            target.write(line + "\n")
+            flush = getattr(target, "flush", None)
+            if flush is not None:
+                flush()
+        except Exception as exc:
+            self._warn_once("writing the report", exc)
+
     # -- reading -----------------------------------------------------------------
+
+    @property
+    def requests(self) -> int:
+        """Requests completed since the horizon."""
+        return self._completed - self._horizon_completed
 
     def _snapshot(self, now: int) -> UtilizationStats:
         busy = self._busy_ns
@@ -453,10 +716,10 @@ class UtilizationCore:
             active_ns = min(horizon_ns, busy - self._horizon_busy)
         else:
             horizon_ns = active_ns = 0
-        requests = self.requests
+        requests = self._completed - self._horizon_completed
         h = horizon_ns / 1e9
         return UtilizationStats(
-            horizon=self._horizon / 1e9,
+            horizon=self._horizon_wall,
             horizon_time=h,
             active_time=active_ns / 1e9,
             idle_time=(horizon_ns - active_ns) / 1e9,
@@ -467,7 +730,9 @@ class UtilizationCore:
             percentage_idle=(100 * (horizon_ns - active_ns) / horizon_ns if horizon_ns else 100.0),
             requests_per_second=requests / h if horizon_ns else 0.0,
             average_response_time=(
-                (self._response_ns - self._horizon_response) / requests / 1e6 if requests else 0.0
+                (self._response_total() - self._horizon_response) / requests / 1e6
+                if requests
+                else 0.0
             ),
             busy_seconds_total=busy / 1e9,
             gc_collections=self._gc_collections,
@@ -486,9 +751,12 @@ class UtilizationCore:
             return self._snapshot(self._now())
 
     @property
-    def horizon(self) -> float:
-        """Clock time (seconds) when the current sampling horizon began."""
-        return self._horizon / 1e9
+    def horizon(self) -> float | None:
+        """Wall-clock time (``time.time()`` seconds) when the horizon began.
+
+        ``None`` before the first request, as the seed's ``nil``.
+        """
+        return self._horizon_wall
 
     @property
     def in_flight(self) -> int:
@@ -579,24 +847,33 @@ class UtilizationCore:
                 row.gc_ns = self._gc_ns
                 row.gc_collections = self._gc_collections
         except Exception as exc:  # pragma: no cover - defensive
-            _log.warning("process_utilization: GC accounting failed: %r", exc)
+            self._warn_once("GC accounting", exc)
 
-    def _send_statsd(self, started: int, method: str, status: int) -> None:
-        """Send one request's timings and status to statsd (one packet)."""
+    def _send_statsd(self, duration: int, method: object, status: int) -> None:
+        """Send one request's timings and status counter, as rack-statsd names them.
+
+        ``response_time`` always; ``response_time.<method>`` for GET, HEAD,
+        POST, PUT and DELETE only; ``status_code.<name>`` for the codes in
+        rack-statsd's table only. One packet when the client pipelines.
+        """
         client = self._statsd
         if client is None:
             return
-        ms = (self._now() - started) / 1e6
+        ms = duration / 1e6
         try:
-            pipe_factory = getattr(client, "pipeline", None)
-            target: Any = pipe_factory() if pipe_factory is not None else client
-            target.timing("request_time", ms)
-            target.timing(f"request_time.{method.lower()}", ms)
-            target.incr(f"status_code.{status}")
-            if pipe_factory is not None:
+            pipeline = self._statsd_pipeline
+            target = client if pipeline is None else pipeline()
+            target.timing("response_time", ms)
+            per_method = _METHOD_TIMINGS.get(method)
+            if per_method is not None:
+                target.timing(per_method, ms)
+            counter = _STATUS_COUNTERS.get(status)
+            if counter is not None:
+                target.incr(counter)
+            if pipeline is not None:
                 target.send()
         except Exception as exc:
-            _log.warning("process_utilization: statsd send failed: %r", exc)
+            self._warn_once("statsd send", exc)
 
     # -- the stats endpoint ------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from shm_counters import Scoreboard
 
+from ._board import response_ns
 from ._extras import require
 
 __all__ = ["ProcessUtilizationCollector"]
@@ -86,8 +87,8 @@ class ProcessUtilizationCollector:
             lv = [str(info.pid), str(info.index)]
             busy.add_metric(lv, v["busy_ns"] / 1e9)
             requests.add_metric(lv, v["requests"])
-            response.add_metric(lv, v["response_ns"] / 1e9)
-            in_flight.add_metric(lv, v["in_flight"])
+            response.add_metric(lv, response_ns(v) / 1e9)
+            in_flight.add_metric(lv, max(0, v["entered"] - v["requests"]))
             gc_seconds.add_metric(lv, v["gc_ns"] / 1e9)
             gc_collections.add_metric(lv, v["gc_collections"])
         yield busy

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, ClassVar
@@ -27,50 +28,110 @@ def _wants_json(query: str, accept: str) -> bool:
     return "application/json" in accept
 
 
-class _Body:
-    """The response body proxy: accounting runs when the server closes it."""
+class _Closing:
+    """What every body handed to the server shares: record the request once, on close.
 
-    __slots__ = ("_environ", "_it", "_mw", "_started", "_status")
+    ``_box`` is ``None`` without statsd, else a one-item list holding the
+    response status (``None`` until ``start_response`` is called).
+    """
 
-    def __init__(
-        self,
-        it: Iterable[bytes],
-        mw: ProcessUtilization,
-        started: int,
-        environ: Environ,
-        status: list[int] | None,
-    ) -> None:
+    __slots__ = ()
+
+    _mw: ProcessUtilization | None
+    _started: int
+    _environ: Environ
+    _box: list[int | None] | None
+
+    def close(self) -> None:
+        """Record the request as finished (once), then write a due report."""
+        mw = self._mw
+        if mw is None:
+            return
+        # The slots live in the subclasses (a list subclass cannot share a
+        # base's non-empty slots), hence the ignore.
+        self._mw = None  # type: ignore[misc]
+        box = self._box
+        if box is None:
+            line = mw._leave(self._started)
+        else:
+            line = mw._leave(self._started, self._environ.get("REQUEST_METHOD"), box[0])
+        if line is not None:
+            mw._report(line, self._environ)
+
+
+class _ClosingList(_Closing, list):  # type: ignore[type-arg]
+    """A list body: a copy of the app's list (iterated in C) that records on close."""
+
+    __slots__ = ("_box", "_environ", "_mw", "_started")
+
+
+class _Body(_Closing):
+    """The PEP 3333 body proxy for any other iterable.
+
+    ``close()`` closes the app's body, then records the request in
+    ``finally`` (even when the inner ``close()`` raises), once.
+    """
+
+    __slots__ = ("_box", "_environ", "_it", "_mw", "_started")
+
+    def __init__(self, it: Iterable[bytes]) -> None:
         self._it = it
-        self._mw = mw
-        self._started = started
-        self._environ: Environ | None = environ
-        self._status = status
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._it)
 
     def close(self) -> None:
-        environ = self._environ
-        if environ is None:
+        """Close the app's body (if it has ``close``), then record the request."""
+        if self._mw is None:
             return
-        self._environ = None
         try:
             close = getattr(self._it, "close", None)
             if close is not None:
                 close()
         finally:
-            mw = self._mw
-            status = self._status
-            if status is None:
-                try:
-                    line = mw.record_request(self._started)
-                except Exception as exc:
-                    _log.warning("process_utilization: record_request failed: %r", exc)
-                else:
-                    if line is not None:
-                        mw._report(line, environ)
-            else:
-                mw._finish(self._started, environ, status)
+            _Closing.close(self)
+
+    def __repr__(self) -> str:
+        return f"<process_utilization body of {self._it!r}>"
+
+
+class _FileCloser(_Closing):
+    """``close`` of a ``wsgi.file_wrapper`` body: the wrapper's own, then recording.
+
+    Set as an instance attribute of the server's wrapper object, so the body
+    keeps its type and the server still sends it with sendfile().
+    """
+
+    __slots__ = ("_box", "_environ", "_inner", "_mw", "_started")
+
+    def __init__(self, inner: Callable[[], object] | None) -> None:
+        self._inner = inner
+
+    def __call__(self) -> None:
+        if self._mw is None:
+            return
+        try:
+            if self._inner is not None:
+                self._inner()
+        finally:
+            _Closing.close(self)
+
+
+def _close_on_file_wrapper(body: Any, closer: _FileCloser) -> bool:
+    """Make the server's own file wrapper record the request on close, keeping its type.
+
+    Servers send a ``wsgi.file_wrapper`` body with sendfile() only if it is
+    an instance of their wrapper class (gunicorn:
+    ``isinstance(respiter, environ['wsgi.file_wrapper'])``), so a proxy
+    would lose that path. The instance's ``close`` attribute is replaced
+    instead (an instance attribute shadows the class's method); ``False``
+    if the object does not allow it (``__slots__``).
+    """
+    try:
+        body.close = closer
+    except (AttributeError, TypeError):
+        return False
+    return True
 
 
 class ProcessUtilization(UtilizationCore):
@@ -83,7 +144,9 @@ class ProcessUtilization(UtilizationCore):
     Per request it sets ``environ["process.request_start"]`` (wall-clock
     seconds) and ``environ["process.total_requests"]`` and removes
     ``HTTP_X_REQUEST_START``. The request counts as finished when the server
-    closes the response body.
+    closes the response body. A body made with the server's
+    ``wsgi.file_wrapper`` is handed back as the same object (its ``close``
+    replaced), so gunicorn still sends it with sendfile().
 
     Example::
 
@@ -107,62 +170,61 @@ class ProcessUtilization(UtilizationCore):
         stats_path = self.stats_path
         if stats_path is not None and environ.get("PATH_INFO") == stats_path:
             return self._serve_stats(environ, start_response)
-        try:
-            started = self.start_request()
-        except Exception as exc:  # never break a request over accounting
-            _log.warning("process_utilization: start_request failed: %r", exc)
+        started = self._enter(environ)
+        if "HTTP_X_REQUEST_START" in environ:
+            del environ["HTTP_X_REQUEST_START"]
+        if started is None:  # the clock failed: pass through, uncounted
             return self.app(environ, start_response)
-        environ["process.request_start"] = self._wall_clock()
-        environ["process.total_requests"] = self.total_requests
-        environ.pop("HTTP_X_REQUEST_START", None)
-        status: list[int] | None = None
+        box: list[int | None] | None = None
         if self._statsd is not None:
-            status = [0]
-            start_response = self._status_catcher(start_response, status)
+            box = [None]
+            start_response = self._status_catcher(start_response, box)
         try:
             body = self.app(environ, start_response)
         except BaseException:
-            self._finish(started, environ, status)
+            # As rack-statsd: an app that raises sends nothing to statsd.
+            line = self._leave(started)
+            if line is not None:
+                self._report(line, environ)
             raise
-        return _Body(body, self, started, environ, status)
+        closing: _Closing
+        result: Iterable[bytes]
+        if type(body) is list:
+            result = closing = _ClosingList(body)
+        else:
+            wrapper = environ.get("wsgi.file_wrapper")
+            closer = None
+            if wrapper is not None and isinstance(wrapper, type) and isinstance(body, wrapper):
+                closer = _FileCloser(getattr(body, "close", None))
+                if not _close_on_file_wrapper(body, closer):
+                    closer = None
+            if closer is None:
+                result = closing = _Body(body)
+            else:
+                result, closing = body, closer
+        closing._mw = self
+        closing._started = started
+        closing._environ = environ
+        closing._box = box
+        return result
 
     @staticmethod
-    def _status_catcher(start_response: StartResponse, box: list[int]) -> StartResponse:
+    def _status_catcher(start_response: StartResponse, box: list[int | None]) -> StartResponse:
         def catch(
             status: str, headers: list[tuple[str, str]], exc_info: _ExcInfo = None
         ) -> Callable[[bytes], object]:
-            try:
-                box[0] = int(status[:3])
-            except ValueError:
-                box[0] = 0
+            code = status[:3]
+            # 0 (in no table) for a status with no number: timings only.
+            box[0] = int(code) if code.isascii() and code.isdigit() else 0
             if exc_info is None:
                 return start_response(status, headers)
             return start_response(status, headers, exc_info)
 
         return catch
 
-    def _finish(self, started: int, environ: Environ, status: list[int] | None) -> None:
-        try:
-            line = self.record_request(started)
-            if status is not None:
-                self._send_statsd(started, str(environ.get("REQUEST_METHOD", "")), status[0])
-            if line is not None:
-                self._report(line, environ)
-        except Exception as exc:
-            _log.warning("process_utilization: record_request failed: %r", exc)
-
-    @staticmethod
-    def _report(line: str, environ: Environ) -> None:
-        """Write the periodic report line to ``wsgi.errors`` (or the logger)."""
-        try:
-            errors = environ.get("wsgi.errors")
-            if errors is None:
-                _log.info("%s", line)
-            else:
-                errors.write(line + "\n")
-                errors.flush()
-        except Exception as exc:
-            _log.warning("process_utilization: writing the report failed: %r", exc)
+    def _report(self, line: str, environ: Environ) -> None:
+        """Write the periodic report line to ``report_to``, else ``wsgi.errors``."""
+        self._emit(line, environ.get("wsgi.errors") or sys.stderr)
 
     def _serve_stats(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, ClassVar
 
@@ -28,9 +29,9 @@ class ProcessUtilization(UtilizationCore):
     once in the event loop. A request counts as finished when the
     application returns. ``scope["process.request_start"]`` and
     ``scope["process.total_requests"]`` are set and an ``x-request-start``
-    header is removed. The periodic report goes to the
-    ``process_utilization`` logger at INFO. Non-HTTP scopes (websocket,
-    lifespan) pass through untouched.
+    header is removed. The periodic report line goes to ``sys.stderr`` (the
+    ASGI analogue of ``wsgi.errors``), or to ``report_to`` (a logger or a
+    stream). Non-HTTP scopes (websocket, lifespan) pass through untouched.
 
     Example::
 
@@ -56,50 +57,48 @@ class ProcessUtilization(UtilizationCore):
         if stats_path is not None and scope.get("path") == stats_path:
             await self._serve_stats(scope, send)
             return
-        try:
-            started = self.start_request()
-        except Exception as exc:  # never break a request over accounting
-            _log.warning("process_utilization: start_request failed: %r", exc)
+        started = self._enter(scope)
+        headers = scope.get("headers")
+        if headers:
+            for key, _ in headers:
+                if key == b"x-request-start":
+                    scope["headers"] = [(k, v) for k, v in headers if k != b"x-request-start"]
+                    break
+        if started is None:  # the clock failed: pass through, uncounted
             await self.app(scope, receive, send)
             return
-        scope["process.request_start"] = self._wall_clock()
-        scope["process.total_requests"] = self.total_requests
-        headers = scope.get("headers")
-        if headers and any(k == b"x-request-start" for k, _ in headers):
-            scope["headers"] = [(k, v) for k, v in headers if k != b"x-request-start"]
-        if self._statsd is None:
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                try:
-                    line = self.record_request(started)
-                    if line is not None:
-                        _log.info("%s", line)
-                except Exception as exc:
-                    _log.warning("process_utilization: record_request failed: %r", exc)
+        if self._statsd is not None:
+            await self._call_with_statsd(scope, receive, send, started)
             return
-        await self._call_with_statsd(scope, receive, send, started)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            line = self._leave(started)
+            if line is not None:
+                self._report(line)
 
     async def _call_with_statsd(
         self, scope: Scope, receive: Receive, send: Send, started: int
     ) -> None:
-        status = [0]
+        status: list[int | None] = [None]
 
         async def send_status(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status[0] = int(message["status"])
+                status[0] = message.get("status")
             await send(message)
 
         try:
             await self.app(scope, receive, send_status)
         finally:
-            try:
-                line = self.record_request(started)
-                self._send_statsd(started, str(scope.get("method", "")), status[0])
-                if line is not None:
-                    _log.info("%s", line)
-            except Exception as exc:
-                _log.warning("process_utilization: record_request failed: %r", exc)
+            # As rack-statsd: nothing is sent for an app that fails before
+            # it starts a response; once started, the status is known.
+            line = self._leave(started, scope.get("method"), status[0])
+            if line is not None:
+                self._report(line)
+
+    def _report(self, line: str) -> None:
+        """Write the periodic report line to ``report_to``, else ``sys.stderr``."""
+        self._emit(line, sys.stderr)
 
     async def _serve_stats(self, scope: Scope, send: Send) -> None:
         accept = ""
