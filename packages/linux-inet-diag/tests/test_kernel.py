@@ -196,6 +196,35 @@ def test_count_mixed_datagram_falls_back() -> None:
     assert (chunk.active, len(chunk.listeners), chunk.done) == (1, 1, True)
 
 
+def _raw(port: int) -> int:
+    """A port as parse_inet_dump's records hold it: big-endian bytes read natively."""
+    return int(struct.unpack("=H", struct.pack("!H", port))[0])
+
+
+def test_count_targets_on_a_uniform_datagram() -> None:
+    """Same-sized messages are counted per target by bit masks; inode 0 is not active."""
+    loopback = socket.inet_aton("127.0.0.1") + bytes(12)
+    other = socket.inet_aton("127.0.0.2") + bytes(12)
+    targets = [(loopback, _raw(40123)), (None, _raw(40123)), (other, _raw(40123))]
+    chunk = k.count_targets(targets, RESP)
+    assert (chunk.counts, chunk.done, chunk.interrupted) == ([0, 0, 0], False, False)
+    assert [r[1] for r in chunk.listeners] == [k.TCP_LISTEN]
+    accepted = bytearray(RESP)
+    struct.pack_into("=I", accepted, 124 + 84, 99)  # give the 2nd socket an inode
+    moved = bytearray(accepted)  # and a copy on another address and port
+    struct.pack_into("!H", moved, 124 + 20, 8080)
+    moved[124 + 24 : 124 + 28] = socket.inet_aton("127.0.0.2")
+    struct.pack_into("=H", moved, 124 + 6, k.NLM_F_MULTI | k.NLM_F_DUMP_INTR)
+    data = bytes(accepted * 2 + moved)
+    targets += [(other, _raw(8080)), (None, _raw(8080)), (loopback, _raw(8080))]
+    chunk = k.count_targets(targets, data)
+    assert chunk.counts == [2, 2, 0, 1, 1, 0]
+    assert (len(chunk.listeners), chunk.interrupted) == (3, True)
+    # The message-by-message path (NLMSG_DONE appended) gives the same counts.
+    slow = k.count_targets(targets, data + DONE)
+    assert (slow.counts, slow.listeners, slow.done) == (chunk.counts, chunk.listeners, True)
+
+
 def test_unix_name_attr_and_count() -> None:
     """Names are counted by their exact UNIX_DIAG_NAME attribute, paths and abstract."""
     assert k.unix_name_attr("/a") == b"\x07\x00\x00\x00/a\x00"

@@ -102,6 +102,23 @@ def test_ipv4_active_and_queued(scenario: Scenario) -> None:
     assert want[name].total == 5
 
 
+def test_several_names_match_one_name_each(scenario: Scenario) -> None:
+    """Several names in one query (one dump, counted per address) equal one query per name."""
+    want = {}
+    for k, (accepted, waiting) in enumerate([(3, 2), (0, 4), (5, 0), (1, 1)]):
+        srv = scenario.listener(socket.AF_INET, ("127.0.0.1", 0), backlog=16 + k)
+        scenario.connect(socket.AF_INET, srv.getsockname(), accepted + waiting)
+        scenario.accept(srv, accepted)
+        want[f"127.0.0.1:{port_of(srv)}"] = ListenStats(accepted, waiting, 16 + k)
+    six = scenario.listener(socket.AF_INET6, ("::1", 0), backlog=9)
+    scenario.connect(socket.AF_INET6, six.getsockname()[:2], 3)
+    scenario.accept(six, 2)
+    want[f"[::1]:{port_of(six)}"] = ListenStats(2, 1, 9)
+    names = list(want)
+    assert settle(lambda: tcp_listener_stats(names), want) == want
+    assert {name: tcp_listener_stats(name)[name] for name in names} == want
+
+
 def test_ipv6_and_spelling_as_asked(scenario: Scenario) -> None:
     """An IPv6 listener answers under the spelling asked and under canonical."""
     srv = scenario.listener(socket.AF_INET6, ("::1", 0), backlog=8)

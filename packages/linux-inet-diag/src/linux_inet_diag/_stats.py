@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +21,11 @@ from ._kernel import (
     UDIAG_SHOW_VFS,
     CountChunk,
     HostCond,
+    Target,
+    TargetChunk,
     UnixSocket,
     count_inet_dump,
+    count_targets,
     count_unix_names,
     count_unix_stream_names,
     inet_dump_request,
@@ -120,13 +123,33 @@ def _counts(data: bytes) -> tuple[list[Any], bool, bool]:
     return [c], c.done, c.interrupted
 
 
+def _targeted(targets: list[Target], data: bytes) -> tuple[list[Any], bool, bool]:
+    c = count_targets(targets, data)
+    return [c], c.done, c.interrupted
+
+
+Counted = dict[tuple[int, bytes | None, int], int]
+
+
+def _sum_targets(
+    family: int, targets: list[Target], chunks: list[TargetChunk]
+) -> tuple[list[Record], Counted]:
+    """The listeners of a dump's datagrams and each target's total count."""
+    listeners = [r for c in chunks for r in c.listeners]
+    counted = {
+        (family, src, sport): sum(c.counts[i] for c in chunks)
+        for i, (src, sport) in enumerate(targets)
+    }
+    return listeners, counted
+
+
 def tcp_steps(asked: list[str] | None, addrs: list[Address] | None) -> Steps:
     """The dumps a TCP query needs, as a generator: yields (request, parser),
     is sent each dump's parsed items, returns the answer. No I/O inside."""
     if asked is None or addrs is None:
         return (yield from _all_steps())
     listeners: list[Record] = []
-    records: list[Record] = []
+    counted: Counted = {}
     active: dict[int, int] = {}
     for family, bc, single in tcp_plan(addrs):
         make = functools.partial(inet_dump_request, family, LISTEN_AND_ESTABLISHED, bytecode=bc)
@@ -135,8 +158,19 @@ def tcp_steps(asked: list[str] | None, addrs: list[Address] | None) -> Steps:
             listeners += [r for c in chunks for r in c.listeners]
             active[family] = sum(c.active for c in chunks)
         else:
-            records += yield (make, _records)
-    result = tally_named(asked, addrs, listeners + records)
+            targets = list(
+                dict.fromkeys(
+                    (None if a.is_wildcard else a.packed, socket.htons(a.port))
+                    for a in addrs
+                    if a.family == family
+                )
+            )
+            found, counts = _sum_targets(
+                family, targets, (yield (make, functools.partial(_targeted, targets)))
+            )
+            listeners += found
+            counted.update(counts)
+    result = tally_named(asked, addrs, listeners, counted)
     for name, a in zip(asked, addrs, strict=True):
         if a.family in active:
             s = result[name]
@@ -149,7 +183,7 @@ def _all_steps() -> Steps:
     for family in (AF_INET, AF_INET6):
         make = functools.partial(inet_dump_request, family, 1 << TCP_LISTEN)
         listeners += yield (make, _records)
-    records: list[Record] = []
+    per_listener: dict[tuple[int, bytes, int], int] = {}
     extra: dict[tuple[int, bytes, int], int] = {}
     for family in (AF_INET, AF_INET6):
         keys = list(
@@ -167,8 +201,21 @@ def _all_steps() -> Steps:
             chunks: list[CountChunk] = yield (make, _counts)
             extra[(family, keys[0][0], keys[0][1])] = sum(c.active for c in chunks)
         else:
-            records += yield (make, _records)
-    result = tally_all(listeners + records)
+            # A socket counts for its own address's listener if there is one,
+            # else for the port's wildcard listener: take the exact counts off
+            # the wildcard's (which matched every address of the port).
+            targets: list[Target] = [
+                (None if src == bytes(16) else src, sport) for src, sport in keys
+            ]
+            found, counts = _sum_targets(
+                family, targets, (yield (make, functools.partial(_targeted, targets)))
+            )
+            listeners += found  # none: only ESTABLISHED was asked for
+            for (f, addr, sport), n in counts.items():
+                if addr is None:
+                    n -= sum(m for (_, a, p), m in counts.items() if a is not None and p == sport)
+                per_listener[(f, bytes(16) if addr is None else addr, sport)] = n
+    result = tally_all(listeners, per_listener)
     for (family, src, sport), n in extra.items():
         name = name_from_packed(family, src, socket.ntohs(sport))
         s = result[name]
@@ -177,9 +224,17 @@ def _all_steps() -> Steps:
 
 
 def tally_named(
-    asked: list[str], addrs: list[Address], records: Iterable[Record]
+    asked: list[str],
+    addrs: list[Address],
+    records: Iterable[Record],
+    active: Mapping[tuple[int, bytes | None, int], int] | None = None,
 ) -> dict[str, ListenStats]:
-    """Count ``records`` (parse_inet_dump tuples) for each name asked."""
+    """Count ``records`` (parse_inet_dump tuples) for each name asked.
+
+    ``active`` adds accepted ESTABLISHED sockets already counted per target
+    ``(family, src16, sport_raw)``, ``src16`` None for every address of the
+    port (:func:`count_targets`).
+    """
     port_raw = {a.port: socket.htons(a.port) for a in addrs}
     exact: dict[tuple[int, bytes, int], list[int]] = {}
     wild: dict[tuple[int, int], list[int]] = {}
@@ -211,14 +266,25 @@ def tally_named(
                 hit[1] += rq
                 hit[2] += wq
                 hit[3] += 1
+    for (family, addr, sport), n in (active or {}).items():
+        hit = wild.get((family, sport)) if addr is None else exact.get((family, addr, sport))
+        if hit is not None:
+            hit[0] += n
     return {
         name: ListenStats(c[0], c[1], c[2] if c[3] else None)
         for name, c in zip(asked, acc, strict=True)
     }
 
 
-def tally_all(records: Iterable[Record]) -> dict[str, ListenStats]:
-    """Every TCP listener in ``records`` by canonical name, with its counts."""
+def tally_all(
+    records: Iterable[Record], active: Mapping[tuple[int, bytes, int], int] | None = None
+) -> dict[str, ListenStats]:
+    """Every TCP listener in ``records`` by canonical name, with its counts.
+
+    ``active``: accepted ESTABLISHED sockets already counted per listener
+    ``(family, src16, sport_raw)`` (all zeros for a wildcard listener), each
+    socket once: for its own address's listener, else the wildcard's.
+    """
     records = list(records)
     cells: dict[tuple[int, bytes, int], list[int]] = {}
     wild: dict[tuple[int, int], list[int]] = {}
@@ -234,6 +300,10 @@ def tally_all(records: Iterable[Record]) -> dict[str, ListenStats]:
             hit = cells.get((family, src, sport)) or wild.get((family, sport))
             if hit is not None:
                 hit[0] += 1
+    for (family, src, sport), n in (active or {}).items():
+        hit = cells.get((family, src, sport)) or wild.get((family, sport))
+        if hit is not None:
+            hit[0] += n
     return {
         name_from_packed(f, src, socket.ntohs(p)): ListenStats(c[0], c[1], c[2])
         for (f, src, p), c in cells.items()
