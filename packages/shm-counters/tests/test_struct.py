@@ -262,3 +262,21 @@ def test_bound_steps_count_exactly_across_forks() -> None:
         p.join(60)
         assert p.exitcode == 0
     assert s.to_dict() == {"calling": 0, "writing": 300_000}
+
+
+def test_bound_add_and_store() -> None:
+    """bind_add adds amounts and bind_store writes values, one C call each; close retires them."""
+    s = Stats()
+    add, store = s.bind_add("calling"), s.bind_store("writing")
+    assert (add(5), add(0), add(MAX)) == (5, 5, 4)  # modulo 2**64
+    assert store(7) is None
+    assert s.to_dict() == {"calling": 4, "writing": 7}
+    with pytest.raises(OverflowError):
+        add(-1)
+    with pytest.raises(TypeError):
+        store(1.5)  # type: ignore[arg-type]
+    assert s.to_dict() == {"calling": 4, "writing": 7}  # nothing written by refused calls
+    s.close()
+    for op in (add, store):
+        with pytest.raises(ClosedError, match=r"^operation on closed Stats$"):
+            op(1)

@@ -77,8 +77,8 @@ class _Closed:
 CLOSED: Any = _Closed()
 
 
-def _refuse_closed(owner: str) -> int:
-    """What a bound step becomes once its counters are closed."""
+def _refuse_closed(owner: str, *args: object) -> int:
+    """What a bound step becomes once its counters are closed (whatever it is called with)."""
     raise ClosedError(f"operation on closed {owner}")
 
 

@@ -191,6 +191,40 @@ class FieldBank:
         """
         return self._bind_step(field, _dec1)
 
+    def bind_add(self, field: str) -> Callable[[int], int]:
+        """A one-argument callable adding ``n`` to ``field``; returns the new value.
+
+        Like :meth:`bind_incr`, a C-level ``functools.partial`` (no Python
+        frame) for hot paths that add amounts: ``add(n)`` is one two-argument
+        cffi call. It does no checking of its own: an ``n`` that is not an
+        int in ``0 <= n < 2**64`` raises cffi's ``OverflowError`` or
+        ``TypeError`` (``incr_<field>(n)`` gives the package's errors).
+
+        Example::
+
+            >>> Stats = counter_struct("Stats", ["busy_ns"])
+            >>> s = Stats()
+            >>> add = s.bind_add("busy_ns")
+            >>> add(1500), add(500)
+            (1500, 2000)
+            >>> s.close()
+        """
+        return self._bind_step(field, _add)  # type: ignore[return-value]
+
+    def bind_store(self, field: str) -> Callable[[int], None]:
+        """A one-argument callable writing ``value`` to ``field``; see :meth:`bind_add`.
+
+        Example::
+
+            >>> Stats = counter_struct("Stats", ["since"])
+            >>> s = Stats()
+            >>> s.bind_store("since")(42)
+            >>> s.since
+            42
+            >>> s.close()
+        """
+        return self._bind_step(field, _store)  # type: ignore[return-value]
+
     def _bind_step(self, field: str, fn: Any) -> Callable[[], int]:
         k = self._field_index(field)
         ptr = self._cells[k][0]
