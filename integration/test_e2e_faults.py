@@ -439,10 +439,13 @@ def test_netlink_unavailable_still_serves_calling_and_writing(kind: str, tmp_pat
         conn = _send(server.connect(20), "/hold?gate=hold&id=0")
         try:
             _pids(tmp_path, "pid", 1)
-            status, _, body = server.get("/_raindrops")
+            status, headers, body = server.get("/_raindrops")
             assert (status, body) == (200, b"calling: 1\nwriting: 0\n")
-            status, _, body = server.get("/_raindrops?format=json")
+            # The text format never reads the overflow counters: only listeners are missing.
+            assert headers["x-raindrops-unavailable"] == "listeners"
+            status, headers, body = server.get("/_raindrops?format=json")
             assert status == 200
+            assert headers["x-raindrops-unavailable"] == "listeners, overflows"
             doc = json.loads(body)
             assert (doc["calling"], doc["writing"], doc["listeners"]) == (1, 0, {})
             reason = "[Errno 1] netlink refused by the test"
