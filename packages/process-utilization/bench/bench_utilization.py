@@ -11,10 +11,16 @@ was measured and whether each is met. The peers:
   lock, nothing shared): what any close-time accounting costs in Python,
   and the peer the "x the seed" ratio is taken against;
 - this middleware with its accounting local only (scoreboard row refused);
-- this middleware publishing to its shared-memory scoreboard row (default).
+- this middleware publishing to its shared-memory scoreboard row (default);
+- WSGI only: the default middleware under a threaded server's promise
+  (``wsgi.multithread`` true, as gunicorn gthread), where every request
+  takes the lock.
 
-The requests run one after the other (as in a sync worker). Times move
-with the machine's load; the ratios much less.
+The requests run one after the other. WSGI requests carry
+``wsgi.multithread`` false, as a sync worker (gunicorn's) promises, so the
+middleware takes no lock; ASGI requests run on one event loop's thread,
+which takes none either. Times move with the machine's load; the ratios
+much less.
 """
 
 from __future__ import annotations
@@ -116,8 +122,13 @@ def _start_response(status: str, headers: Any, exc_info: Any = None) -> None:
     return None
 
 
-def wsgi_loop(app: Any, n: int) -> float:
-    environ: dict[str, Any] = {"REQUEST_METHOD": "GET", "PATH_INFO": "/"}
+def wsgi_loop(app: Any, n: int, threaded: bool = False) -> float:
+    # False: one request at a time, as a sync worker (gunicorn's) promises.
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "wsgi.multithread": threaded,
+    }
     sr = _start_response
     t0 = time.perf_counter()
     for _ in range(n):
@@ -128,6 +139,10 @@ def wsgi_loop(app: Any, n: int) -> float:
         if close is not None:
             close()
     return time.perf_counter() - t0
+
+
+def wsgi_loop_threaded(app: Any, n: int) -> float:
+    return wsgi_loop(app, n, threaded=True)
 
 
 def asgi_loop(app: Any, n: int) -> float:
@@ -164,6 +179,7 @@ def best_ns(
 
 
 BARE, SEED, LOCAL, DEFAULT = "bare app", "naive seed port", "local only", "default"
+THREADED = "threaded server"
 
 
 def main() -> int:
@@ -177,6 +193,7 @@ def main() -> int:
         ("WSGI", SEED, wsgi_loop, NaiveSeedPort(wsgi_app)),
         ("WSGI", LOCAL, wsgi_loop, ProcessUtilization(wsgi_app, scoreboard=RefusingBoard())),
         ("WSGI", DEFAULT, wsgi_loop, ProcessUtilization(wsgi_app)),
+        ("WSGI", THREADED, wsgi_loop_threaded, ProcessUtilization(wsgi_app)),
         ("ASGI", BARE, asgi_loop, asgi_app),
         ("ASGI", SEED, asgi_loop, AsgiNaiveSeedPort(asgi_app)),
         ("ASGI", LOCAL, asgi_loop, AsgiProcessUtilization(asgi_app, scoreboard=RefusingBoard())),
@@ -202,6 +219,7 @@ def main() -> int:
             SEED: "naive seed port (no lock, not shared)",
             LOCAL: "ProcessUtilization, local only",
             DEFAULT: "ProcessUtilization + scoreboard (default)",
+            THREADED: "ProcessUtilization + scoreboard, wsgi.multithread true (locks)",
         }[name]
         print(f"| {proto} | {label} | {best:.0f} ({median:.0f}) | {extra:.0f} | {versus} |")
 

@@ -31,19 +31,23 @@ def hello(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[b
 
 
 def environ(path: str = "/", **extra: Any) -> dict[str, Any]:
+    """A request's environ, from a server serving one request at a time unless ``extra`` says."""
     env: dict[str, Any] = {
         "REQUEST_METHOD": "GET",
         "PATH_INFO": path,
         "QUERY_STRING": "",
         "wsgi.errors": io.StringIO(),
+        "wsgi.multithread": False,
     }
     env.update(extra)
     return env
 
 
-def run(mw: ProcessUtilization, clock: Any, start: float, end: float) -> dict[str, Any]:
+def run(
+    mw: ProcessUtilization, clock: Any, start: float, end: float, **extra: Any
+) -> dict[str, Any]:
     """One request from clock ``start`` to ``end``; returns its environ."""
-    env = environ()
+    env = environ(**extra)
     clock.t = start
     body = mw(env, lambda *a: None)
     assert b"".join(body) == b"hello"
@@ -57,11 +61,12 @@ def test_wsgi_module_exports_the_same_class() -> None:
     assert WsgiProcessUtilization is ProcessUtilization
 
 
-def test_known_durations_give_exact_figures(clock: Any) -> None:
+@pytest.mark.parametrize("threaded", [False, True])
+def test_known_durations_give_exact_figures(clock: Any, threaded: bool) -> None:
     """Two sequential requests give exact active/idle time, %, req/s and average."""
     mw = ProcessUtilization(hello, clock=clock, wall_clock=clock.wall)
-    run(mw, clock, 1000.0, 1000.25)
-    run(mw, clock, 1000.5, 1001.0)
+    run(mw, clock, 1000.0, 1000.25, **{"wsgi.multithread": threaded})
+    run(mw, clock, 1000.5, 1001.0, **{"wsgi.multithread": threaded})
     clock.t = 1002.0
     assert mw.horizon == EPOCH + 1000.0
     assert mw.horizon_time == 2.0
@@ -264,13 +269,14 @@ def test_record_request_without_a_start_warns_once(
     ]
 
 
-def test_interleaved_requests_count_overlap_once(clock: Any) -> None:
+@pytest.mark.parametrize("threaded", [False, True])
+def test_interleaved_requests_count_overlap_once(clock: Any, threaded: bool) -> None:
     """Overlapping requests count their union as busy time, never above 100 %."""
     mw = ProcessUtilization(hello, clock=clock)
     clock.t = 1000.0
-    a = mw(environ(), lambda *x: None)
+    a = mw(environ(**{"wsgi.multithread": threaded}), lambda *x: None)
     clock.t = 1000.5
-    b = mw(environ(), lambda *x: None)
+    b = mw(environ(**{"wsgi.multithread": threaded}), lambda *x: None)
     clock.t = 1001.0
     a.close()  # type: ignore[attr-defined]
     clock.t = 1002.0
@@ -297,7 +303,7 @@ def test_overlapping_requests_in_threads_count_once(clock: Any) -> None:
 
     def worker() -> None:
         try:
-            body = mw(environ(), lambda *a: None)
+            body = mw(environ(**{"wsgi.multithread": True}), lambda *a: None)
             body.close()  # type: ignore[attr-defined]
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
@@ -326,7 +332,7 @@ def test_many_threads_leave_consistent_counts() -> None:
 
     def worker() -> None:
         for _ in range(200):
-            list(body := mw(environ(), lambda *a: None))
+            list(body := mw(environ(**{"wsgi.multithread": True}), lambda *a: None))
             body.close()  # type: ignore[attr-defined]
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
@@ -560,19 +566,15 @@ def test_failing_row_write_is_dropped_not_raised(
     """A row that starts failing mid-request is dropped with a warning; the request ends."""
     mw = ProcessUtilization(hello, clock=clock)
     run(mw, clock, 1000.0, 1001.0)
-
-    class BadRow:
-        index = 0
-
-        def __setattr__(self, name: str, value: object) -> None:
-            raise OSError("row gone")
-
-    mw._row = BadRow()
+    mw.scoreboard.close()  # closes the row under the middleware: every write raises
     with caplog.at_level(logging.WARNING, logger="process_utilization"):
         run(mw, clock, 1002.0, 1003.0)
-    assert mw.requests == 2
+        run(mw, clock, 1004.0, 1005.0)
+    assert (mw.requests, mw.in_flight, mw.active_time) == (3, 0, 3.0)
+    assert mw._row is None
     assert [r.getMessage() for r in caplog.records] == [
-        "process_utilization: scoreboard update failed: OSError('row gone')"
+        "process_utilization: scoreboard update failed: "
+        "ClosedError('operation on closed ScoreboardRow')"
     ]
 
 

@@ -47,6 +47,7 @@ def request(
         "QUERY_STRING": "",
         "wsgi.errors": io.StringIO(),
         "wsgi.file_wrapper": wsgiref.util.FileWrapper,
+        "wsgi.multithread": False,
         **extra,
     }
     got: list[Any] = []

@@ -18,6 +18,7 @@ def call(
         "PATH_INFO": "/",
         "wsgi.errors": io.StringIO(),
         "wsgi.file_wrapper": wsgiref.util.FileWrapper,
+        "wsgi.multithread": False,
         **(env or {}),
     }
     return mw(environ, lambda *a: None), environ

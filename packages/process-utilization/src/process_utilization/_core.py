@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import weakref
@@ -36,6 +37,10 @@ __all__ = ["GcStats", "StatsdClient", "UtilizationCore", "UtilizationStats"]
 _log = logging.getLogger("process_utilization")
 
 _NEVER = 1 << 126  # a deadline no clock reaches
+
+#: How long a locked caller waits for an unlocked section to end (a section
+#: never waits for anything but the GIL: this bounds a loop, nothing more).
+_WAIT_SECONDS = 1.0
 
 #: rack-statsd's per-method timings: only these methods, spelled exactly so.
 _METHOD_TIMINGS: dict[object, str] = {
@@ -189,8 +194,68 @@ class UtilizationCore:
     Not used directly: :class:`process_utilization.ProcessUtilization`
     (WSGI) and :class:`process_utilization.asgi.ProcessUtilization` (ASGI)
     add the protocol. Everything here is safe with requests in flight in
-    several threads or asyncio tasks at once.
+    several threads or asyncio tasks at once; the per-request path takes no
+    lock while no other thread can be in it (see "who may skip the lock").
     """
+
+    # Slots: every attribute the per-request path touches is a slot, read
+    # and written at a fixed offset (an instance dict would cost a lookup).
+    __slots__ = (
+        "__weakref__",
+        "_busy_ns",
+        "_busy_since",
+        "_clock",
+        "_cold",
+        "_completed",
+        "_current",
+        "_gc_collections",
+        "_gc_ns",
+        "_gc_start",
+        "_getproctitle",
+        "_horizon",
+        "_horizon_busy",
+        "_horizon_completed",
+        "_horizon_response",
+        "_horizon_wall",
+        "_in_flight",
+        "_inside",
+        "_lock",
+        "_locked",
+        "_next_event",
+        "_next_report",
+        "_next_title",
+        "_now",
+        "_overlapped",
+        "_owner",
+        "_owns_statsd",
+        "_proctitle_prefix",
+        "_report_ns",
+        "_response_ns",
+        "_row",
+        "_row_busy",
+        "_row_done",
+        "_row_enter",
+        "_row_failed",
+        "_row_response",
+        "_row_since",
+        "_setproctitle",
+        "_shared",
+        "_started",
+        "_statsd",
+        "_statsd_pipeline",
+        "_title_base",
+        "_title_ns",
+        "_wall_clock",
+        "_warned",
+        "_window_ns",
+        "report_interval",
+        "report_to",
+        "scoreboard",
+        "stats_path",
+        "total_requests",
+        "track_gc",
+        "window",
+    )
 
     #: The instance in this process (the last one constructed).
     singleton: ClassVar[Any] = None
@@ -280,6 +345,11 @@ class UtilizationCore:
             self._statsd_pipeline = getattr(self._statsd, "pipeline", None)
 
         self._lock = threading.Lock()
+        self._locked = 0  # callers holding the lock, +1 once shared
+        self._inside = False  # an unlocked section is running
+        self._shared = False  # for good: every section takes the lock
+        self._owner: int | None = None  # the thread whose ASGI requests skip the lock
+        self._share_without_gil()
         self._warned: set[str] = set()
         self._current: contextvars.ContextVar[int | None] = contextvars.ContextVar(
             f"process_utilization_start_{id(self)}", default=None
@@ -323,6 +393,11 @@ class UtilizationCore:
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
+        self._locked = 0
+        self._inside = False
+        self._shared = False
+        self._owner = None
+        self._share_without_gil()
         self._row = None
         self._row_failed = False
         self._warned = set()
@@ -380,8 +455,9 @@ class UtilizationCore:
         """Claim this process's row (lazily, once per process).
 
         The row starts from this process's current figures; afterwards the
-        hot path only adds to it (atomic adds, cheaper than stores), the
-        +1/-1 steps through bound C-level callables.
+        per-request path writes it only through bound C-level callables
+        (one cffi call each, no Python frame): +1 steps, adds and the
+        busy-since store.
         """
         try:
             row = self.scoreboard.claim()
@@ -394,10 +470,11 @@ class UtilizationCore:
             row.gc_ns = self._gc_ns
             row.gc_collections = self._gc_collections
             self._publish_horizon(row)
+            self._row_since = row.bind_store("busy_since_ns")
             self._row_enter = row.bind_incr("entered")
             self._row_done = row.bind_incr("requests")
-            self._row_busy = row.incr_busy_ns
-            self._row_response = row.incr_response_ns
+            self._row_busy = row.bind_add("busy_ns")
+            self._row_response = row.bind_add("response_ns")
         except Exception as exc:
             self._row_failed = True
             _log.warning(
@@ -445,6 +522,15 @@ class UtilizationCore:
             except Exception as exc:
                 self._row_broken(exc)
 
+    def _add_response(self, duration: int) -> None:
+        """Add one request's duration to the response sum (kept once overlapped)."""
+        self._response_ns += duration
+        if self._row is not None:
+            try:
+                self._row_response(duration)
+            except Exception as exc:
+                self._row_broken(exc)
+
     def _row_broken(self, exc: BaseException) -> None:
         self._row = None
         self._row_failed = True
@@ -456,22 +542,127 @@ class UtilizationCore:
         row.horizon_response_ns = self._horizon_response
         row.horizon_ns = self._horizon
 
+    # -- who may skip the lock -----------------------------------------------------
+    #
+    # Per request the accounting runs in two short sections (when a request
+    # starts, when it ends) that call nothing outside the middleware but the
+    # clocks and the row's C steps. While no two threads can run a section
+    # at once, a section takes no lock: WSGI requests whose server promises
+    # one request at a time (``environ["wsgi.multithread"]`` false, as
+    # gunicorn's sync worker), ASGI requests on the thread of the first
+    # request's event loop. Once a WSGI request says otherwise (or does not
+    # say), or an ASGI request comes from another thread, the instance is
+    # *shared* for good (:meth:`_share`): every section takes the lock.
+    #
+    # Callers that are not requests (stats(), reset_stats(), ...) may run in
+    # any thread at any time. They take the lock and, while holding it, keep
+    # unlocked sections out (:meth:`_lock_out`): they raise ``_locked`` and
+    # wait until ``_inside`` is false. An unlocked section sets ``_inside``
+    # first and reads ``_locked`` next; the locker writes ``_locked`` first
+    # and reads ``_inside`` next. Under the GIL loads and stores happen in
+    # one order, so at least one of the two sees the other (Dekker's
+    # handshake): the section then steps back and takes the lock itself, or
+    # the locker waits for the section to end. A section waits for nothing
+    # but the GIL, so that wait is short; it is bounded all the same.
+
+    def _lock_out(self) -> None:
+        """Take the lock and keep unlocked sections out until :meth:`_unlock`."""
+        self._lock.acquire()
+        try:
+            self._locked += 1
+            if self._inside:
+                self._wait_outside()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _unlock(self) -> None:
+        self._locked -= 1
+        self._lock.release()
+
+    def _wait_outside(self) -> None:
+        """Wait (bounded) for the unlocked section in progress to end."""
+        deadline = time.monotonic() + _WAIT_SECONDS
+        while self._inside:
+            if time.monotonic() > deadline:
+                self._warn_once(
+                    "waiting for a request's accounting",
+                    TimeoutError(f"a section lasted over {_WAIT_SECONDS} s"),
+                )
+                return
+            time.sleep(0)
+
+    def _share_without_gil(self) -> None:
+        """Share from the start on a free-threaded build with the GIL off.
+
+        The handshake above relies on the GIL's one order of loads and
+        stores; without it every section takes the lock.
+        """
+        gil_enabled = getattr(sys, "_is_gil_enabled", None)
+        if gil_enabled is not None and not gil_enabled():
+            self._shared = True
+            self._locked += 1
+
+    def _share(self) -> None:
+        """From now on every per-request section takes the lock (once per process)."""
+        self._lock_out()
+        try:
+            self._share_held()
+        finally:
+            self._unlock()
+
+    def _share_held(self) -> bool:
+        """:meth:`_share` with the lock held; true if this call shared the instance."""
+        if self._shared:
+            return False
+        self._shared = True
+        self._locked += 1  # never taken back: sections always step back now
+        return True
+
+    def _foreign_thread(self) -> None:
+        """An ASGI request on a thread other than the first request's.
+
+        The first one makes its thread the one whose requests skip the
+        lock; a later one (a second event loop) shares the instance.
+        """
+        ident = threading.get_ident()
+        self._lock_out()
+        try:
+            if self._owner is None:
+                self._owner = ident
+                return
+            if not self._share_held():
+                return
+        finally:
+            self._unlock()
+        _log.info(
+            "process_utilization: ASGI requests on a second thread "
+            "(several event loops?): every request takes a lock from now on"
+        )
+
     # -- the per-request path ---------------------------------------------------
 
-    def _enter(self, env: MutableMapping[str, Any] | None) -> int | None:
+    def _enter(self, env: MutableMapping[str, Any] | None, held: bool = False) -> int | None:
         """Count a request in flight; its start (clock ns), ``None`` if not counted.
 
-        With ``env`` (the WSGI environ or ASGI scope) the request also counts
-        in ``total_requests`` and ``env`` gets ``process.total_requests`` and
-        ``process.request_start``. Never raises for a failing clock or row:
-        a request whose start the clock cannot read is not counted in flight.
+        Skips the lock unless the instance is shared or a locker is about
+        (see above); ``held`` if the caller holds it (:meth:`_enter_locked`).
+        With ``env`` (the WSGI environ or ASGI scope) the request also
+        counts in ``total_requests`` and ``env`` gets
+        ``process.total_requests`` and ``process.request_start``. Never
+        raises for a failing clock or row: a request whose start the clock
+        cannot read is not counted in flight.
         """
-        lock = self._lock
-        lock.acquire()
+        lock = None
         try:
+            if not held:
+                self._inside = True
+                if self._locked:  # shared, or a locker about: step back, take the lock
+                    self._inside = False
+                    self._lock.acquire()
+                    lock = self._lock
             if env is not None:
-                total = self.total_requests + 1
-                self.total_requests = total
+                self.total_requests = total = self.total_requests + 1
                 env["process.total_requests"] = total
             now: int | None
             try:
@@ -482,28 +673,29 @@ class UtilizationCore:
             else:
                 if self._cold:
                     self._warm_up(now)
-                row = self._row
                 n = self._in_flight
                 self._in_flight = n + 1
-                if n == 0:
-                    self._busy_since = now
-                    if row is not None:
+                if n:
+                    if not self._overlapped:
+                        self._first_overlap()
+                    if self._row is not None:
                         try:
-                            row.busy_since_ns = now
                             self._row_enter()
                         except Exception as exc:
                             self._row_broken(exc)
                 else:
-                    if not self._overlapped:
-                        self._first_overlap()
-                        row = self._row
-                    if row is not None:
+                    self._busy_since = now
+                    if self._row is not None:
                         try:
+                            self._row_since(now)
                             self._row_enter()
                         except Exception as exc:
                             self._row_broken(exc)
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
+            elif not held:
+                self._inside = False
         if env is not None:
             # The seed's Time.now. Deriving it from the monotonic start and
             # an offset saves this read but costs as much in big-int maths.
@@ -514,57 +706,77 @@ class UtilizationCore:
                 env["process.request_start"] = time.time()
         return now
 
-    def _leave(self, started: int, method: object = None, status: int | None = None) -> str | None:
+    def _enter_locked(self, env: MutableMapping[str, Any] | None) -> int | None:
+        """:meth:`_enter` for any thread: under the lock, unlocked sections kept out."""
+        self._lock_out()
+        try:
+            return self._enter(env, True)
+        finally:
+            self._unlock()
+
+    def _leave(
+        self,
+        started: int,
+        method: object = None,
+        status: int | None = None,
+        held: bool = False,
+    ) -> str | None:
         """Count the request started at ``started`` as finished now; never raises.
 
-        Returns the periodic report line when one is due. With ``status``
-        (statsd on and a response started) the timings and the status
-        counter go to statsd, outside the lock.
+        Skips the lock as :meth:`_enter` does; ``held`` if the caller holds
+        it (:meth:`_leave_locked`). Returns the periodic report line when one
+        is due. With ``status`` (statsd on and a response started) the
+        timings and the status counter go to statsd, after the section.
         """
-        lock = self._lock
-        lock.acquire()
+        lock = None
         try:
+            if not held:
+                self._inside = True
+                if self._locked:  # shared, or a locker about: step back, take the lock
+                    self._inside = False
+                    self._lock.acquire()
+                    lock = self._lock
             try:
                 now = self._now()
             except Exception as exc:
                 self._warn_once("clock", exc)
                 # Count nothing more than is already known to have passed.
                 now = max(started, self._busy_since)
-            n = self._in_flight - 1
-            self._in_flight = n
+            self._in_flight = n = self._in_flight - 1
             self._completed += 1
             settled = now - self._busy_since
             self._busy_ns += settled
             self._busy_since = now
-            overlapped = self._overlapped
-            if overlapped:
-                duration = now - started
-                self._response_ns += duration
-            row = self._row
-            if row is not None:
+            if self._row is not None:
                 try:
                     # This order, with readers loading requests, entered,
                     # busy_ns, busy_since_ns in that order, never lets a
                     # reader count the settled part twice (see worker_stats).
                     self._row_done()
                     if n:
-                        row.busy_since_ns = now
+                        self._row_since(now)
                     self._row_busy(settled)
-                    if overlapped:
-                        self._row_response(duration)
                 except Exception as exc:
                     self._row_broken(exc)
-            line = None
-            if now >= self._next_event:
-                try:
-                    line = self._periodic(now)
-                except Exception as exc:
-                    self._warn_once("the periodic update", exc)
+            if self._overlapped:
+                self._add_response(now - started)
+            line = self._periodic(now) if now >= self._next_event else None
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
+            elif not held:
+                self._inside = False
         if status is not None:
             self._send_statsd(now - started, method, status)
         return line
+
+    def _leave_locked(self, started: int) -> str | None:
+        """:meth:`_leave` for any thread: under the lock, unlocked sections kept out."""
+        self._lock_out()
+        try:
+            return self._leave(started, held=True)
+        finally:
+            self._unlock()
 
     def reset_stats(self) -> int | None:
         """Start the clock for one request (the seed's per-request reset).
@@ -576,7 +788,7 @@ class UtilizationCore:
         it is returned, and remembered for the current thread or asyncio
         task, so :meth:`record_request` without arguments records the
         right one when requests overlap. Returns ``None`` if the clock
-        failed (logged once).
+        failed (logged once). Safe from any thread (it takes the lock).
 
         Example::
 
@@ -586,7 +798,7 @@ class UtilizationCore:
             finally:
                 mw.record_request()
         """
-        started = self._enter(None)
+        started = self._enter_locked(None)
         self._current.set(started)
         return started
 
@@ -610,7 +822,7 @@ class UtilizationCore:
                     RuntimeError("record_request() without a reset_stats() before it"),
                 )
                 return None
-        return self._leave(started)
+        return self._leave_locked(started)
 
     # -- horizon, title, report (not per request) -------------------------------
 
@@ -632,8 +844,11 @@ class UtilizationCore:
         as the seed does; calling it again starts them afresh (in the seed
         it is ``reset_horizon``).
         """
-        with self._lock:
+        self._lock_out()
+        try:
             self._first_request(self._now())
+        finally:
+            self._unlock()
 
     def _update_next_event(self) -> None:
         self._next_event = min(
@@ -665,10 +880,21 @@ class UtilizationCore:
         ``window`` seconds after the horizon, so long-past traffic does not
         skew the averages.
         """
-        with self._lock:
+        self._lock_out()
+        try:
             self._reset_horizon(self._now())
+        finally:
+            self._unlock()
 
     def _periodic(self, now: int) -> str | None:
+        """The report, title and horizon updates due at ``now``; never raises."""
+        try:
+            return self._periodic_due(now)
+        except Exception as exc:
+            self._warn_once("the periodic update", exc)
+            return None
+
+    def _periodic_due(self, now: int) -> str | None:
         line = None
         if now >= self._next_report and self._report_ns is not None:
             self._next_report = now + self._report_ns
@@ -747,8 +973,11 @@ class UtilizationCore:
             s = ProcessUtilization.singleton.stats()
             print(f"{s.percentage_active:.1f}% busy, {s.requests_per_second} req/s")
         """
-        with self._lock:
+        self._lock_out()
+        try:
             return self._snapshot(self._now())
+        finally:
+            self._unlock()
 
     @property
     def horizon(self) -> float | None:

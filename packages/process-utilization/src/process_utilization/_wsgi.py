@@ -157,6 +157,8 @@ class ProcessUtilization(UtilizationCore):
         ProcessUtilization.singleton.percentage_active
     """
 
+    __slots__ = ("app",)
+
     singleton: ClassVar[ProcessUtilization | None] = None
 
     def __init__(self, app: WSGIApp, **options: Any) -> None:
@@ -170,6 +172,15 @@ class ProcessUtilization(UtilizationCore):
         stats_path = self.stats_path
         if stats_path is not None and environ.get("PATH_INFO") == stats_path:
             return self._serve_stats(environ, start_response)
+        # PEP 3333: false promises that no other thread calls this app at
+        # the same time (gunicorn sync), so no lock is needed; a server that
+        # says true, or nothing, shares the instance for good.
+        try:
+            threaded = environ["wsgi.multithread"]
+        except KeyError:
+            threaded = True
+        if threaded and not self._shared:
+            self._share()
         started = self._enter(environ)
         if "HTTP_X_REQUEST_START" in environ:
             del environ["HTTP_X_REQUEST_START"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
+from threading import get_ident as _get_ident
 from typing import Any, ClassVar
 
 from ._core import UtilizationCore
@@ -40,6 +41,8 @@ class ProcessUtilization(UtilizationCore):
         app = ProcessUtilization(app, stats_path="/_utilization")
     """
 
+    __slots__ = ("app",)
+
     singleton: ClassVar[ProcessUtilization | None] = None
 
     def __init__(self, app: ASGIApp, **options: Any) -> None:
@@ -57,6 +60,11 @@ class ProcessUtilization(UtilizationCore):
         if stats_path is not None and scope.get("path") == stats_path:
             await self._serve_stats(scope, send)
             return
+        # The accounting runs on the event loop's thread with no await
+        # inside, so it takes no lock until a request comes from another
+        # thread (a second event loop), which shares the instance for good.
+        if not self._shared and _get_ident() != self._owner:
+            self._foreign_thread()
         started = self._enter(scope)
         headers = scope.get("headers")
         if headers:
