@@ -47,8 +47,7 @@ class _Closing:
         mw = self._mw
         if mw is None:
             return
-        # The slots live in the subclasses (a list subclass cannot share a
-        # base's non-empty slots), hence the ignore.
+        # The slots live in the subclasses, hence the ignore.
         self._mw = None  # type: ignore[misc]
         box = self._box
         if box is None:
@@ -57,12 +56,6 @@ class _Closing:
             line = mw._leave(self._started, self._environ.get("REQUEST_METHOD"), box[0])
         if line is not None:
             mw._report(line, self._environ)
-
-
-class _ClosingList(_Closing, list):  # type: ignore[type-arg]
-    """A list body: a copy of the app's list (iterated in C) that records on close."""
-
-    __slots__ = ("_box", "_environ", "_mw", "_started")
 
 
 class _Body(_Closing):
@@ -200,19 +193,25 @@ class ProcessUtilization(UtilizationCore):
             raise
         closing: _Closing
         result: Iterable[bytes]
-        if type(body) is list:
-            result = closing = _ClosingList(body)
+        # Every body but the server's file wrapper goes back behind a proxy
+        # that is not a list, even a list body: WSGI consumers (WebOb's
+        # Response.body, for one) take a list's items without calling
+        # close(), which would leave the request in flight for good.
+        wrapper = environ.get("wsgi.file_wrapper")
+        closer = None
+        if (
+            type(body) is not list
+            and wrapper is not None
+            and isinstance(wrapper, type)
+            and isinstance(body, wrapper)
+        ):
+            closer = _FileCloser(getattr(body, "close", None))
+            if not _close_on_file_wrapper(body, closer):
+                closer = None
+        if closer is None:
+            result = closing = _Body(body)
         else:
-            wrapper = environ.get("wsgi.file_wrapper")
-            closer = None
-            if wrapper is not None and isinstance(wrapper, type) and isinstance(body, wrapper):
-                closer = _FileCloser(getattr(body, "close", None))
-                if not _close_on_file_wrapper(body, closer):
-                    closer = None
-            if closer is None:
-                result = closing = _Body(body)
-            else:
-                result, closing = body, closer
+            result, closing = body, closer
         closing._mw = self
         closing._started = started
         closing._environ = environ
