@@ -390,6 +390,28 @@ class CountChunk:
     interrupted: bool
 
 
+def uniform_shape(buf: bytes) -> tuple[int, int] | None:
+    """``(stride, n)`` when ``buf`` is n inet_diag messages of one size, else None.
+
+    The kernel usually fills a datagram with same-sized messages; then each
+    field is a strided column (``buf[offset::stride]``) read at C speed.
+    Checked: the first message is SOCK_DIAG_BY_FAMILY and long enough, the
+    datagram is a whole number of messages, and nlmsg_len and nlmsg_type
+    (bytes 0-5) are identical in every one.
+    """
+    size = len(buf)
+    if size < 16 + INET_DIAG_MSG_SIZE:
+        return None
+    length, mtype = NLMSGHDR.unpack_from(buf, 0)[:2]
+    stride = _align(length)
+    if mtype != SOCK_DIAG_BY_FAMILY or length < 16 + INET_DIAG_MSG_SIZE or size % stride:
+        return None
+    n = size // stride
+    if all(buf[j::stride] == buf[j : j + 1] * n for j in range(6)):
+        return stride, n
+    return None
+
+
 def count_inet_dump(buf: bytes) -> CountChunk:
     """Parse a datagram of a dump whose sockets all belong to one name.
 
@@ -399,19 +421,9 @@ def count_inet_dump(buf: bytes) -> CountChunk:
     same-sized inet_diag_msg records) the columns are read with strided
     slices, at C speed; anything else goes through :func:`parse_inet_dump`.
     """
-    size = len(buf)
-    if size >= 16 + INET_DIAG_MSG_SIZE:
-        length, mtype = NLMSGHDR.unpack_from(buf, 0)[:2]
-        stride = _align(length)
-        if (
-            mtype == SOCK_DIAG_BY_FAMILY
-            and length >= 16 + INET_DIAG_MSG_SIZE
-            and size % stride == 0
-        ):
-            n = size // stride
-            # nlmsg_len and nlmsg_type (bytes 0-5) identical in every message
-            if all(buf[j::stride] == buf[j : j + 1] * n for j in range(6)):
-                return _count_uniform(buf, stride, n)
+    shape = uniform_shape(buf)
+    if shape is not None:
+        return _count_uniform(buf, *shape)
     chunk = parse_inet_dump(buf)
     active = 0
     listeners = []
@@ -483,21 +495,11 @@ def count_targets(targets: list[Target], buf: bytes) -> TargetChunk:
     so no Python code runs per socket. Anything else goes through
     :func:`parse_inet_dump`.
     """
-    size = len(buf)
-    if size >= 16 + INET_DIAG_MSG_SIZE:
-        length, mtype = NLMSGHDR.unpack_from(buf, 0)[:2]
-        stride = _align(length)
-        if (
-            mtype == SOCK_DIAG_BY_FAMILY
-            and length >= 16 + INET_DIAG_MSG_SIZE
-            and size % stride == 0
-        ):
-            n = size // stride
-            # nlmsg_len and nlmsg_type (bytes 0-5) identical in every message
-            if all(buf[j::stride] == buf[j : j + 1] * n for j in range(6)):
-                chunk = _targets_uniform(targets, buf, stride, n)
-                if chunk is not None:
-                    return chunk
+    shape = uniform_shape(buf)
+    if shape is not None:
+        chunk = _targets_uniform(targets, buf, *shape)
+        if chunk is not None:
+            return chunk
     chunk0 = parse_inet_dump(buf)
     listeners = []
     counts = [0] * len(targets)
