@@ -1,6 +1,10 @@
 /* shm_counters.c: lock-free operations on shared memory; see the header. */
 #include "shm_counters.h"
 
+#ifdef __linux__
+#include <time.h>
+#endif
+
 #define RLX __ATOMIC_RELAXED
 #define SC __ATOMIC_SEQ_CST
 
@@ -235,3 +239,74 @@ void shmc_hist_reset(uint64_t *cells, uint64_t log2, uint64_t nbuckets)
 	__atomic_store_n(&cells[SHMC_H_MIN], UINT64_MAX, RLX);
 	shmc_zero_cells(cells + SHMC_H_DATA + (log2 ? 0 : nbuckets + 1), nbuckets);
 }
+
+/* -- busy timer ---------------------------------------------------------- */
+
+int shmc_busy_clock(void)
+{
+#ifdef __linux__
+	return 1;
+#else
+	return 0;
+#endif
+}
+
+uint64_t shmc_monotonic_ns(void)
+{
+#ifdef __linux__
+	/* The clock time.monotonic_ns() reads on Linux. */
+	struct timespec ts;
+	if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0)
+		return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+#endif
+	return 0;
+}
+
+static uint64_t busy_now(struct shmc_busy *b)
+{
+	if (!b->manual)
+		b->now = shmc_monotonic_ns();
+	return b->now;
+}
+
+/* Settled time: a clock that went back settles nothing. */
+static uint64_t elapsed(uint64_t now, uint64_t since)
+{
+	return now > since ? now - since : 0;
+}
+
+uint64_t shmc_busy_start(struct shmc_busy *b)
+{
+	uint64_t now = busy_now(b);
+	b->own_entered++;
+	b->own_since_ns = now;
+	__atomic_store_n(b->since_ns, now, RLX);
+	__atomic_add_fetch(b->entered, 1, RLX);
+	return now;
+}
+
+uint64_t shmc_busy_join(struct shmc_busy *b)
+{
+	uint64_t now = busy_now(b);
+	b->own_entered++;
+	__atomic_add_fetch(b->entered, 1, RLX);
+	return now;
+}
+
+/* A unit done at now: the owner's copy, then done, [since_ns,] busy_ns. */
+static uint64_t busy_done(struct shmc_busy *b, int still_busy)
+{
+	uint64_t now = busy_now(b);
+	uint64_t settled = elapsed(now, b->own_since_ns);
+	b->own_done++;
+	b->own_busy_ns += settled;
+	b->own_since_ns = now;
+	__atomic_add_fetch(b->done, 1, RLX);
+	if (still_busy)
+		__atomic_store_n(b->since_ns, now, RLX);
+	__atomic_add_fetch(b->busy_ns, settled, RLX);
+	return now;
+}
+
+uint64_t shmc_busy_settle(struct shmc_busy *b) { return busy_done(b, 1); }
+uint64_t shmc_busy_finish(struct shmc_busy *b) { return busy_done(b, 0); }

@@ -2,7 +2,9 @@
  * shm_counters.h: the whole C surface of shm-counters, as cffi sees it.
  *
  * Every function works on memory that Python mapped (mmap) and handed over
- * as a pointer; no function allocates, locks, or makes a system call.
+ * as a pointer; no function allocates, locks, or makes a system call (the
+ * busy timer reads CLOCK_MONOTONIC, which Linux serves from the vDSO where
+ * the clock source allows, exactly as time.monotonic_ns() does).
  *
  * Memory orders (GCC/Clang __atomic builtins, the same model as C11
  * <stdatomic.h>):
@@ -86,5 +88,44 @@ void shmc_zero_cells(uint64_t *cells, uint64_t count);
 int shmc_hist_record(uint64_t *cells, uint64_t log2, uint64_t nbuckets,
                      int64_t value);
 void shmc_hist_reset(uint64_t *cells, uint64_t log2, uint64_t nbuckets);
+
+/* Busy timer: how long at least one unit of work (a request) was in flight,
+ * published in four counters that other processes read: entered and done
+ * (+1 per unit started and finished), busy_ns (busy time settled so far)
+ * and since_ns (start of the busy time not settled yet; meaningful while
+ * entered != done). The owner alone writes them, one call per start and
+ * one per finish, picking the call from its own in-flight count; the
+ * struct also keeps the owner's own copy of the figures (own_*) in private
+ * memory, so the owner never reads shared memory back. Each call reads the
+ * clock once and returns that time (ns): the Linux CLOCK_MONOTONIC, or
+ * with `manual` non-zero the time the caller left in `now`. Readers load
+ * done, entered, busy_ns, since_ns in that order; the writes below keep
+ * every such read from counting settled time twice. A clock that went
+ * back settles nothing. */
+struct shmc_busy {
+	uint64_t *entered;
+	uint64_t *done;
+	uint64_t *busy_ns;
+	uint64_t *since_ns;
+	uint64_t now;
+	uint64_t manual;
+	uint64_t own_entered;
+	uint64_t own_done;
+	uint64_t own_busy_ns;
+	uint64_t own_since_ns; /* settled up to here (every step moves it) */
+};
+/* Non-zero if the steps below read the clock themselves (Linux). */
+int shmc_busy_clock(void);
+/* The steps' clock (ns); 0 where shmc_busy_clock() is 0. */
+uint64_t shmc_monotonic_ns(void);
+/* Idle to busy: since_ns = now, then entered + 1. */
+uint64_t shmc_busy_start(struct shmc_busy *b);
+/* Another unit while busy: entered + 1. */
+uint64_t shmc_busy_join(struct shmc_busy *b);
+/* One unit done, others still in flight: done + 1, since_ns = now, then
+ * busy_ns + (now - previous since). */
+uint64_t shmc_busy_settle(struct shmc_busy *b);
+/* The last unit in flight done: done + 1, then busy_ns + (now - since). */
+uint64_t shmc_busy_finish(struct shmc_busy *b);
 
 #endif

@@ -2,13 +2,15 @@
 
 ``Counters`` (one unsigned 64-bit counter per cache line), ``counter_struct``
 (named counters), ``Scoreboard`` (one row of counters per worker process,
-dead workers' rows drop out) and ``Histogram`` (lock-free shared histogram),
+dead workers' rows drop out), ``Histogram`` (lock-free shared histogram)
+and ``BusyTimer`` (time with work in flight, one C call per step),
 all in anonymous shared memory inherited across fork or in a named segment
 file that spawned processes attach to.
 """
 
 from __future__ import annotations
 
+from ._busy import BusyTimer, monotonic_ns
 from ._counters import Counters
 from ._errors import (
     BoundsError,
@@ -35,6 +37,7 @@ __all__ = [
     "MAX",
     "PAGE_SIZE",
     "BoundsError",
+    "BusyTimer",
     "CapacityError",
     "ClosedError",
     "CounterIndexError",
@@ -53,5 +56,6 @@ __all__ = [
     "ShmCountersError",
     "__version__",
     "counter_struct",
+    "monotonic_ns",
     "unlink",
 ]

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ._busy import BusyTimer
 from ._counters import CLOSED, ONE, Counters, amount_error, as_int, bound_step, retire_step
 from ._errors import ClosedError, CounterIndexError, FieldNameError
 from ._native import lib
@@ -24,7 +25,8 @@ _store = lib.shmc_store
 
 # Names a field may not take: they would hide a method or attribute.
 _RESERVED = frozenset(
-    {"to_dict", "close", "closed", "fields", "path", "counters", "index", "pid"} | {"release"}
+    {"to_dict", "close", "closed", "fields", "path", "counters", "index", "pid"}
+    | {"release", "bind_incr", "bind_decr", "bind_add", "bind_store", "bind_busy_timer"}
 )
 
 
@@ -224,6 +226,43 @@ class FieldBank:
             >>> s.close()
         """
         return self._bind_step(field, _store)  # type: ignore[return-value]
+
+    def bind_busy_timer(
+        self,
+        entered: str,
+        done: str,
+        busy_ns: str,
+        since_ns: str,
+        *,
+        clock: Callable[[], int] | None = None,
+    ) -> BusyTimer:
+        """A :class:`~shm_counters.BusyTimer` writing these four fields.
+
+        Each step is one C call that reads the clock and updates the fields
+        in the order readers rely on (see :class:`~shm_counters.BusyTimer`);
+        closing this struct (or releasing the row) closes the timer too.
+
+        Example::
+
+            >>> Row = counter_struct("Row", ["entered", "done", "busy_ns", "since_ns"])
+            >>> row = Row()
+            >>> timer = row.bind_busy_timer("entered", "done", "busy_ns", "since_ns")
+            >>> begun = timer.start()
+            >>> ended = timer.finish()
+            >>> row.done, row.busy_ns == ended - begun
+            (1, True)
+            >>> row.close()
+        """
+        names = (entered, done, busy_ns, since_ns)
+        ks = [self._field_index(name) for name in names]
+        if len(set(ks)) != 4:
+            raise FieldNameError(
+                f"a busy timer needs four different fields, got {', '.join(map(repr, names))}"
+            )
+        ptrs = [self._cells[k][0] for k in ks]
+        if ptrs[0] is CLOSED:
+            raise self._closed_error()
+        return BusyTimer._over(ptrs, self._keep, type(self).__name__, self._bound, clock)
 
     def _bind_step(self, field: str, fn: Any) -> Callable[[], int]:
         k = self._field_index(field)
