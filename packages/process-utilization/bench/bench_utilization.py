@@ -163,19 +163,26 @@ def asgi_loop(app: Any, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def best_ns(
-    loop: Callable[[Any, int], float], app: Any, n: int, repeat: int
-) -> tuple[float, float]:
-    """The best and the median ns per request over ``repeat`` runs of ``n``."""
-    loop(app, n // 10)  # warm up (claims the scoreboard row)
-    times = []
+Case = tuple[str, str, Callable[[Any, int], float], Any]
+
+
+def measure(cases: list[Case], n: int, rounds: int) -> list[tuple[float, float]]:
+    """The best and the median ns per request of each case over ``rounds`` runs of ``n``.
+
+    The runs are interleaved (each round runs every case once), so a slow
+    spell of the machine falls on every case alike, not on one.
+    """
+    for _proto, _name, loop, app in cases:
+        loop(app, n // 10)  # warm up (claims the scoreboard row)
+    times: list[list[float]] = [[] for _ in cases]
     gc.disable()
     try:
-        for _ in range(repeat):
-            times.append(loop(app, n) / n * 1e9)
+        for _ in range(rounds):
+            for k, (_proto, _name, loop, app) in enumerate(cases):
+                times[k].append(loop(app, n) / n * 1e9)
     finally:
         gc.enable()
-    return min(times), statistics.median(times)
+    return [(min(t), statistics.median(t)) for t in times]
 
 
 BARE, SEED, LOCAL, DEFAULT = "bare app", "naive seed port", "local only", "default"
@@ -184,11 +191,13 @@ THREADED = "threaded server"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", type=int, default=200_000, help="requests per run")
-    parser.add_argument("--repeat", type=int, default=5, help="runs (best is kept)")
+    parser.add_argument("-n", type=int, default=50_000, help="requests per run")
+    parser.add_argument(
+        "--repeat", type=int, default=9, help="rounds, each running every case once (best kept)"
+    )
     args = parser.parse_args()
 
-    cases: list[tuple[str, str, Callable[[Any, int], float], Any]] = [
+    cases: list[Case] = [
         ("WSGI", BARE, wsgi_loop, wsgi_app),
         ("WSGI", SEED, wsgi_loop, NaiveSeedPort(wsgi_app)),
         ("WSGI", LOCAL, wsgi_loop, ProcessUtilization(wsgi_app, scoreboard=RefusingBoard())),
@@ -200,14 +209,14 @@ def main() -> int:
         ("ASGI", DEFAULT, asgi_loop, AsgiProcessUtilization(asgi_app)),
     ]
     print(
-        f"Python {sys.version.split()[0]}, {args.n} requests x {args.repeat} runs, "
-        "best run (median in brackets)\n"
+        f"Python {sys.version.split()[0]}, {args.n} requests x {args.repeat} interleaved "
+        "rounds, best run (median in brackets)\n"
     )
     print("| protocol | variant | ns/request | added ns | added, x the seed's |")
     print("| --- | --- | ---: | ---: | ---: |")
     added: dict[tuple[str, str], float] = {}
-    for proto, name, loop, app in cases:
-        best, median = best_ns(loop, app, args.n, args.repeat)
+    results = measure(cases, args.n, args.repeat)
+    for (proto, name, _loop, _app), (best, median) in zip(cases, results, strict=True):
         bare = added.setdefault((proto, BARE), best) if name == BARE else added[(proto, BARE)]
         extra = best - bare
         if name != BARE:

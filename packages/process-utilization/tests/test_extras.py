@@ -7,6 +7,7 @@ import io
 import json
 import os
 import socket
+import time
 import wsgiref.util
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -359,6 +360,28 @@ def test_scoreboard_row_and_worker_stats(clock: Any) -> None:
     assert w.requests_per_second == 0.5
     assert w.average_response_time == 750.0
     body.close()  # type: ignore[attr-defined]
+
+
+def test_default_clock_row_is_bracketed_by_the_kernel_clock() -> None:
+    """With the default clock the row's times are CLOCK_MONOTONIC, read in C per step."""
+    mw = ProcessUtilization(hello)
+    before = time.monotonic_ns()
+    env: dict[str, Any] = {"REQUEST_METHOD": "GET", "PATH_INFO": "/"}
+    body = mw(env, lambda *a: None)
+    inside = time.monotonic_ns()
+    row = mw.scoreboard.rows()[0].values
+    since = row["busy_since_ns"]
+    assert (row["entered"], row["requests"], row["busy_ns"]) == (1, 0, 0)
+    assert before <= since <= inside
+    assert list(body) == [b"hello"]
+    closing = time.monotonic_ns()
+    body.close()  # type: ignore[attr-defined]
+    after = time.monotonic_ns()
+    row = mw.scoreboard.rows()[0].values
+    assert (row["entered"], row["requests"]) == (1, 1)
+    assert closing - since <= row["busy_ns"] <= after - since
+    assert mw.stats().busy_seconds_total == row["busy_ns"] / 1e9
+    mw.close()
 
 
 def test_overlapping_requests_publish_the_response_sum(clock: Any) -> None:

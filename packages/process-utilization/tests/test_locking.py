@@ -288,4 +288,4 @@ def test_lock_free_requests_and_locked_callers_in_two_threads_stay_exact() -> No
     assert busy == sorted(busy)
     row = mw.scoreboard.rows()[0].values
     assert (row["entered"], row["requests"]) == (4000, 4000)
-    assert row["busy_ns"] == mw._busy_ns
+    assert row["busy_ns"] == mw._timer.busy_ns

@@ -24,7 +24,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from shm_counters import Scoreboard
+from shm_counters import BusyTimer, Scoreboard, monotonic_ns
 
 from ._board import DEFAULT_SLOTS, check_segment, open_scoreboard, render_json
 from ._board import render_text as _render_text
@@ -202,12 +202,10 @@ class UtilizationCore:
     # and written at a fixed offset (an instance dict would cost a lookup).
     __slots__ = (
         "__weakref__",
-        "_busy_ns",
-        "_busy_since",
         "_clock",
         "_cold",
-        "_completed",
         "_current",
+        "_finish",
         "_gc_collections",
         "_gc_ns",
         "_gc_start",
@@ -219,6 +217,7 @@ class UtilizationCore:
         "_horizon_wall",
         "_in_flight",
         "_inside",
+        "_join",
         "_lock",
         "_locked",
         "_next_event",
@@ -228,21 +227,21 @@ class UtilizationCore:
         "_overlapped",
         "_owner",
         "_owns_statsd",
+        "_private",
         "_proctitle_prefix",
         "_report_ns",
         "_response_ns",
         "_row",
-        "_row_busy",
-        "_row_done",
-        "_row_enter",
         "_row_failed",
         "_row_response",
-        "_row_since",
         "_setproctitle",
+        "_settle",
         "_shared",
+        "_start",
         "_started",
         "_statsd",
         "_statsd_pipeline",
+        "_timer",
         "_title_base",
         "_title_ns",
         "_wall_clock",
@@ -299,8 +298,11 @@ class UtilizationCore:
         self.stats_path = stats_path
         self._clock = clock
         self._wall_clock = wall_clock
+        # The default clock is the one the busy timer's C steps read
+        # themselves (CLOCK_MONOTONIC, time.monotonic's on Linux); another
+        # clock is read in Python and handed to them.
         self._now: Callable[[], int] = (
-            time.monotonic_ns if clock is time.monotonic else lambda: round(clock() * 1e9)
+            monotonic_ns if clock is time.monotonic else lambda: round(clock() * 1e9)
         )
         self._window_ns = round(self.window * 1e9)
         self._report_ns = None if report_interval is None else round(report_interval * 1e9)
@@ -325,6 +327,8 @@ class UtilizationCore:
         self.scoreboard: Scoreboard = scoreboard
         self._row: Any = None
         self._row_failed = False
+        self._private = self._private_timer()
+        self._use_timer(self._private)
 
         self._setproctitle: Callable[[str], None] | None = None
         self._getproctitle: Callable[[], str] | None = None
@@ -377,10 +381,7 @@ class UtilizationCore:
         self._overlapped = False
         self._in_flight = 0
         self.total_requests = 0
-        self._completed = 0
         self._response_ns = 0
-        self._busy_ns = 0
-        self._busy_since = 0
         self._horizon = 0
         self._horizon_wall: float | None = None
         self._horizon_busy = 0
@@ -400,6 +401,8 @@ class UtilizationCore:
         self._share_without_gil()
         self._row = None
         self._row_failed = False
+        self._private = self._private_timer()
+        self._use_timer(self._private)
         self._warned = set()
         self._reset_all()
         self._gc_ns = 0
@@ -429,6 +432,7 @@ class UtilizationCore:
         self._statsd_pipeline = None
         row, self._row = self._row, None
         self._row_failed = True
+        self._switch_timer(self._private)  # before release() retires the row's
         if row is not None:
             try:
                 row.release()
@@ -451,29 +455,50 @@ class UtilizationCore:
 
     # -- the scoreboard row ----------------------------------------------------
 
+    def _private_timer(self) -> BusyTimer:
+        """A busy timer in private memory: the clock of the steps while no row is shared."""
+        return BusyTimer(clock=None if self._now is monotonic_ns else self._now)
+
+    def _switch_timer(self, timer: BusyTimer) -> None:
+        """Carry this process's figures over to ``timer`` and use it from now on."""
+        if timer is not self._timer:
+            timer.set_values(**self._timer.values())
+            self._use_timer(timer)
+
+    def _use_timer(self, timer: BusyTimer) -> None:
+        """Make ``timer``'s steps the per-request ones.
+
+        The timer holds this process's own figures too (requests done,
+        busy time settled and up to when): :attr:`_timer` is where every
+        reader finds them.
+        """
+        self._timer = timer
+        self._start, self._join = timer.start, timer.join
+        self._settle, self._finish = timer.settle, timer.finish
+
     def _claim(self) -> Any:
         """Claim this process's row (lazily, once per process).
 
         The row starts from this process's current figures; afterwards the
-        per-request path writes it only through bound C-level callables
-        (one cffi call each, no Python frame): +1 steps, adds and the
-        busy-since store.
+        per-request path writes it through the row's busy timer: one C call
+        when a request starts and one when it ends, each reading the clock
+        and returning the time it read (see :class:`shm_counters.BusyTimer`).
         """
         try:
             row = self.scoreboard.claim()
-            row.requests = self._completed
-            row.entered = self._completed + self._in_flight
-            row.busy_ns = self._busy_ns
-            row.busy_since_ns = self._busy_since if self._in_flight else 0
+            timer = row.bind_busy_timer(
+                "entered",
+                "requests",
+                "busy_ns",
+                "busy_since_ns",
+                clock=None if self._now is monotonic_ns else self._now,
+            )
+            timer.set_values(**self._timer.values())
             row.response_ns = self._response_total()
             row.overlapped = int(self._overlapped)
             row.gc_ns = self._gc_ns
             row.gc_collections = self._gc_collections
             self._publish_horizon(row)
-            self._row_since = row.bind_store("busy_since_ns")
-            self._row_enter = row.bind_incr("entered")
-            self._row_done = row.bind_incr("requests")
-            self._row_busy = row.bind_add("busy_ns")
             self._row_response = row.bind_add("response_ns")
         except Exception as exc:
             self._row_failed = True
@@ -485,6 +510,7 @@ class UtilizationCore:
             )
             return None
         self._row = row
+        self._use_timer(timer)
         return row
 
     def _response_total(self) -> int:
@@ -493,15 +519,71 @@ class UtilizationCore:
         Until two requests overlap it equals the settled busy time, which
         the per-request path then keeps alone (see :meth:`_first_overlap`).
         """
-        return self._response_ns if self._overlapped else self._busy_ns
+        return self._response_ns if self._overlapped else self._timer.busy_ns
 
-    def _warm_up(self, now: int) -> None:
-        """The first request of this process: start the horizon, claim the row."""
-        if not self._started:
-            self._first_request(now)
+    def _warm_up(self, n: int) -> int | None:
+        """Start the first request of this process: claim the row, start the horizon.
+
+        Takes the step a warm :meth:`_enter` takes (``n`` requests in
+        flight); returns its time, ``None`` if the clock failed.
+        """
         if self._row is None and not self._row_failed:
             self._claim()
-        self._cold = False
+        try:
+            now: int | None = self._join() if n else self._start()
+        except Exception as exc:
+            now = self._step_failed(exc, n)
+        if now is not None:
+            if not self._started:
+                self._first_request(now)
+            self._cold = False
+        return now
+
+    def _step_again(self, exc: Exception, n: int, ending: bool) -> tuple[int | None, Exception]:
+        """After a step raised: if the row is gone, drop it and step on the private timer.
+
+        A row closed under the middleware has its steps retired (they raise
+        ``ClosedError``). Returns the time of the step taken again, else
+        ``None``, and the exception to report when there is no time.
+        """
+        if self._timer is self._private or not self._timer.closed:
+            return None, exc
+        self._row_broken(exc)
+        busy, idle = (self._settle, self._finish) if ending else (self._join, self._start)
+        step = busy if n else idle
+        try:
+            return step(), exc
+        except Exception as again:
+            return None, again
+
+    def _step_failed(self, exc: Exception, n: int) -> int | None:
+        """A request's start step raised: the row is gone, or the clock failed.
+
+        A failing clock is logged once; the request is then not counted
+        (``None``).
+        """
+        now, exc = self._step_again(exc, n, ending=False)
+        if now is None:
+            self._warn_once("clock", exc)
+        return now
+
+    def _leave_failed(self, exc: Exception, n: int, started: int) -> int:
+        """A request's end step raised (see :meth:`_step_failed`); the time it ends at.
+
+        With a failing clock the request ends at the latest time already
+        known to have passed (its start, or the last settled time), so
+        nothing more than that is counted.
+        """
+        now, exc = self._step_again(exc, n, ending=True)
+        if now is not None:
+            return now
+        self._warn_once("clock", exc)
+        now = max(started, self._timer.since_ns)
+        try:
+            return self._timer.settle_at(now) if n else self._timer.finish_at(now)
+        except Exception as again:
+            self._row_broken(again)
+            return now
 
     def _first_overlap(self) -> None:
         """Two requests in flight at once, the first time in this process.
@@ -513,7 +595,7 @@ class UtilizationCore:
         load ``busy_ns``, then ``overlapped``, then ``response_ns``).
         """
         self._overlapped = True
-        self._response_ns = self._busy_ns
+        self._response_ns = self._timer.busy_ns
         row = self._row
         if row is not None:
             try:
@@ -534,6 +616,7 @@ class UtilizationCore:
     def _row_broken(self, exc: BaseException) -> None:
         self._row = None
         self._row_failed = True
+        self._switch_timer(self._private)
         _log.warning("process_utilization: scoreboard update failed: %r", exc)
 
     def _publish_horizon(self, row: Any) -> None:
@@ -642,139 +725,150 @@ class UtilizationCore:
 
     # -- the per-request path ---------------------------------------------------
 
-    def _enter(self, env: MutableMapping[str, Any] | None, held: bool = False) -> int | None:
+    def _enter(self, env: MutableMapping[str, Any]) -> int | None:
         """Count a request in flight; its start (clock ns), ``None`` if not counted.
 
-        Skips the lock unless the instance is shared or a locker is about
-        (see above); ``held`` if the caller holds it (:meth:`_enter_locked`).
-        With ``env`` (the WSGI environ or ASGI scope) the request also
-        counts in ``total_requests`` and ``env`` gets
+        The adapters' call when a request starts. The request counts in
+        ``total_requests`` and ``env`` (the WSGI environ or ASGI scope) gets
         ``process.total_requests`` and ``process.request_start``. Never
         raises for a failing clock or row: a request whose start the clock
-        cannot read is not counted in flight.
+        cannot read is not counted in flight. The common case (no lock
+        needed, the row claimed) runs :meth:`_enter_section` inlined;
+        everything else goes through :meth:`_enter_slow`.
         """
-        lock = None
-        try:
-            if not held:
-                self._inside = True
-                if self._locked:  # shared, or a locker about: step back, take the lock
-                    self._inside = False
-                    self._lock.acquire()
-                    lock = self._lock
-            if env is not None:
+        self._inside = True
+        if self._locked or self._cold:
+            self._inside = False
+            now = self._enter_slow(env)
+        else:
+            try:
+                # _enter_section, warm, inlined: keep the two alike.
                 self.total_requests = total = self.total_requests + 1
                 env["process.total_requests"] = total
-            now: int | None
-            try:
-                now = self._now()
-            except Exception as exc:
-                self._warn_once("clock", exc)
-                now = None
-            else:
-                if self._cold:
-                    self._warm_up(now)
                 n = self._in_flight
-                self._in_flight = n + 1
-                if n:
-                    if not self._overlapped:
+                try:
+                    now = self._join() if n else self._start()
+                except Exception as exc:
+                    now = self._step_failed(exc, n)
+                if now is not None:
+                    self._in_flight = n + 1
+                    if n and not self._overlapped:
                         self._first_overlap()
-                    if self._row is not None:
-                        try:
-                            self._row_enter()
-                        except Exception as exc:
-                            self._row_broken(exc)
-                else:
-                    self._busy_since = now
-                    if self._row is not None:
-                        try:
-                            self._row_since(now)
-                            self._row_enter()
-                        except Exception as exc:
-                            self._row_broken(exc)
-        finally:
-            if lock is not None:
-                lock.release()
-            elif not held:
+            finally:
                 self._inside = False
-        if env is not None:
-            # The seed's Time.now. Deriving it from the monotonic start and
-            # an offset saves this read but costs as much in big-int maths.
-            try:
-                env["process.request_start"] = self._wall_clock()
-            except Exception as exc:
-                self._warn_once("wall_clock", exc)
-                env["process.request_start"] = time.time()
+        # The seed's Time.now. Deriving it from the monotonic start and an
+        # offset saves this read but costs as much in big-int maths.
+        try:
+            env["process.request_start"] = self._wall_clock()
+        except Exception as exc:
+            self._warn_once("wall_clock", exc)
+            env["process.request_start"] = time.time()
         return now
 
+    def _enter_section(self, env: MutableMapping[str, Any] | None) -> int | None:
+        """The accounting of a request's start, run by one thread at a time.
+
+        Takes the busy timer's step (``start`` if nothing is in flight,
+        else ``join``): one C call that reads the clock and updates the
+        row. Counts in ``total_requests`` only with ``env``.
+        """
+        if env is not None:
+            self.total_requests = total = self.total_requests + 1
+            env["process.total_requests"] = total
+        n = self._in_flight
+        now: int | None
+        if self._cold:
+            now = self._warm_up(n)
+        else:
+            try:
+                now = self._join() if n else self._start()
+            except Exception as exc:
+                now = self._step_failed(exc, n)
+        if now is not None:
+            self._in_flight = n + 1
+            if n and not self._overlapped:
+                self._first_overlap()
+        return now
+
+    def _enter_slow(self, env: MutableMapping[str, Any]) -> int | None:
+        """:meth:`_enter_section` under the lock when needed (see "who may skip the lock")."""
+        self._inside = True
+        if not self._locked:  # cold, alone: claim the row without the lock
+            try:
+                return self._enter_section(env)
+            finally:
+                self._inside = False
+        self._inside = False  # shared, or a locker about: step back, take the lock
+        lock = self._lock
+        lock.acquire()
+        try:
+            return self._enter_section(env)
+        finally:
+            lock.release()
+
     def _enter_locked(self, env: MutableMapping[str, Any] | None) -> int | None:
-        """:meth:`_enter` for any thread: under the lock, unlocked sections kept out."""
+        """:meth:`_enter_section` for any thread: under the lock, unlocked sections kept out."""
         self._lock_out()
         try:
-            return self._enter(env, True)
+            return self._enter_section(env)
         finally:
             self._unlock()
 
-    def _leave(
-        self,
-        started: int,
-        method: object = None,
-        status: int | None = None,
-        held: bool = False,
-    ) -> str | None:
+    def _leave(self, started: int, method: object = None, status: int | None = None) -> str | None:
         """Count the request started at ``started`` as finished now; never raises.
 
-        Skips the lock as :meth:`_enter` does; ``held`` if the caller holds
-        it (:meth:`_leave_locked`). Returns the periodic report line when one
-        is due. With ``status`` (statsd on and a response started) the
-        timings and the status counter go to statsd, after the section.
+        The adapters' call when a request ends. Returns the periodic report
+        line when one is due. With ``status`` (statsd on and a response
+        started) the timings and the status counter go to statsd, after
+        the section. Skips the lock as :meth:`_enter` does.
         """
-        lock = None
-        try:
-            if not held:
-                self._inside = True
-                if self._locked:  # shared, or a locker about: step back, take the lock
-                    self._inside = False
-                    self._lock.acquire()
-                    lock = self._lock
+        self._inside = True
+        if self._locked:  # shared, or a locker about: step back, take the lock
+            self._inside = False
+            lock = self._lock
+            lock.acquire()
             try:
-                now = self._now()
-            except Exception as exc:
-                self._warn_once("clock", exc)
-                # Count nothing more than is already known to have passed.
-                now = max(started, self._busy_since)
-            self._in_flight = n = self._in_flight - 1
-            self._completed += 1
-            settled = now - self._busy_since
-            self._busy_ns += settled
-            self._busy_since = now
-            if self._row is not None:
-                try:
-                    # This order, with readers loading requests, entered,
-                    # busy_ns, busy_since_ns in that order, never lets a
-                    # reader count the settled part twice (see worker_stats).
-                    self._row_done()
-                    if n:
-                        self._row_since(now)
-                    self._row_busy(settled)
-                except Exception as exc:
-                    self._row_broken(exc)
-            if self._overlapped:
-                self._add_response(now - started)
-            line = self._periodic(now) if now >= self._next_event else None
-        finally:
-            if lock is not None:
+                now, line = self._leave_section(started)
+            finally:
                 lock.release()
-            elif not held:
+        else:
+            try:
+                # _leave_section inlined: keep the two alike.
+                self._in_flight = n = self._in_flight - 1
+                try:
+                    now = self._settle() if n else self._finish()
+                except Exception as exc:
+                    now = self._leave_failed(exc, n, started)
+                if self._overlapped:
+                    self._add_response(now - started)
+                line = self._periodic(now) if now >= self._next_event else None
+            finally:
                 self._inside = False
         if status is not None:
             self._send_statsd(now - started, method, status)
         return line
 
+    def _leave_section(self, started: int) -> tuple[int, str | None]:
+        """The accounting of a request's end, run by one thread at a time.
+
+        Takes the busy timer's step (``settle`` while others are in
+        flight, else ``finish``); returns the time the request ended and
+        the report line when one is due.
+        """
+        self._in_flight = n = self._in_flight - 1
+        try:
+            now = self._settle() if n else self._finish()
+        except Exception as exc:
+            now = self._leave_failed(exc, n, started)
+        if self._overlapped:
+            self._add_response(now - started)
+        return now, (self._periodic(now) if now >= self._next_event else None)
+
     def _leave_locked(self, started: int) -> str | None:
-        """:meth:`_leave` for any thread: under the lock, unlocked sections kept out."""
+        """:meth:`_leave_section` for any thread: under the lock, unlocked sections kept out."""
         self._lock_out()
         try:
-            return self._leave(started, held=True)
+            return self._leave_section(started)[1]
         finally:
             self._unlock()
 
@@ -858,11 +952,12 @@ class UtilizationCore:
     def _reset_horizon(self, now: int) -> None:
         self._horizon = now
         self._horizon_wall = self._wall_now()
-        busy = self._busy_ns
+        timer = self._timer
+        busy = timer.busy_ns
         if self._in_flight:
-            busy += now - self._busy_since
+            busy += now - timer.since_ns
         self._horizon_busy = busy
-        self._horizon_completed = self._completed
+        self._horizon_completed = timer.done
         self._horizon_response = self._response_total()
         row = self._row
         if row is not None:
@@ -931,18 +1026,19 @@ class UtilizationCore:
     @property
     def requests(self) -> int:
         """Requests completed since the horizon."""
-        return self._completed - self._horizon_completed
+        return self._timer.done - self._horizon_completed
 
     def _snapshot(self, now: int) -> UtilizationStats:
-        busy = self._busy_ns
+        timer = self._timer
+        busy = timer.busy_ns
         if self._in_flight:
-            busy += now - self._busy_since
+            busy += now - timer.since_ns
         if self._started:
             horizon_ns = max(0, now - self._horizon)
             active_ns = min(horizon_ns, busy - self._horizon_busy)
         else:
             horizon_ns = active_ns = 0
-        requests = self._completed - self._horizon_completed
+        requests = timer.done - self._horizon_completed
         h = horizon_ns / 1e9
         return UtilizationStats(
             horizon=self._horizon_wall,
