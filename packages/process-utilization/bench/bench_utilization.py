@@ -16,10 +16,11 @@ was measured and whether each is met. The peers:
   (``wsgi.multithread`` true, as gunicorn gthread), where every request
   takes the lock.
 
-The requests run one after the other. WSGI requests carry
-``wsgi.multithread`` false, as a sync worker (gunicorn's) promises, so the
-middleware takes no lock; ASGI requests run on one event loop's thread,
-which takes none either. Times move with the machine's load; the ratios
+The requests run one after the other, each with a fresh environ or scope
+shaped as gunicorn's and uvicorn's are (their keys, five request headers).
+WSGI requests carry ``wsgi.multithread`` false, as a sync worker
+(gunicorn's) promises, so the middleware takes no lock; ASGI requests run
+on one event loop's thread, which takes none either. Times move with the machine's load; the ratios
 much less.
 """
 
@@ -122,17 +123,65 @@ def _start_response(status: str, headers: Any, exc_info: Any = None) -> None:
     return None
 
 
+class FileWrapper:
+    """Stands for a server's ``wsgi.file_wrapper`` class (never used as the body here)."""
+
+
+#: A request's environ as gunicorn builds it (a fresh copy per request).
+ENVIRON: dict[str, Any] = {
+    "REQUEST_METHOD": "GET",
+    "SCRIPT_NAME": "",
+    "PATH_INFO": "/",
+    "QUERY_STRING": "",
+    "RAW_URI": "/",
+    "SERVER_PROTOCOL": "HTTP/1.1",
+    "SERVER_NAME": "127.0.0.1",
+    "SERVER_PORT": "8000",
+    "REMOTE_ADDR": "127.0.0.1",
+    "REMOTE_PORT": "50000",
+    "HTTP_HOST": "127.0.0.1:8000",
+    "HTTP_USER_AGENT": "bench/1.0",
+    "HTTP_ACCEPT": "*/*",
+    "wsgi.version": (1, 0),
+    "wsgi.url_scheme": "http",
+    "wsgi.input": None,
+    "wsgi.errors": sys.stderr,
+    "wsgi.multiprocess": True,
+    "wsgi.run_once": False,
+    "wsgi.file_wrapper": FileWrapper,
+}
+
+#: A request's scope as uvicorn builds it (a fresh copy per request).
+SCOPE: dict[str, Any] = {
+    "type": "http",
+    "asgi": {"version": "3.0", "spec_version": "2.3"},
+    "http_version": "1.1",
+    "server": ("127.0.0.1", 8000),
+    "client": ("127.0.0.1", 50000),
+    "scheme": "http",
+    "method": "GET",
+    "root_path": "",
+    "path": "/",
+    "raw_path": b"/",
+    "query_string": b"",
+    "headers": [
+        (b"host", b"127.0.0.1:8000"),
+        (b"user-agent", b"bench/1.0"),
+        (b"accept", b"*/*"),
+        (b"accept-encoding", b"gzip, deflate"),
+        (b"connection", b"keep-alive"),
+    ],
+    "state": {},
+}
+
+
 def wsgi_loop(app: Any, n: int, threaded: bool = False) -> float:
     # False: one request at a time, as a sync worker (gunicorn's) promises.
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/",
-        "wsgi.multithread": threaded,
-    }
+    template = dict(ENVIRON, **{"wsgi.multithread": threaded})
     sr = _start_response
     t0 = time.perf_counter()
     for _ in range(n):
-        body = app(environ, sr)
+        body = app(dict(template), sr)
         for _chunk in body:
             pass
         close = getattr(body, "close", None)
@@ -154,8 +203,7 @@ def asgi_loop(app: Any, n: int) -> float:
 
     t0 = time.perf_counter()
     for _ in range(n):
-        scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
-        coro = app(scope, receive, send)
+        coro = app(dict(SCOPE), receive, send)
         try:
             coro.send(None)
         except StopIteration:
@@ -193,7 +241,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=50_000, help="requests per run")
     parser.add_argument(
-        "--repeat", type=int, default=9, help="rounds, each running every case once (best kept)"
+        "--repeat", type=int, default=15, help="rounds, each running every case once (best kept)"
     )
     args = parser.parse_args()
 

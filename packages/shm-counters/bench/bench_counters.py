@@ -187,6 +187,10 @@ def main() -> None:
     noop2 = lib.shmc_noop2
     value = FORK.Value("Q", 0, lock=True)
 
+    Row = counter_struct("Row", ["entered", "done", "busy_ns", "since_ns"])
+    r = Row()
+    timer = r.bind_busy_timer("entered", "done", "busy_ns", "since_ns")
+
     def mp_value_incr() -> None:
         with value.get_lock():
             value.value += 1
@@ -202,6 +206,20 @@ def main() -> None:
         "s": s,
         "f": mp_value_incr,
         "step": s.bind_incr("calling"),
+        "mn": time.monotonic_ns,
+        "start": timer.start,
+        "finish": timer.finish,
+        "store": r.bind_store("since_ns"),
+        "enter": r.bind_incr("entered"),
+        "done": r.bind_incr("done"),
+        "add": r.bind_add("busy_ns"),
+    }
+    busy_cases = {
+        "`time.monotonic_ns()` twice (the floor: the two clock reads)": "mn(); mn()",
+        "busy timer `start()` then `finish()`": "start(); finish()",
+        "the same by hand: 2 clock reads, `bind_store`, 2 `bind_incr`, `bind_add`": (
+            "a = mn(); store(a); enter(); b = mn(); done(); add(b - a)"
+        ),
     }
     cases = {
         "cffi no-op call, standard wrapper (the floor)": ("std(std_cell)", "pass", 200_000),
@@ -213,6 +231,7 @@ def main() -> None:
         "`multiprocessing.Value` + lock": ("f()", "pass", 50_000),
         "local Python `x += 1`": ("x += 1", "x = 0", 2_000_000),
     }
+    cases.update({name: (stmt, "pass", 100_000) for name, stmt in busy_cases.items()})
     # Interleave the cases round by round, so that load from other processes
     # on the machine hits them all alike; keep each case's best round.
     best = dict.fromkeys(cases, float("inf"))
@@ -220,6 +239,7 @@ def main() -> None:
         for name, (stmt, setup, number) in cases.items():
             t = timeit.Timer(stmt, setup=setup, globals=env).timeit(number) / number * 1e9
             best[name] = min(best[name], t)
+    busy = {name: best.pop(name) for name in busy_cases}
     results: dict[str, float | None] = dict(best)
     results["prometheus_client Counter (multiprocess)"] = prometheus_ns()
 
@@ -275,6 +295,13 @@ def main() -> None:
         f" shm-counters' own no-op keeps it and costs {own:.1f} ns, so of `Counters.incr(i)`"
         f" {ours - own:.1f} ns is Python: the method call and the index check."
     )
+
+    print("\n### Busy timer: one unit of work's start and end (ns per pair)\n")
+    print("| operation | ns/pair | vs the floor |")
+    print("| --- | ---: | ---: |")
+    busy_floor = next(iter(busy.values()))
+    for name, ns in busy.items():
+        print(f"| {name} | {ns:.1f} | {ns / busy_floor:.2f}x |")
 
     same = two_processes(True)
     diff = two_processes(False)
