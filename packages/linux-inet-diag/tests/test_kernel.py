@@ -188,6 +188,25 @@ def test_count_uniform_datagram() -> None:
     assert (chunk.active, len(chunk.listeners), chunk.interrupted) == (3, 3, True)
 
 
+@pytest.mark.parametrize("inode", [1, 1 << 8, 1 << 16, 1 << 24, 0xFFFFFFFF])
+def test_count_uniform_sees_every_byte_of_the_inode(inode: int) -> None:
+    """An inode whose only set bits are in any one of its four bytes counts as accepted."""
+    accepted = bytearray(RESP)
+    struct.pack_into("=I", accepted, 124 + 84, inode)
+    other = bytearray(RESP)  # inode 0: not yet accepted
+    chunk = k.count_inet_dump(bytes(accepted + other + accepted))
+    assert (chunk.active, len(chunk.listeners), chunk.interrupted) == (2, 3, False)
+
+
+def test_count_uniform_every_message_interrupted() -> None:
+    """NLM_F_DUMP_INTR on every message (one flags value throughout) is seen too."""
+    flagged = bytearray(RESP)
+    for at in (6, 124 + 6):
+        struct.pack_into("=H", flagged, at, k.NLM_F_MULTI | k.NLM_F_DUMP_INTR)
+    assert k.count_inet_dump(bytes(flagged)).interrupted
+    assert k.count_targets([(None, 1)], bytes(flagged)).interrupted
+
+
 def test_count_mixed_datagram_falls_back() -> None:
     """A datagram with NLMSG_DONE appended is stepped message by message."""
     accepted = bytearray(RESP)

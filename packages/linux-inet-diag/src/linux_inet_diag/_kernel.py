@@ -435,11 +435,29 @@ def count_inet_dump(buf: bytes) -> CountChunk:
     return CountChunk(listeners, active, chunk.done, chunk.interrupted)
 
 
+def _interrupted(flags: bytes) -> bool:
+    """Whether any message's flags (low bytes, a strided column) carry NLM_F_DUMP_INTR."""
+    first = flags[0]
+    if flags.count(first) == len(flags):  # the usual case: one value throughout
+        return bool(first & NLM_F_DUMP_INTR)
+    return any(f & NLM_F_DUMP_INTR for f in set(flags))
+
+
+def _zero_inodes(buf: bytes, stride: int, n: int) -> int:
+    """How many messages have idiag_inode 0: its four byte columns OR-ed as big ints."""
+    column = _INODE
+    merged = (
+        int.from_bytes(buf[column::stride], "little")
+        | int.from_bytes(buf[column + 1 :: stride], "little")
+        | int.from_bytes(buf[column + 2 :: stride], "little")
+        | int.from_bytes(buf[column + 3 :: stride], "little")
+    )
+    return merged.to_bytes(n, "little").count(0)
+
+
 def _count_uniform(buf: bytes, stride: int, n: int) -> CountChunk:
-    states = buf[17::stride]  # idiag_state of each message
-    flags = buf[6::stride]  # low byte of nlmsg_flags
-    interrupted = any(f & NLM_F_DUMP_INTR for f in set(flags))
-    zero_inodes = memoryview(buf).cast("I")[84 // 4 :: stride // 4].tolist().count(0)
+    states = buf[_STATE::stride]  # idiag_state of each message
+    interrupted = _interrupted(buf[6::stride])  # low byte of nlmsg_flags
     established = states.count(TCP_ESTABLISHED)
     listeners = []
     pos = states.find(TCP_LISTEN)
@@ -452,7 +470,7 @@ def _count_uniform(buf: bytes, stride: int, n: int) -> CountChunk:
         active = sum(1 for r in chunk.records if r[1] == TCP_ESTABLISHED and r[6])
         return CountChunk(listeners, active, False, interrupted)
     zero_listeners = sum(1 for r in listeners if not r[6])
-    active = established - (zero_inodes - zero_listeners)
+    active = established - (_zero_inodes(buf, stride, n) - zero_listeners)
     return CountChunk(listeners, active, False, interrupted)
 
 
@@ -523,8 +541,7 @@ def _targets_uniform(targets: list[Target], buf: bytes, stride: int, n: int) -> 
         pos = states.find(TCP_LISTEN, pos + 1)
     if n - established - len(listeners):
         return None  # states nobody asked for: the slow way
-    flags = buf[6::stride]  # low byte of nlmsg_flags
-    interrupted = any(f & NLM_F_DUMP_INTR for f in set(flags))
+    interrupted = _interrupted(buf[6::stride])  # low byte of nlmsg_flags
     masks: dict[tuple[int, int], int] = {}
 
     def equal(offset: int, value: int) -> int:
