@@ -207,6 +207,29 @@ def test_count_uniform_every_message_interrupted() -> None:
     assert k.count_targets([(None, 1)], bytes(flagged)).interrupted
 
 
+def test_count_targets_compares_only_the_four_bytes_an_ipv4_address_has() -> None:
+    """In AF_INET messages a target whose bytes after the fourth are not zero matches nothing."""
+    accepted = bytearray(RESP)
+    struct.pack_into("=I", accepted, 124 + 84, 99)
+    loopback = socket.inet_aton("127.0.0.1") + bytes(12)
+    stray = socket.inet_aton("127.0.0.1") + b"\1" + bytes(11)
+    chunk = k.count_targets([(loopback, _raw(40123)), (stray, _raw(40123))], bytes(accepted * 2))
+    assert chunk.counts == [2, 0]
+
+
+def test_count_targets_ipv6_compares_all_sixteen_bytes() -> None:
+    """AF_INET6 messages: addresses differing only in their last byte are told apart."""
+    v6 = bytearray(RESP)
+    struct.pack_into("=I", v6, 124 + 84, 99)
+    for at in (16, 124 + 16):
+        v6[at] = socket.AF_INET6
+    here = socket.inet_pton(socket.AF_INET6, "fd00::1")
+    there = socket.inet_pton(socket.AF_INET6, "fd00::2")
+    v6[124 + 24 : 124 + 40] = here
+    chunk = k.count_targets([(here, _raw(40123)), (there, _raw(40123))], bytes(v6))
+    assert chunk.counts == [1, 0]
+
+
 def test_count_mixed_datagram_falls_back() -> None:
     """A datagram with NLMSG_DONE appended is stepped message by message."""
     accepted = bytearray(RESP)

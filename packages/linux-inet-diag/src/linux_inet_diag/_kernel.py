@@ -556,15 +556,21 @@ def _targets_uniform(targets: list[Target], buf: bytes, stride: int, n: int) -> 
         operator.or_,
         (int.from_bytes(buf[_INODE + j :: stride].translate(_NONZERO), "little") for j in range(4)),
     )
+    # An AF_INET message's 16-byte idiag_src is the address and 12 zero
+    # bytes: in a datagram of AF_INET messages only the first 4 are compared
+    # (a target with more than zeros after them matches no socket).
+    width = 4 if buf[_FAMILY::stride].count(socket.AF_INET) == n else 16
     counts = []
     for src, sport in targets:
         port = sport.to_bytes(2, sys.byteorder)  # back to the wire's big-endian bytes
         mask = accepted & equal(_SPORT, port[0]) & equal(_SPORT + 1, port[1])
         if src is not None:
-            for j, byte in enumerate(src):
+            if any(src[width:]):
+                mask = 0
+            for j in range(width):
                 if not mask:
                     break
-                mask &= equal(_SRC + j, byte)
+                mask &= equal(_SRC + j, src[j])
         counts.append(mask.bit_count())
     return TargetChunk(listeners, counts, False, interrupted)
 
