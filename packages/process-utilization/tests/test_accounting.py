@@ -21,6 +21,7 @@ from process_utilization import (
 )
 from process_utilization._board import response_ns
 from process_utilization.wsgi import ProcessUtilization as WsgiProcessUtilization
+from shm_counters import Scoreboard
 
 from .conftest import EPOCH
 
@@ -558,6 +559,23 @@ def test_accounting_errors_never_break_a_request(
     assert len(warnings) == 1
     assert "no scoreboard row" in warnings[0]
     assert "no shared memory here" in warnings[0]
+
+
+def test_a_row_that_cannot_be_set_up_is_released(
+    clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A claimed row missing fields is released at once; local stats go on."""
+    board = Scoreboard(4, ["entered", "requests", "busy_ns"])
+    mw = ProcessUtilization(hello, clock=clock, scoreboard=board)
+    with caplog.at_level(logging.WARNING, logger="process_utilization"):
+        run(mw, clock, 1000.0, 1001.0)
+        run(mw, clock, 1002.0, 1004.0)
+    assert (mw.requests, mw.active_time) == (2, 3.0)
+    assert board.rows() == []
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "no scoreboard row for pid" in warning
+    assert "no field 'busy_since_ns' in ScoreboardRow" in warning
+    board.close()
 
 
 def test_failing_row_write_is_dropped_not_raised(

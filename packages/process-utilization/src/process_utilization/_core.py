@@ -484,6 +484,7 @@ class UtilizationCore:
         when a request starts and one when it ends, each reading the clock
         and returning the time it read (see :class:`shm_counters.BusyTimer`).
         """
+        row = None
         try:
             row = self.scoreboard.claim()
             timer = row.bind_busy_timer(
@@ -508,6 +509,9 @@ class UtilizationCore:
                 os.getpid(),
                 exc,
             )
+            if row is not None:  # claimed, then failed: do not leave it half written
+                with contextlib.suppress(Exception):
+                    row.release()
             return None
         self._row = row
         self._use_timer(timer)
