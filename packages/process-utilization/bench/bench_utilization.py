@@ -20,15 +20,24 @@ The requests run one after the other, each with a fresh environ or scope
 shaped as gunicorn's and uvicorn's are (their keys, five request headers).
 WSGI requests carry ``wsgi.multithread`` false, as a sync worker
 (gunicorn's) promises, so the middleware takes no lock; ASGI requests run
-on one event loop's thread, which takes none either. Times move with the machine's load; the ratios
-much less.
+on one event loop's thread, which takes none either. Times move with the
+machine's load; the ratios much less.
+
+``--instructions`` (needs valgrind) also counts CPU instructions per
+request: each case runs N and 6N requests under ``valgrind
+--tool=callgrind`` and the difference, divided by 5N, is what one request
+costs. Those counts do not move with the machine's load: judge a change
+by them, and confirm with the times.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -237,15 +246,9 @@ BARE, SEED, LOCAL, DEFAULT = "bare app", "naive seed port", "local only", "defau
 THREADED = "threaded server"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", type=int, default=50_000, help="requests per run")
-    parser.add_argument(
-        "--repeat", type=int, default=15, help="rounds, each running every case once (best kept)"
-    )
-    args = parser.parse_args()
-
-    cases: list[Case] = [
+def make_cases() -> list[Case]:
+    """Every case, in table order (each middleware instance made afresh)."""
+    return [
         ("WSGI", BARE, wsgi_loop, wsgi_app),
         ("WSGI", SEED, wsgi_loop, NaiveSeedPort(wsgi_app)),
         ("WSGI", LOCAL, wsgi_loop, ProcessUtilization(wsgi_app, scoreboard=RefusingBoard())),
@@ -256,6 +259,79 @@ def main() -> int:
         ("ASGI", LOCAL, asgi_loop, AsgiProcessUtilization(asgi_app, scoreboard=RefusingBoard())),
         ("ASGI", DEFAULT, asgi_loop, AsgiProcessUtilization(asgi_app)),
     ]
+
+
+LABELS = {
+    BARE: "bare app",
+    SEED: "naive seed port (no lock, not shared)",
+    LOCAL: "ProcessUtilization, local only",
+    DEFAULT: "ProcessUtilization + scoreboard (default)",
+    THREADED: "ProcessUtilization + scoreboard, wsgi.multithread true (locks)",
+}
+
+
+def drive(k: int, n: int) -> None:
+    """``--drive K N``: warm case ``k`` up, then run it ``n`` times (under valgrind)."""
+    _proto, _name, loop, app = make_cases()[k]
+    loop(app, 1_000)
+    gc.disable()
+    loop(app, n)
+
+
+def _callgrind_total(k: int, n: int) -> int:
+    """CPU instructions of a whole run of this script driving case ``k`` ``n`` times."""
+    argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    argv += [sys.executable, __file__, "--drive", str(k), str(n)]
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900, check=True)
+    for line in done.stderr.splitlines():
+        if "Collected :" in line:
+            return int(line.rsplit(":", 1)[1])
+    raise RuntimeError(f"no instruction count from valgrind:\n{done.stderr[-2000:]}")
+
+
+def instructions(n: int = 4_000) -> None:
+    """Instructions per request of every case: (run(6N) - run(N)) / 5N, runs in parallel."""
+    if shutil.which("valgrind") is None:
+        print("(valgrind not installed: instruction counts skipped)\n")
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = make_cases()
+    jobs = [(k, m) for k in range(len(cases)) for m in (n, 6 * n)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        totals = list(pool.map(lambda job: _callgrind_total(*job), jobs))
+    print(f"\nCPU instructions per request (callgrind, {n} and {6 * n} requests a case)\n")
+    print("| protocol | variant | instructions | added | added, x the seed's |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    bare: dict[str, float] = {}
+    seed: dict[str, float] = {}
+    for k, (proto, name, _loop, _app) in enumerate(cases):
+        per = (totals[2 * k + 1] - totals[2 * k]) / (5 * n)
+        base = bare.setdefault(proto, per)
+        extra = per - base
+        if name == SEED:
+            seed[proto] = extra
+        versus = "" if name == BARE or not seed.get(proto) else f"{extra / seed[proto]:.2f}x"
+        print(f"| {proto} | {LABELS[name]} | {per:.0f} | {extra:.0f} | {versus} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=50_000, help="requests per run")
+    parser.add_argument(
+        "--repeat", type=int, default=15, help="rounds, each running every case once (best kept)"
+    )
+    parser.add_argument(
+        "--instructions", action="store_true", help="also count CPU instructions (valgrind)"
+    )
+    parser.add_argument("--drive", nargs=2, type=int, metavar=("CASE", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.drive:
+        drive(*args.drive)
+        return 0
+
+    cases = make_cases()
     print(
         f"Python {sys.version.split()[0]}, {args.n} requests x {args.repeat} interleaved "
         "rounds, best run (median in brackets)\n"
@@ -271,14 +347,7 @@ def main() -> int:
             added[(proto, name)] = extra
         seed = added.get((proto, SEED))
         versus = "" if name == BARE or not seed else f"{extra / seed:.2f}x"
-        label = {
-            BARE: "bare app",
-            SEED: "naive seed port (no lock, not shared)",
-            LOCAL: "ProcessUtilization, local only",
-            DEFAULT: "ProcessUtilization + scoreboard (default)",
-            THREADED: "ProcessUtilization + scoreboard, wsgi.multithread true (locks)",
-        }[name]
-        print(f"| {proto} | {label} | {best:.0f} ({median:.0f}) | {extra:.0f} | {versus} |")
+        print(f"| {proto} | {LABELS[name]} | {best:.0f} ({median:.0f}) | {extra:.0f} | {versus} |")
 
     print()
     print("| target | measured | met |")
@@ -290,6 +359,8 @@ def main() -> int:
             f"| {proto}: default middleware adds <= {TARGET_ADDED_NS} ns a request "
             f"| {measured:.0f} ns | {met} |"
         )
+    if args.instructions:
+        instructions()
     return 0
 
 
