@@ -9,8 +9,6 @@ when the reader is root).
 from __future__ import annotations
 
 import errno
-import functools
-import operator
 import os
 import socket
 import struct
@@ -443,8 +441,12 @@ def _interrupted(flags: bytes) -> bool:
     return any(f & NLM_F_DUMP_INTR for f in set(flags))
 
 
-def _zero_inodes(buf: bytes, stride: int, n: int) -> int:
-    """How many messages have idiag_inode 0: its four byte columns OR-ed as big ints."""
+def _inode_column(buf: bytes, stride: int, n: int) -> bytes:
+    """One byte per message, 0 exactly where idiag_inode is 0.
+
+    The inode's four byte columns OR-ed together as big integers: no
+    Python code per message.
+    """
     column = _INODE
     merged = (
         int.from_bytes(buf[column::stride], "little")
@@ -452,25 +454,33 @@ def _zero_inodes(buf: bytes, stride: int, n: int) -> int:
         | int.from_bytes(buf[column + 2 :: stride], "little")
         | int.from_bytes(buf[column + 3 :: stride], "little")
     )
-    return merged.to_bytes(n, "little").count(0)
+    return merged.to_bytes(n, "little")
+
+
+def _listeners(
+    buf: bytes, states: bytes, stride: int
+) -> list[tuple[int, int, int, bytes, int, int, int]]:
+    """The LISTEN messages of a uniform datagram, whole (``states``: its state column)."""
+    listeners = []
+    pos = states.find(TCP_LISTEN)
+    while pos >= 0:
+        listeners.append(INET_HOT.unpack_from(buf, pos * stride)[3:])
+        pos = states.find(TCP_LISTEN, pos + 1)
+    return listeners
 
 
 def _count_uniform(buf: bytes, stride: int, n: int) -> CountChunk:
     states = buf[_STATE::stride]  # idiag_state of each message
     interrupted = _interrupted(buf[6::stride])  # low byte of nlmsg_flags
     established = states.count(TCP_ESTABLISHED)
-    listeners = []
-    pos = states.find(TCP_LISTEN)
-    while pos >= 0:
-        listeners.append(INET_HOT.unpack_from(buf, pos * stride)[3:])
-        pos = states.find(TCP_LISTEN, pos + 1)
+    listeners = _listeners(buf, states, stride)
     other = n - established - len(listeners)
     if other:  # states nobody asked for: count them the slow way
         chunk = parse_inet_dump(buf)
         active = sum(1 for r in chunk.records if r[1] == TCP_ESTABLISHED and r[6])
         return CountChunk(listeners, active, False, interrupted)
     zero_listeners = sum(1 for r in listeners if not r[6])
-    active = established - (_zero_inodes(buf, stride, n) - zero_listeners)
+    active = established - (_inode_column(buf, stride, n).count(0) - zero_listeners)
     return CountChunk(listeners, active, False, interrupted)
 
 
@@ -534,11 +544,7 @@ def count_targets(targets: list[Target], buf: bytes) -> TargetChunk:
 def _targets_uniform(targets: list[Target], buf: bytes, stride: int, n: int) -> TargetChunk | None:
     states = buf[_STATE::stride]
     established = states.count(TCP_ESTABLISHED)
-    listeners = []
-    pos = states.find(TCP_LISTEN)
-    while pos >= 0:
-        listeners.append(INET_HOT.unpack_from(buf, pos * stride)[3:])
-        pos = states.find(TCP_LISTEN, pos + 1)
+    listeners = _listeners(buf, states, stride)
     if n - established - len(listeners):
         return None  # states nobody asked for: the slow way
     interrupted = _interrupted(buf[6::stride])  # low byte of nlmsg_flags
@@ -552,10 +558,8 @@ def _targets_uniform(targets: list[Target], buf: bytes, stride: int, n: int) -> 
             mask = masks[offset, value] = int.from_bytes(column, "little")
         return mask
 
-    accepted = equal(_STATE, TCP_ESTABLISHED) & functools.reduce(
-        operator.or_,
-        (int.from_bytes(buf[_INODE + j :: stride].translate(_NONZERO), "little") for j in range(4)),
-    )
+    inode_set = int.from_bytes(_inode_column(buf, stride, n).translate(_NONZERO), "little")
+    accepted = equal(_STATE, TCP_ESTABLISHED) & inode_set
     # An AF_INET message's 16-byte idiag_src is the address and 12 zero
     # bytes: in a datagram of AF_INET messages only the first 4 are compared
     # (a target with more than zeros after them matches no socket).
