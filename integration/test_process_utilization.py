@@ -75,9 +75,11 @@ APP = textwrap.dedent(
 
         def close(self):
             os.close(self._fd)
-            marks = os.environ["PU_MARKS"]
-            with open(os.path.join(marks, f"closed-{os.getpid()}"), "w") as f:
+            # Written aside and renamed, so the test never reads a half-written mark.
+            mark = os.path.join(os.environ["PU_MARKS"], f"closed-{os.getpid()}")
+            with open(mark + ".part", "w") as f:
                 f.write(str(wsgi.in_flight))
+            os.replace(mark + ".part", mark)
 
 
     def inner(environ, start_response):
@@ -274,8 +276,8 @@ def test_file_wrapper_body_keeps_gunicorns_sendfile_path(kind: str, tmp_path: Pa
         status, _, body = srv.get("/file")
         # Only sendfile() on the descriptor sends these bytes (read() lies).
         assert (status, body) == (200, b"bytes sent by sendfile\n")
-        wait_until(lambda: len(list(marks.iterdir())) == 1)
-        [mark] = marks.iterdir()
+        wait_until(lambda: len(list(marks.glob("closed-*[0-9]"))) == 1)
+        [mark] = marks.glob("closed-*[0-9]")
         pid = int(mark.name.removeprefix("closed-"))
         # The file was closed by the server while the request was still in flight...
         assert mark.read_text() == "1"
