@@ -72,11 +72,18 @@ class _LyingFile:
         os.close(self._fd)
 
 
+def _note_pid(name: str) -> None:
+    """Write this worker's PID to ``GATES/name`` atomically: never seen empty."""
+    tmp = GATES / f".{name}.{os.getpid()}.tmp"
+    tmp.write_text(str(os.getpid()))
+    os.replace(tmp, GATES / name)
+
+
 def _wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
     path = environ.get("PATH_INFO", "/")
     args = _args(environ.get("QUERY_STRING", ""))
     if path == "/hold":
-        (GATES / f"pid-{args['id']}").write_text(str(os.getpid()))
+        _note_pid(f"pid-{args['id']}")
         _wait_gate(args["gate"])
         body = b"released\n"
     elif path == "/stream":
@@ -117,7 +124,7 @@ async def _asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
     args = _args(scope.get("query_string", b"").decode())
     headers = [(b"content-type", b"text/plain")]
     if scope["path"] == "/hold":
-        (GATES / f"pid-{args['id']}").write_text(str(os.getpid()))
+        _note_pid(f"pid-{args['id']}")
         await _await_gate(args["gate"])
         body = b"released\n"
     elif scope["path"] == "/stream":
