@@ -11,6 +11,7 @@ file that spawned processes attach to.
 from __future__ import annotations
 
 from ._busy import BusyTimer, monotonic_ns
+from ._cells import Cells
 from ._counters import Counters
 from ._errors import (
     BoundsError,
@@ -25,6 +26,7 @@ from ._errors import (
     ShmCountersError,
 )
 from ._histogram import Histogram, HistogramSnapshot
+from ._liveness import process_alive, process_start_time
 from ._native import CACHE_LINE_SIZE, MAX, PAGE_SIZE
 from ._scoreboard import RowInfo, Scoreboard, ScoreboardRow
 from ._segment import unlink
@@ -39,6 +41,7 @@ __all__ = [
     "BoundsError",
     "BusyTimer",
     "CapacityError",
+    "Cells",
     "ClosedError",
     "CounterIndexError",
     "CounterSizeError",
@@ -57,5 +60,7 @@ __all__ = [
     "__version__",
     "counter_struct",
     "monotonic_ns",
+    "process_alive",
+    "process_start_time",
     "unlink",
 ]
