@@ -1,0 +1,859 @@
+"""The shared segment: its layout, and the protocols every process follows on it.
+
+One ``shm_counters.Cells`` block, anonymous (inherited by forked workers) or
+a named file (found by spawned ones). In 8-byte cells from its start::
+
+    cell             cells        what
+    0                HEADER (32)  header, below
+    ARCHIVE          ROW          the archive: dead processes' values, folded
+    BACKUP           ROW          the archive as it was before the fold in progress
+    ROWS             R x ROW      one row per process (ROW cells each)
+    HEAP             HEAP_BYTES/8 the series table's entries, appended
+
+    header cell  what
+    0            magic, b"PROMSHM1" little-endian
+    1            layout version (1)
+    2            capacity C: value cells per row (the series table's size)
+    3            rows R
+    4            heap bytes
+    5            cells per row, ROW
+    6            value cells handed out to entries so far (<= C)
+    7            heap bytes used by published entries (readers parse up to here)
+    8            table lock: PID of the process appending an entry, 0 if none
+    9            fold lock: PID of the process folding a row, 0 if none
+    10           fold sequence: even when the archive is stable, odd during a fold
+    11           row being folded
+    12           that row's owner word before the fold
+    13           fold stage: 1 while BACKUP holds the archive of the fold in progress
+    14           retire sequence: the order in which rows were retired
+    15           rows folded so far
+    16           retired rows reused (their "all" gauges dropped)
+    17           creation time (a double, Unix seconds)
+
+    row cell     what
+    0            owner word: PID, | CLAIMING (bit 63) while being set up,
+                 | FOLDING (bit 62) while folded, | RETIRED (bit 61) once folded
+                 but kept for its "all" gauges; 0 when free
+    1            the owner's start time (shm_counters.process_start_time)
+    2            retire order (header cell 14 when it was retired)
+    4..12        GC figures: 3 generations x (collections, collected, uncollectable)
+    16           presence: P = ceil(C / 64) words, bit k set when the process has value k
+    16 + P       values: C doubles, entry e's at its first cell (+1: its timestamp)
+
+The archive and backup rows have the same layout (their owner cells unused).
+
+Only a row's owner writes its values; a process's values of one series are
+summed with every other's only when read. A row whose owner died is *folded*
+into the archive by whoever notices (a reader or a process looking for a
+row): its counter, histogram and summary values are added to the archive's,
+its "min"/"max"/"mostrecent" gauges merged into it, its live gauges dropped;
+then the row is free again, or *retired* when it holds "all" gauges (one
+sample per process, alive or dead, as prometheus_client's multiprocess mode
+keeps them) until a new process needs it. Readers bracket their reads with
+the fold sequence (a seqlock) so a fold never shows half done; BACKUP lets
+anyone undo the fold of a folder that died in the middle of it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from shm_counters import Cells, SegmentError, process_alive, process_start_time
+
+from ._errors import (
+    ConfigError,
+    ProcessTableFullError,
+    SegmentLayoutError,
+    SeriesTableFullError,
+    UnsafeSegmentError,
+)
+from ._table import Entry, Merge, decode_entry
+
+__all__ = [
+    "ALL_MERGES",
+    "CLAIMING",
+    "FOLDING",
+    "GC_CELLS",
+    "PID_MASK",
+    "RETIRED",
+    "Geometry",
+    "Snapshot",
+    "Store",
+]
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+TAG = "prometheus_shm_v1"
+MAGIC = int.from_bytes(b"PROMSHM1", "little")
+VERSION = 1
+
+HEADER = 32
+H_MAGIC, H_VERSION, H_CAPACITY, H_ROWS, H_HEAP, H_ROW = 0, 1, 2, 3, 4, 5
+H_USED_CELLS, H_USED_HEAP, H_TABLE_LOCK, H_FOLD_LOCK = 6, 7, 8, 9
+H_SEQ, H_FOLD_ROW, H_FOLD_OWNER, H_FOLD_STAGE = 10, 11, 12, 13
+H_RETIRE_SEQ, H_FOLDED, H_DROPPED, H_CREATED = 14, 15, 16, 17
+
+ROW_HEADER = 16
+R_OWNER, R_STIME, R_RETIRED_AT, R_GC = 0, 1, 2, 4
+GC_CELLS = 9
+
+CLAIMING = 1 << 63
+FOLDING = 1 << 62
+RETIRED = 1 << 61
+PID_MASK = (1 << 61) - 1
+
+ALL_MERGES = frozenset({Merge.ALL, Merge.LIVEALL})
+
+_MAX_CAPACITY = 1 << 24
+_MAX_ROWS = 1 << 16
+_LOCK_TIMEOUT = 5.0
+_CELLS_PER_LINE = 8  # rows start on 64-byte boundaries (whole lines on common machines)
+
+
+def _round_up(n: int, unit: int) -> int:
+    return -(-n // unit) * unit
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """Where everything is, in cells, for a capacity, a row count and a heap size."""
+
+    capacity: int
+    rows: int
+    heap_bytes: int
+
+    @property
+    def words(self) -> int:
+        """Presence words per row."""
+        return -(-self.capacity // 64)
+
+    @property
+    def row_cells(self) -> int:
+        """Cells per row (header, presence, values), whole cache lines."""
+        return _round_up(ROW_HEADER + self.words + self.capacity, _CELLS_PER_LINE)
+
+    @property
+    def archive(self) -> int:
+        return HEADER
+
+    @property
+    def backup(self) -> int:
+        return HEADER + self.row_cells
+
+    @property
+    def first_row(self) -> int:
+        return HEADER + 2 * self.row_cells
+
+    @property
+    def heap(self) -> int:
+        return self.first_row + self.rows * self.row_cells
+
+    @property
+    def total_cells(self) -> int:
+        return self.heap + self.heap_bytes // 8
+
+    def row(self, r: int) -> int:
+        """First cell of process row ``r``."""
+        return self.first_row + r * self.row_cells
+
+    def presence(self, row_start: int) -> int:
+        return row_start + ROW_HEADER
+
+    def values(self, row_start: int) -> int:
+        return row_start + ROW_HEADER + self.words
+
+
+def _bounded(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an int, not {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{name} {value} out of range: allowed {low} <= {name} <= {high}")
+    return value
+
+
+def check_geometry(capacity: object, processes: object, heap_bytes: object) -> Geometry:
+    """Validate :func:`install`'s sizes; :class:`ConfigError` naming the bad one."""
+    return Geometry(
+        _bounded("capacity", capacity, 1, _MAX_CAPACITY),
+        _bounded("processes", processes, 1, _MAX_ROWS),
+        _round_up(_bounded("heap_bytes", heap_bytes, 1024, 1 << 34), 8),
+    )
+
+
+def check_segment_file(path: str) -> None:
+    """Refuse a segment file that is not ours to trust (before shm_counters opens it).
+
+    It must be a regular file (not a symlink) owned by the effective uid,
+    writable by no one else. A missing file is fine: it will be created.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        code = exc.errno or errno.EIO
+        raise UnsafeSegmentError(code, f"cannot inspect segment: {exc}", path) from None
+    euid = os.geteuid()
+    if not stat.S_ISREG(st.st_mode):
+        what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        raise UnsafeSegmentError(errno.EPERM, f"segment is {what}: refusing to use it", path)
+    if st.st_uid != euid:
+        raise UnsafeSegmentError(
+            errno.EPERM,
+            f"segment is owned by uid {st.st_uid}, not this process's effective uid {euid}:"
+            " refusing to use it",
+            path,
+        )
+    if st.st_mode & 0o022:
+        raise UnsafeSegmentError(
+            errno.EPERM,
+            f"segment mode is {stat.S_IMODE(st.st_mode):04o}: group or others may write it;"
+            " refusing to use it",
+            path,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one collection needs, read under one stable fold sequence.
+
+    ``sums``/``presence``: over the archive and every counted row (live, or
+    dead and not yet folded); ``live_sums``/``live_presence``: live rows
+    only; ``rows``: per-row values and presence of every counted or retired
+    row, by row index, with its PID and state (only when asked for).
+    """
+
+    ncells: int
+    sums: list[float]
+    presence: list[int]
+    live_sums: list[float]
+    live_presence: list[int]
+    archive: list[float]
+    archive_presence: list[int]
+    rows: list[RowValues]
+    live_pids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class RowValues:
+    """One process row's values as a snapshot read them."""
+
+    index: int
+    pid: int
+    live: bool
+    retired: bool
+    values: list[float]
+    presence: list[int]
+    gc: list[int]
+
+
+def present(words: list[int], k: int) -> bool:
+    """Whether bit ``k`` is set in a presence bitmap."""
+    return bool(words[k >> 6] >> (k & 63) & 1)
+
+
+class Liveness:
+    """A reader's cache of which row owners are alive, checked a few at a time.
+
+    ``process_alive`` costs a ``kill()`` and a ``/proc`` read; a cached answer
+    is trusted ``ttl`` seconds, a new owner is presumed alive until checked,
+    and one call checks at most ``per_call`` owners (the ones due longest).
+    A dead owner (PID and start time) stays dead.
+    """
+
+    __slots__ = ("_cache", "_dead", "per_call", "ttl")
+
+    def __init__(self, ttl: float, per_call: int = 32) -> None:
+        self.ttl = ttl
+        self.per_call = per_call
+        self._cache: dict[tuple[int, int], tuple[bool, float]] = {}
+        self._dead: set[tuple[int, int]] = set()
+
+    def mark_dead(self, pid: int) -> None:
+        """Forget every cached answer for ``pid``: it is checked again at once."""
+        for key in [k for k in self._cache if k[0] == pid]:
+            del self._cache[key]
+
+    def alive(self, owners: Iterable[tuple[int, int]], now: float) -> dict[tuple[int, int], bool]:
+        """The liveness of each (pid, start time), checking those due (bounded)."""
+        answers: dict[tuple[int, int], bool] = {}
+        due: list[tuple[float, tuple[int, int]]] = []
+        for key in owners:
+            if key in answers:
+                continue
+            if key in self._dead:
+                answers[key] = False
+                continue
+            cached = self._cache.get(key)
+            if cached is None:
+                answers[key] = True
+                due.append((-math.inf, key))
+            else:
+                answers[key] = cached[0]
+                if now >= cached[1]:
+                    due.append((cached[1], key))
+        due.sort()
+        for _, key in due[: self.per_call]:
+            ok = process_alive(key[0], key[1])
+            answers[key] = ok
+            if ok:
+                self._cache[key] = (True, now + self.ttl)
+            else:
+                self._cache.pop(key, None)
+                self._dead.add(key)
+        if len(self._dead) > 4096:  # owners long gone: their rows were folded
+            live_keys = set(answers)
+            self._dead &= live_keys
+        return answers
+
+
+class Store:
+    """One process's handle on the segment: layout, table index, rows, folds.
+
+    Every method that changes shared state takes this process's lock first,
+    so threads of one process never race each other; processes coordinate
+    through the cells (compare-and-swap, the two shared locks, the seqlock).
+    """
+
+    def __init__(self, cells: Cells, geometry: Geometry, path: str | None) -> None:
+        self.cells = cells
+        self.geo = geometry
+        self.path = path
+        self.lock = threading.RLock()
+        self.entries: list[Entry] = []
+        self.index: dict[bytes, Entry] = {}
+        self.corrupt: str | None = None
+        self._parsed = 0  # heap bytes parsed into self.entries
+        self._ncells = 0  # value cells covered by self.entries
+
+    # -- opening --------------------------------------------------------------
+
+    @staticmethod
+    def _init(geo: Geometry) -> Any:
+        def init(cells: Cells) -> None:
+            cells.store_many(
+                0, [MAGIC, VERSION, geo.capacity, geo.rows, geo.heap_bytes, geo.row_cells]
+            )
+            cells.fstore(H_CREATED, time.time())
+
+        return init
+
+    @classmethod
+    def anonymous(cls, geo: Geometry) -> Store:
+        """A segment in anonymous memory, shared with processes forked after this."""
+        cells = Cells(geo.total_cells, tag=TAG, init=cls._init(geo))
+        return cls(cells, geo, None)
+
+    @classmethod
+    def named(cls, path: str, geo: Geometry | None, mode: int = 0o600) -> Store:
+        """Attach to the segment at ``path``, creating it with ``geo`` if given and missing.
+
+        An existing segment keeps its own sizes, whatever ``geo`` says.
+        """
+        check_segment_file(path)
+        try:
+            if geo is None:
+                cells = Cells.attach(path, tag=TAG)
+            else:
+                cells = Cells(geo.total_cells, tag=TAG, path=path, mode=mode, init=cls._init(geo))
+        except SegmentError as exc:
+            if exc.errno == errno.EINVAL:
+                raise SegmentLayoutError(
+                    errno.EINVAL,
+                    f"not a prometheus-shm segment ({exc.strerror})",
+                    path,
+                ) from None
+            raise
+        return cls(cells, cls._read_geometry(cells, path), path)
+
+    @staticmethod
+    def _read_geometry(cells: Cells, path: str) -> Geometry:
+        head = cells.load_many(0, 6)
+        if head[0] != MAGIC:
+            raise SegmentLayoutError(errno.EINVAL, "not a prometheus-shm segment: bad magic", path)
+        if head[1] != VERSION:
+            raise SegmentLayoutError(
+                errno.EINVAL, f"prometheus-shm segment layout {head[1]}, this reads {VERSION}", path
+            )
+        try:
+            geo = check_geometry(head[2], head[3], head[4])
+        except ConfigError as exc:
+            raise SegmentLayoutError(
+                errno.EINVAL, f"segment header is corrupt: {exc}", path
+            ) from None
+        if geo.row_cells != head[5] or geo.total_cells > len(cells):
+            raise SegmentLayoutError(
+                errno.EINVAL,
+                f"segment header says {geo.total_cells} cells, the file holds {len(cells)}",
+                path,
+            )
+        return geo
+
+    # -- the series table ------------------------------------------------------
+
+    @property
+    def ncells(self) -> int:
+        """Value cells covered by the entries this process has parsed."""
+        return self._ncells
+
+    def sync(self) -> list[Entry]:
+        """Parse entries published since the last call; return the new ones.
+
+        A malformed entry stops parsing for good (``self.corrupt`` says why):
+        the entries before it stay usable.
+        """
+        with self.lock:
+            if self.corrupt is not None:
+                return []
+            cells, heap = self.cells, self.geo.heap
+            end = cells.load_sc(H_USED_HEAP)
+            new: list[Entry] = []
+            pos = self._parsed
+            while pos < end:
+                at = heap + pos // 8
+                try:
+                    if end - pos < 16:
+                        raise ValueError("entry header runs past the table's end")
+                    word, klen = cells.load_many(at, 2)
+                    first, ncells = word & ((1 << 40) - 1), word >> 40
+                    size = 16 + _round_up(klen, 8)
+                    if size > end - pos or first + ncells > self.geo.capacity:
+                        raise ValueError("entry runs past the table's end")
+                    key = cells.read_bytes(at + 2, klen)
+                    entry = decode_entry(key, first, ncells)
+                except ValueError as exc:
+                    self.corrupt = f"series table entry at byte {pos}: {exc}"
+                    logger.error("prometheus-shm: %s; later entries ignored", self.corrupt)
+                    break
+                self.entries.append(entry)
+                self.index.setdefault(key, entry)
+                self._ncells = max(self._ncells, first + ncells)
+                new.append(entry)
+                pos += size
+            self._parsed = pos
+            return new
+
+    def add_series(self, key: bytes, ncells: int, describe: str) -> Entry:
+        """The entry for ``key``, appended to the table if no process made it yet.
+
+        Raises :class:`SeriesTableFullError` naming ``describe`` (the series)
+        and what is full.
+        """
+        with self.lock:
+            found = self.index.get(key)
+            if found is not None:
+                return found
+            self.sync()
+            found = self.index.get(key)
+            if found is not None:
+                return found
+            cells, geo = self.cells, self.geo
+            self._lock(H_TABLE_LOCK)
+            try:
+                self.sync()
+                found = self.index.get(key)
+                if found is not None:
+                    return found
+                used_cells = cells.load_sc(H_USED_CELLS)
+                used_heap = cells.load_sc(H_USED_HEAP)
+                size = 16 + _round_up(len(key), 8)
+                if used_cells + ncells > geo.capacity:
+                    raise SeriesTableFullError(
+                        f"cannot add {describe}: the series table of {self._where()} is full"
+                        f" ({used_cells} of capacity={geo.capacity} values used);"
+                        " install(capacity=...) sets a larger one for a new segment"
+                    )
+                if used_heap + size > geo.heap_bytes:
+                    raise SeriesTableFullError(
+                        f"cannot add {describe}: the series table of {self._where()} has no room"
+                        f" for its names ({size} bytes needed, {geo.heap_bytes - used_heap} of"
+                        f" heap_bytes={geo.heap_bytes} left);"
+                        " install(heap_bytes=...) sets a larger one for a new segment"
+                    )
+                at = geo.heap + used_heap // 8
+                cells.store_many(at, [used_cells | ncells << 40, len(key)])
+                cells.write_bytes(at + 2, key)
+                cells.store_sc(H_USED_CELLS, used_cells + ncells)
+                cells.store_sc(H_USED_HEAP, used_heap + size)
+            finally:
+                self._unlock(H_TABLE_LOCK)
+            self.sync()
+            return self.index[key]
+
+    def _where(self) -> str:
+        return f"segment {self.path}" if self.path else "the anonymous segment"
+
+    # -- shared locks ------------------------------------------------------------
+
+    def _lock(self, cell: int) -> None:
+        """Take a shared lock (a PID in ``cell``), from a dead holder if need be."""
+        cells, pid = self.cells, os.getpid()
+        deadline = time.monotonic() + _LOCK_TIMEOUT
+        spins = 0
+        while True:
+            holder = cells.load_sc(cell)
+            if holder == 0:
+                if cells.cas(cell, 0, pid):
+                    return
+                continue
+            if holder != pid and not process_alive(holder) and cells.cas(cell, holder, pid):
+                logger.warning(
+                    "prometheus-shm: lock %d of %s taken over from dead pid %d",
+                    cell,
+                    self._where(),
+                    holder,
+                )
+                if cell == H_FOLD_LOCK:
+                    self._recover_fold()
+                return
+            spins += 1
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"prometheus-shm: {self._where()}'s lock {cell} held by live pid {holder}"
+                    f" for over {_LOCK_TIMEOUT} s"
+                )
+            time.sleep(0 if spins < 50 else 0.001)
+
+    def _unlock(self, cell: int) -> None:
+        self.cells.cas(cell, os.getpid(), 0)
+
+    # -- process rows ---------------------------------------------------------------
+
+    def owner(self, r: int) -> int:
+        """Row ``r``'s owner word."""
+        return self.cells.load_sc(self.geo.row(r) + R_OWNER)
+
+    def claim(self, pid: int) -> int:
+        """Claim a row for process ``pid`` (the caller): free, freed by folding, or retired.
+
+        Raises :class:`ProcessTableFullError` when every row belongs to a
+        live process.
+        """
+        with self.lock:
+            stime = process_start_time(pid)
+            r = self._take_free(pid)
+            if r is None:
+                r = self._take_dead(pid)
+            if r is None:
+                r = self._take_retired(pid)
+            if r is None:
+                raise ProcessTableFullError(
+                    f"all {self.geo.rows} process rows of {self._where()} are held by live"
+                    f" processes; install(processes=...) sets more for a new segment"
+                )
+            start = self.geo.row(r)
+            cells = self.cells
+            cells.zero(start + 1, self.geo.row_cells - 1)
+            cells.store_sc(start + R_STIME, stime)
+            cells.store_sc(start + R_OWNER, pid)
+            return r
+
+    def _take_free(self, pid: int) -> int | None:
+        cells, geo = self.cells, self.geo
+        for r in range(geo.rows):
+            cell = geo.row(r) + R_OWNER
+            word = cells.load_sc(cell)
+            if word == 0 and cells.cas(cell, 0, CLAIMING | pid):
+                return r
+            # a claimer that died setting its row up: nothing in it counts yet
+            if (
+                word & CLAIMING
+                and not process_alive(word & PID_MASK)
+                and cells.cas(cell, word, CLAIMING | pid)
+            ):
+                return r
+        return None
+
+    def _take_dead(self, pid: int) -> int | None:
+        """Fold rows of dead owners until one comes free; take it."""
+        cells, geo = self.cells, self.geo
+        for r in range(geo.rows):
+            cell = geo.row(r) + R_OWNER
+            word = cells.load_sc(cell)
+            if not word or word & (CLAIMING | FOLDING | RETIRED):
+                continue
+            if process_alive(word, cells.load_sc(geo.row(r) + R_STIME)):
+                continue
+            self.fold(r, word)
+            if cells.load_sc(cell) == 0 and cells.cas(cell, 0, CLAIMING | pid):
+                return r
+        return None
+
+    def _take_retired(self, pid: int) -> int | None:
+        cells, geo = self.cells, self.geo
+        retired = []
+        for r in range(geo.rows):
+            word = self.owner(r)
+            if word & RETIRED and not word & CLAIMING:
+                retired.append((cells.load(geo.row(r) + R_RETIRED_AT), r, word))
+        for _, r, word in sorted(retired):
+            if cells.cas(geo.row(r) + R_OWNER, word, CLAIMING | pid):
+                cells.add(H_DROPPED, 1)
+                logger.info(
+                    "prometheus-shm: row %d of dead pid %d reused; its 'all' gauges are dropped",
+                    r,
+                    word & PID_MASK,
+                )
+                return r
+        return None
+
+    def dead_rows(self) -> list[tuple[int, int]]:
+        """Rows whose owner is dead and not yet folded, as (row, owner word); checks each."""
+        out = []
+        for r in range(self.geo.rows):
+            word = self.owner(r)
+            if not word or word & (CLAIMING | FOLDING | RETIRED):
+                continue
+            stime = self.cells.load_sc(self.geo.row(r) + R_STIME)
+            if not process_alive(word, stime):
+                out.append((r, word))
+        return out
+
+    def reap(self) -> int:
+        """Fold every row whose owner is dead now; return how many were folded."""
+        return sum(self.fold(r, word) for r, word in self.dead_rows())
+
+    def mark_present(self, r: int, cells_: Iterable[int], present_: bool = True) -> None:
+        """Set (or clear) the presence bits of value cells ``cells_`` in row ``r``."""
+        words: dict[int, int] = {}
+        for c in cells_:
+            words[c >> 6] = words.get(c >> 6, 0) | 1 << (c & 63)
+        base = self.geo.presence(self.geo.row(r))
+        for w, bits in words.items():
+            if present_:
+                self.cells.or_bits(base + w, bits)
+            else:
+                self.cells.and_bits(base + w, ~bits & ((1 << 64) - 1))
+
+    # -- folding ------------------------------------------------------------------
+
+    def fold(self, r: int, word: int) -> bool:
+        """Fold dead row ``r`` (owner word ``word``) into the archive; False if already done.
+
+        Counter, histogram, summary and "sum" gauge values are added to the
+        archive's; "min"/"max" gauges lower/raise it; "mostrecent" ones
+        replace it when newer; live gauges are dropped. The row is then free,
+        or retired if it holds "all" gauges. Readers see the archive and the
+        row either before or after, never half way (the fold sequence), and
+        a folder that dies half way is undone by the next (the backup).
+        """
+        with self.lock:
+            cells, geo = self.cells, self.geo
+            start = geo.row(r)
+            self._lock(H_FOLD_LOCK)
+            try:
+                if cells.load_sc(start + R_OWNER) != word:
+                    return False
+                self.sync()
+                seq = cells.load_sc(H_SEQ)
+                cells.store_sc(H_SEQ, seq + 1)
+                Cells.fence()
+                cells.store_sc(H_FOLD_ROW, r)
+                cells.store_sc(H_FOLD_OWNER, word)
+                cells.copy(geo.backup, geo.archive, geo.row_cells)
+                cells.store_sc(H_FOLD_STAGE, 1)
+                cells.store_sc(start + R_OWNER, word | FOLDING)
+                keep = self._fold_values(start)
+                if keep:
+                    order = cells.add(H_RETIRE_SEQ, 1)
+                    cells.store(start + R_RETIRED_AT, order)
+                    cells.store_sc(start + R_OWNER, RETIRED | word)
+                else:
+                    cells.store_sc(start + R_OWNER, 0)
+                cells.store_sc(H_FOLD_STAGE, 0)
+                cells.add(H_FOLDED, 1)
+                Cells.fence()
+                cells.store_sc(H_SEQ, seq + 2)
+            finally:
+                self._unlock(H_FOLD_LOCK)
+            logger.debug("prometheus-shm: folded row %d of dead pid %d", r, word)
+            return True
+
+    def _fold_values(self, start: int) -> bool:
+        """Merge row values into the archive; True if the row holds "all" gauges."""
+        cells, geo = self.cells, self.geo
+        n = self._ncells
+        nwords = -(-n // 64)
+        if n == 0:
+            return False
+        vals = cells.fload_many(geo.values(start), n)
+        pres = cells.load_many(geo.presence(start), nwords)
+        arch = cells.fload_many(geo.values(geo.archive), n)
+        apres = cells.load_many(geo.presence(geo.archive), nwords)
+        keep = False
+        for e in self.entries:
+            c = e.first_cell
+            if not present(pres, c):
+                continue
+            merge = e.merge
+            if merge in ALL_MERGES:
+                keep = keep or merge is Merge.ALL
+                continue
+            if merge.live_only:
+                continue
+            had = present(apres, c)
+            v = vals[c]
+            if merge is Merge.SUM:
+                arch[c] = arch[c] + v if had else v
+            elif merge is Merge.MIN:
+                arch[c] = v if not had or v < arch[c] else arch[c]
+            elif merge is Merge.MAX:
+                arch[c] = v if not had or v > arch[c] else arch[c]
+            elif merge is Merge.RECENT:
+                if not had or vals[c + 1] > arch[c + 1]:
+                    arch[c], arch[c + 1] = v, vals[c + 1]
+                apres[(c + 1) >> 6] |= 1 << ((c + 1) & 63)
+            apres[c >> 6] |= 1 << (c & 63)
+        cells.fstore_many(geo.values(geo.archive), arch)
+        cells.store_many(geo.presence(geo.archive), apres)
+        return keep
+
+    def _recover_fold(self) -> None:
+        """Finish or undo the fold of a folder that died (the fold lock is ours)."""
+        cells, geo = self.cells, self.geo
+        seq = cells.load_sc(H_SEQ)
+        if seq % 2 == 0:
+            return
+        r = cells.load_sc(H_FOLD_ROW)
+        word = cells.load_sc(H_FOLD_OWNER)
+        owner_cell = geo.row(r) + R_OWNER if r < geo.rows else None
+        if (
+            owner_cell is not None
+            and cells.load_sc(H_FOLD_STAGE) == 1
+            and cells.load_sc(owner_cell) == word | FOLDING
+        ):
+            cells.copy(geo.archive, geo.backup, geo.row_cells)
+            cells.store_sc(owner_cell, word)
+            logger.warning("prometheus-shm: undid the half-done fold of row %d", r)
+        cells.store_sc(H_FOLD_STAGE, 0)
+        Cells.fence()
+        cells.store_sc(H_SEQ, seq + 1)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def snapshot(
+        self, liveness: Liveness, *, per_row: bool
+    ) -> tuple[Snapshot, list[tuple[int, int]]]:
+        """Read every figure under one stable fold sequence; also the dead rows seen.
+
+        ``per_row`` also copies each counted or retired row's values (for
+        "all", "min", "max" and "mostrecent" gauges, Info and Enum).
+        """
+        cells, geo = self.cells, self.geo
+        self.sync()
+        n = self._ncells
+        nwords = -(-n // 64)
+        waited = 0.0
+        attempts = 50
+        for _ in range(attempts):
+            seq = cells.load_sc(H_SEQ)
+            if seq % 2:
+                waited = self._wait_for_fold(seq, waited)
+                continue
+            words = [cells.load_sc(geo.row(r) + R_OWNER) for r in range(geo.rows)]
+            owners: dict[int, tuple[int, int]] = {}
+            for r, word in enumerate(words):
+                if word and not word & CLAIMING:
+                    stime = cells.load_sc(geo.row(r) + R_STIME)
+                    owners[r] = (word & PID_MASK, stime)
+            alive = liveness.alive(
+                (key for r, key in owners.items() if not words[r] & RETIRED), time.monotonic()
+            )
+            counted, live, retired, dead = [], [], [], []
+            for r, key in owners.items():
+                if words[r] & RETIRED:
+                    retired.append(r)
+                    continue
+                counted.append(r)
+                if alive[key]:
+                    live.append(r)
+                else:
+                    dead.append((r, words[r]))
+            vstart = geo.values(geo.first_row)
+            pstart = geo.presence(geo.first_row)
+            stride = geo.row_cells
+            sums = cells.fsum_rows(vstart, stride, counted, n)
+            pres = cells.or_rows(pstart, stride, counted, nwords)
+            live_sums = cells.fsum_rows(vstart, stride, live, n)
+            live_pres = cells.or_rows(pstart, stride, live, nwords)
+            arch = cells.fload_many(geo.values(geo.archive), n)
+            apres = cells.load_many(geo.presence(geo.archive), nwords)
+            rows: list[RowValues] = []
+            if per_row:
+                for r in sorted(counted + retired):
+                    start = geo.row(r)
+                    rows.append(
+                        RowValues(
+                            r,
+                            owners[r][0],
+                            r in live,
+                            r in retired,
+                            cells.fload_many(geo.values(start), n),
+                            cells.load_many(geo.presence(start), nwords),
+                            cells.load_many(start + R_GC, GC_CELLS),
+                        )
+                    )
+            Cells.fence()
+            if cells.load_sc(H_SEQ) != seq:
+                continue
+            if [cells.load_sc(geo.row(r) + R_OWNER) for r in owners] != [words[r] for r in owners]:
+                continue
+            total = [s + a for s, a in zip(sums, arch, strict=True)]
+            presence = [p | a for p, a in zip(pres, apres, strict=True)]
+            snap = Snapshot(
+                n,
+                total,
+                presence,
+                live_sums,
+                live_pres,
+                arch,
+                apres,
+                rows,
+                sorted({owners[r][0] for r in live}),
+            )
+            return snap, dead
+        raise TimeoutError(f"prometheus-shm: {self._where()} kept changing during {attempts} reads")
+
+    def _wait_for_fold(self, seq: int, waited: float) -> float:
+        """Wait a little for a fold to end; undo it if its folder died."""
+        time.sleep(0.001)
+        waited += 0.001
+        holder = self.cells.load_sc(H_FOLD_LOCK)
+        if waited >= 0.01 and holder and not process_alive(holder):
+            with self.lock:
+                self._lock(H_FOLD_LOCK)  # takes it over from the dead holder, recovering
+                self._unlock(H_FOLD_LOCK)
+        return waited
+
+    def stats(self) -> dict[str, int]:
+        """The segment's own figures: sizes, use, folds."""
+        cells, geo = self.cells, self.geo
+        owned = retired = 0
+        for r in range(geo.rows):
+            word = self.owner(r)
+            if word & RETIRED:
+                retired += 1
+            elif word and not word & CLAIMING:
+                owned += 1
+        return {
+            "bytes": geo.total_cells * 8,
+            "capacity": geo.capacity,
+            "values_used": cells.load_sc(H_USED_CELLS),
+            "heap_bytes": geo.heap_bytes,
+            "heap_used": cells.load_sc(H_USED_HEAP),
+            "rows": geo.rows,
+            "rows_owned": owned,
+            "rows_retired": retired,
+            "folded": cells.load_sc(H_FOLDED),
+            "retired_dropped": cells.load_sc(H_DROPPED),
+        }
