@@ -30,7 +30,7 @@ def test_install_replaces_the_value_class_and_uninstall_restores_it() -> None:
     before = pc_values.ValueClass
     inst = prometheus_shm.install(capacity=128, processes=4)
     assert pc_values.ValueClass is not before
-    assert (inst.path, inst.capacity, inst.processes, inst.heap_bytes) == (None, 128, 4, 128 * 192)
+    assert (inst.path, inst.capacity, inst.processes, inst.heap_bytes) == (None, 128, 4, 65536)
     c = Counter("a_total", "A.", registry=None)
     assert type(c._value).__name__ == "SharedValue"
     prometheus_shm.uninstall()

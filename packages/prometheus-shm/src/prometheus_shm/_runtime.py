@@ -465,7 +465,8 @@ def install(
     per "mostrecent" gauge, buckets + 1 per histogram child, 2 per summary
     child), ``processes`` how many processes may hold a row at once (live
     workers, plus dead ones kept for their "all" gauges), ``heap_bytes`` the
-    room for the names and label values (default ``capacity * 192``). They
+    room for the names and label values (default ``capacity * 192``, at
+    least 64 KiB). They
     size a new segment; an existing one keeps its own. ``liveness_ttl``:
     seconds a reader trusts that a process is alive. ``process_metrics``:
     each process publishes its GC figures, and collectors add per-worker
@@ -493,7 +494,8 @@ def install(
     name = None if path is None else os.fspath(path)
     if name is not None and (not isinstance(name, str) or not os.path.isabs(name)):
         raise ConfigError(f"path must be an absolute file name, not {path!r}")
-    geo = check_geometry(capacity, processes, capacity * 192 if heap_bytes is None else heap_bytes)
+    heap = max(65536, capacity * 192) if isinstance(capacity, int) else 0
+    geo = check_geometry(capacity, processes, heap if heap_bytes is None else heap_bytes)
     if isinstance(liveness_ttl, bool) or not isinstance(liveness_ttl, (int, float)):
         raise ConfigError(f"liveness_ttl must be a number of seconds, not {liveness_ttl!r}")
     if not 0 <= liveness_ttl <= 3600:
