@@ -6,10 +6,14 @@ import errno
 import gc
 import multiprocessing
 import os
+import shutil
 import signal
 import stat
 import struct
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -559,3 +563,116 @@ def test_full_filesystem_is_an_error_at_creation(
         Counters(4, path=shm_path)
     assert info.value.errno == errno.ENOSPC
     assert not os.path.exists(shm_path)
+
+
+# -- whose segment it is -------------------------------------------------------
+
+_EUID = os.geteuid()
+_NOBODY = 65534
+_REQUIRED = (
+    f"a segment must be a regular file owned by uid {_EUID} (root) with no group or other "
+    "write permission"
+    if _EUID == 0
+    else None
+)
+
+
+def _openers() -> list[object]:
+    return [
+        lambda p: Counters(2, path=p),
+        lambda p: counter_struct("calling", "writing")(path=p),
+        lambda p: Scoreboard(2, ("calling",), path=p, create=True),
+        lambda p: Histogram(path=p),
+    ]
+
+
+@pytest.mark.parametrize("make", _openers(), ids=["counters", "struct", "scoreboard", "histogram"])
+def test_a_symlink_at_the_path_is_refused_and_its_target_untouched(
+    make: object, shm_path: str
+) -> None:
+    """No segment is opened through a symbolic link: ELOOP, and the target keeps its bytes."""
+    target = shm_path + ".target"
+    Counters(2, path=target).incr(1, 7)
+    before = Path(target).read_bytes()
+    os.symlink(target, shm_path)
+    with pytest.raises(SegmentError) as info:
+        make(shm_path)  # type: ignore[operator]
+    assert info.value.errno == errno.ELOOP
+    assert str(info.value) == (
+        f"[Errno {errno.ELOOP}] segment path is a symbolic link; segments are never opened "
+        f"through one (name the real file): '{shm_path}'"
+    )
+    assert Path(target).read_bytes() == before
+
+
+@pytest.mark.skipif(_EUID != 0, reason="making another user's file needs root")
+@pytest.mark.parametrize("make", _openers(), ids=["counters", "struct", "scoreboard", "histogram"])
+def test_another_users_segment_is_refused(make: object, shm_path: str) -> None:
+    """A valid segment owned by another user (forged rows) is EPERM, naming owner and mode."""
+    make(shm_path)  # type: ignore[operator]
+    os.chown(shm_path, _NOBODY, _NOBODY)
+    with pytest.raises(SegmentError) as info:
+        make(shm_path)  # type: ignore[operator]
+    assert info.value.errno == errno.EPERM
+    assert str(info.value) == (
+        f"[Errno {errno.EPERM}] segment is a regular file owned by uid {_NOBODY} (nobody) "
+        f"with mode 0o600; {_REQUIRED}: '{shm_path}'"
+    )
+
+
+def test_a_segment_others_may_write_is_refused(shm_path: str) -> None:
+    """Our own file with group or other write permission is refused: anyone could forge it."""
+    Counters(2, path=shm_path)
+    os.chmod(shm_path, 0o666)
+    with pytest.raises(
+        SegmentError, match=r"owned by uid \d+ .*with mode 0o666; a segment"
+    ) as info:
+        Counters.attach(shm_path)
+    assert info.value.errno == errno.EPERM
+
+
+def test_a_fifo_at_the_path_is_refused_without_blocking(shm_path: str) -> None:
+    """A FIFO (or anything not a regular file) is refused at once, never read."""
+    os.mkfifo(shm_path, 0o600)
+    with pytest.raises(SegmentError, match="segment is a FIFO owned by") as info:
+        Counters(2, path=shm_path)
+    assert info.value.errno == errno.EPERM
+
+
+@pytest.mark.parametrize("mode", [0o620, 0o602, 0o666])
+def test_a_mode_letting_others_write_is_refused_at_creation(mode: int, shm_path: str) -> None:
+    """A new segment's mode may not give group or other write permission; nothing is made."""
+    with pytest.raises(SegmentError) as info:
+        Counters(1, path=shm_path, mode=mode)
+    assert str(info.value) == (
+        f"[Errno {errno.EINVAL}] mode 0o{mode:03o} lets group or others write; a segment is "
+        f"writable by its owner only (for example 0o600 or 0o640): '{shm_path}'"
+    )
+    assert not os.path.lexists(shm_path)
+
+
+@pytest.mark.skipif(_EUID != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_a_segment_forged_by_another_user_first_is_refused() -> None:
+    """Another user creates the file first, with forged figures: it is refused, never counted."""
+    shared = Path(tempfile.mkdtemp(prefix="shmc-shared-", dir="/tmp"))
+    try:
+        shared.chmod(0o1777)  # like /dev/shm: anyone may create files here
+        forged = shared / "forged"
+        Counters(2, path=forged)[0] = 31337
+        forged.chmod(0o644)
+        path = shared / "board"
+        subprocess.run(
+            [
+                *("setpriv", f"--reuid={_NOBODY}", f"--regid={_NOBODY}", "--clear-groups"),
+                *("cp", str(forged), str(path)),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        assert os.stat(path).st_uid == _NOBODY
+        with pytest.raises(SegmentError) as info:
+            Counters(2, path=path)
+        assert info.value.errno == errno.EPERM
+        assert "owned by uid 65534 (nobody) with mode 0o644" in str(info.value)
+    finally:
+        shutil.rmtree(shared)

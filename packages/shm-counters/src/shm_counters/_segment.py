@@ -32,6 +32,16 @@ a full tmpfs), the error is a :class:`SegmentError` naming the bytes asked.
 A new file's blocks are reserved when it is created (``posix_fallocate``),
 so a full tmpfs is that error at creation, never a SIGBUS on first touch.
 
+A named segment is trusted only if it is this user's own: its path is
+opened without following a symbolic link in its last component
+(``O_NOFOLLOW``), and it must be a regular file owned by the effective uid
+with no group or other write permission; anything else is a
+:class:`SegmentError` (``ELOOP``, ``EPERM``) naming the path, the owner and
+the mode, and what is required. A new file's mode may not give group or
+other write permission either. So another local user can neither forge the
+figures (a world-writable file made first), nor truncate a mapped file
+(SIGBUS in every reader), nor point one server's path at another's.
+
 A named segment whose file was deleted while processes still map it (an
 operator's ``rm``, a /dev/shm cleaner) is *adopted*, not replaced, by a new
 process of the same family: before creating a file at a path that does not
@@ -52,6 +62,7 @@ import errno
 import mmap
 import os
 import secrets
+import stat
 import struct
 import sys
 from collections.abc import Callable
@@ -60,6 +71,7 @@ from typing import Any, Union
 
 from ._errors import SegmentError
 from ._native import CACHE_LINE_SIZE, PAGE_SIZE, at, cas, lib, map_base
+from ._server import owner_text
 
 __all__ = [
     "MAX_BYTES",
@@ -277,9 +289,16 @@ class Segment:
         name = _fspath(path)
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
             raise SegmentError(errno.EINVAL, f"mode {mode!r} is not a file mode 0..0o7777", name)
+        if mode & _FOREIGN_WRITE:
+            raise SegmentError(
+                errno.EINVAL,
+                f"mode 0o{mode:03o} lets group or others write; a segment is writable "
+                "by its owner only (for example 0o600 or 0o640)",
+                name,
+            )
         for _ in range(5):
             try:
-                fd = os.open(name, os.O_RDWR | os.O_CLOEXEC)
+                fd = os.open(name, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
             except FileNotFoundError:
                 if want is None:
                     raise SegmentError(errno.ENOENT, "no segment to attach to", name) from None
@@ -291,12 +310,52 @@ class Segment:
                     return made
                 continue  # someone else won the race: attach to theirs
             except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise SegmentError(
+                        errno.ELOOP,
+                        "segment path is a symbolic link; segments are never opened "
+                        "through one (name the real file)",
+                        name,
+                    ) from None
                 raise _os_error(exc, "open", name) from None
             try:
+                _check_owned(os.fstat(fd), name)
                 return _attach(fd, name, kind)
             finally:
                 os.close(fd)
         raise SegmentError(errno.EAGAIN, "segment keeps appearing and vanishing", name)
+
+
+#: Mode bits a segment must not have: group and other write.
+_FOREIGN_WRITE = 0o022
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def _check_owned(st: os.stat_result, path: str) -> None:
+    """Refuse a file that is not a regular file of this user's with no foreign write bit."""
+    euid = os.geteuid()
+    regular = stat.S_ISREG(st.st_mode)
+    if regular and st.st_uid == euid and not st.st_mode & _FOREIGN_WRITE:
+        return
+    what = "a regular file" if regular else _file_kind(st.st_mode)
+    raise SegmentError(
+        errno.EPERM,
+        f"segment is {what} owned by {owner_text(st.st_uid)} with mode "
+        f"0o{stat.S_IMODE(st.st_mode):03o}; a segment must be a regular file owned by "
+        f"{owner_text(euid)} with no group or other write permission",
+        path,
+    )
 
 
 def _create(
@@ -433,8 +492,10 @@ def _adopt_orphan(path: str, kind: Kind) -> Segment | None:
             except OSError:
                 continue
             try:
-                if os.fstat(fd).st_nlink != 0:
+                st = os.fstat(fd)
+                if st.st_nlink != 0:
                     continue
+                _check_owned(st, path)
                 return _attach(fd, path, kind)
             except (SegmentError, OSError):
                 continue
