@@ -3,12 +3,14 @@
 EXAMPLES holds the three snippets of https://prometheus.github.io/client_python/multiprocess/
 exactly as published (the app exposing metrics, the gunicorn config's
 child_exit hook, the livesum gauge). ``python docs_examples.py MODE DIR``
-writes them to DIR as modules, makes the setup step of MODE (``mpc``: the
-PROMETHEUS_MULTIPROC_DIR environment variable the documentation asks for;
-``shm``: the one line ``prometheus_shm.install()``), forks workers that use
-the metrics as an app would, calls the config's child_exit for each worker
-that ended (as gunicorn does), and prints the body the documented app
-serves, with the PIDs of the processes (JSON).
+writes them to DIR as modules, listens on a loopback port (as a server's
+master does before forking workers), makes the setup step of MODE (``mpc``:
+the PROMETHEUS_MULTIPROC_DIR environment variable the documentation asks
+for; ``shm``: the one line ``prometheus_shm.install()``, whose segment is
+then found from that socket), forks workers that use the metrics as an app
+would, calls the config's child_exit for each worker that ended (as
+gunicorn does), and prints the body the documented app serves, with the
+PIDs of the processes (JSON).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 from types import SimpleNamespace
 
@@ -57,6 +60,7 @@ def main() -> None:
         with open(os.path.join(directory, f"{name}.py"), "w") as f:
             f.write(text)
     sys.path.insert(0, directory)
+    listener = socket.create_server(("127.0.0.1", 0))
     if mode == "mpc":
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(directory, "multiproc")
         os.mkdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
@@ -102,6 +106,7 @@ def main() -> None:
     for pid in holders:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+    listener.close()
     json.dump({"status": status, "exposition": body.decode(), "pids": pids}, sys.stdout)
 
 

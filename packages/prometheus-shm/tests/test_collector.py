@@ -50,7 +50,7 @@ def _hold(ready: object, go: object) -> None:
 
 def test_process_metrics_are_per_worker_and_labelled_by_pid() -> None:
     """process_metrics=True: each live worker's process_* and python_gc_* figures, with pid."""
-    prometheus_shm.install(process_metrics=True)
+    prometheus_shm.install("anonymous", process_metrics=True)
     c = Counter("own", "Own.", registry=None)
     c.inc()
     ready, go = FORK.Event(), FORK.Event()

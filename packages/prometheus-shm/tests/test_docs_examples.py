@@ -17,6 +17,7 @@ DRIVER = str(Path(__file__).resolve().parent / "docs_examples.py")
 def _run(mode: str, directory: Path) -> dict[str, Any]:
     directory.mkdir()
     env = {k: v for k, v in os.environ.items() if k.upper() != "PROMETHEUS_MULTIPROC_DIR"}
+    env["RAINDROPS_SHM_DIR"] = str(directory)  # the per-user segment directory goes here
     proc = subprocess.run(
         [sys.executable, DRIVER, mode, str(directory)],
         capture_output=True,
@@ -36,6 +37,10 @@ def test_documentation_examples_give_the_same_exposition(tmp_path: Path) -> None
     shm = _run("shm", tmp_path / "shm")
     assert mpc["status"] == shm["status"] == ["200 OK"]
     assert families(mpc["exposition"]) == families(shm["exposition"])
+    # the segment was found from the listening socket: a file in the per-user directory
+    made = [p.name for p in (tmp_path / "shm").glob(f"raindrops-{os.geteuid()}/*")]
+    assert len(made) == 1
+    assert made[0].startswith("prometheus-")
     assert samples(shm["exposition"]) == {
         ("my_counter", "counter", "Description of my counter", "my_counter_total", (), 15.0),
         # the held worker's request is in flight; the killed one's is gone (child_exit)

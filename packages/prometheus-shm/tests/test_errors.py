@@ -21,7 +21,7 @@ from shm_counters import Cells, Counters, SegmentError
 
 def test_a_full_series_table_fails_where_the_series_is_made() -> None:
     """The value past capacity raises SeriesTableFullError naming it; the others keep counting."""
-    prometheus_shm.install(capacity=3)
+    prometheus_shm.install("anonymous", capacity=3)
     c = Counter("req", "Requests.", ["route"], registry=None)
     for route in ("/a", "/b", "/c"):
         c.labels(route).inc()
@@ -44,7 +44,7 @@ def test_a_full_series_table_fails_where_the_series_is_made() -> None:
 
 def test_a_histogram_that_does_not_fit_is_not_shown_half_made() -> None:
     """A histogram child whose buckets run out of room raises, and none of its samples appear."""
-    prometheus_shm.install(capacity=6)
+    prometheus_shm.install("anonymous", capacity=6)
     done = Histogram("h1", "One.", ["k"], registry=None, buckets=[1.0, 2.0])  # sum + 3 buckets
     done.labels("x").observe(1.5)
     late = Histogram("h2", "Two.", ["k"], registry=None, buckets=[1.0, 2.0])
@@ -61,7 +61,7 @@ def test_a_histogram_that_does_not_fit_is_not_shown_half_made() -> None:
 
 def test_a_full_heap_names_its_size() -> None:
     """Names that do not fit the heap raise SeriesTableFullError naming heap_bytes."""
-    prometheus_shm.install(capacity=100, heap_bytes=1024)
+    prometheus_shm.install("anonymous", capacity=100, heap_bytes=1024)
     c = Counter("n", "N.", ["v"], registry=None)
     for i in range(3):  # about 270 bytes each
         c.labels("x" * 200 + str(i))
@@ -75,7 +75,7 @@ def test_a_full_heap_names_its_size() -> None:
 
 def test_a_label_value_too_long_is_refused_before_anything_is_written() -> None:
     """A label value over 1024 bytes raises LabelValueTooLongError; the table is untouched."""
-    prometheus_shm.install()
+    prometheus_shm.install("anonymous")
     c = Counter("lv", "LV.", ["path"], registry=None)
     c.labels("ok").inc()
     with pytest.raises(LabelValueTooLongError) as e:
@@ -84,15 +84,13 @@ def test_a_label_value_too_long_is_refused_before_anything_is_written() -> None:
         "label 'path' of metric 'lv' is 1200 bytes long (UTF-8); at most 1024 are allowed"
     )
     assert isinstance(e.value, ValueError)
-    rt = prometheus_shm.installed()
-    assert rt is not None
-    assert rt.store.stats()["values_used"] == 1
+    assert prometheus_shm.segment_info().values_used == 1
     assert values(scrape()) == {("lv_total", (("path", "ok"),)): 1.0}
 
 
 def test_a_help_text_too_long_is_refused() -> None:
     """A series whose key exceeds 16 KiB (a huge help text) raises naming the metric."""
-    prometheus_shm.install()
+    prometheus_shm.install("anonymous")
     with pytest.raises(LabelValueTooLongError, match=r"series of metric 'big' takes 2\d{4} bytes"):
         Counter("big", "h" * 20_000, registry=None)
 
@@ -108,7 +106,8 @@ def test_a_segment_of_another_user_is_refused(seg_path: str) -> None:
     assert e.value.errno == errno.EPERM
     assert e.value.filename == seg_path
     assert e.value.strerror == (
-        "segment is owned by uid 12345, not this process's effective uid 0: refusing to use it"
+        "segment is a regular file owned by uid 12345 with mode 0o600; a segment must be a"
+        " regular file owned by uid 0 (root) with no group or other write permission"
     )
     assert prometheus_shm.installed() is None
 
@@ -118,13 +117,14 @@ def test_a_segment_others_may_write_or_a_symlink_is_refused(seg_path: str, seg_d
     prometheus_shm.install(seg_path)
     prometheus_shm.uninstall()
     os.chmod(seg_path, 0o620)
-    with pytest.raises(UnsafeSegmentError, match="segment mode is 0620: group or others may write"):
+    with pytest.raises(UnsafeSegmentError, match=r"with mode 0o620; a segment must be a regular"):
         prometheus_shm.install(seg_path)
     os.chmod(seg_path, 0o600)
     link = os.path.join(seg_dir, "link")
     os.symlink(seg_path, link)
-    with pytest.raises(UnsafeSegmentError, match="segment is a symlink: refusing to use it"):
+    with pytest.raises(UnsafeSegmentError, match="segment path is a symbolic link") as e:
         prometheus_shm.install(link)
+    assert e.value.errno == errno.ELOOP
 
 
 def test_a_segment_of_another_layout_is_refused(seg_path: str) -> None:
@@ -166,13 +166,12 @@ def test_a_collector_on_a_missing_segment_says_so(seg_path: str) -> None:
 
 def test_a_corrupt_table_entry_never_breaks_the_scrape(caplog: pytest.LogCaptureFixture) -> None:
     """Junk after the last entry (a damaged segment) is logged once; earlier series still show."""
-    from prometheus_shm import _store
+    from prometheus_shm import _runtime, _store
 
-    prometheus_shm.install()
+    prometheus_shm.install("anonymous")
     Counter("good", "Good.", registry=None).inc(4)
-    rt = prometheus_shm.installed()
-    assert rt is not None
-    cells, geo = rt.store.cells, rt.store.geo
+    store = _runtime.active().store
+    cells, geo = store.cells, store.geo
     used = cells.load_sc(_store.H_USED_HEAP)
     cells.store_many(geo.heap + used // 8, [1 | 1 << 40, 8])
     cells.write_bytes(geo.heap + used // 8 + 2, b"not json")

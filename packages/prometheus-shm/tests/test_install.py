@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import threading
 
 import prometheus_shm
@@ -28,9 +30,14 @@ from prometheus_shm import ConfigError, NotInstalledError
 def test_install_replaces_the_value_class_and_uninstall_restores_it() -> None:
     """While installed, new values are SharedValue; after uninstall, prometheus_client's own."""
     before = pc_values.ValueClass
-    inst = prometheus_shm.install(capacity=128, processes=4)
+    inst = prometheus_shm.install("anonymous", capacity=128, processes=4)
     assert pc_values.ValueClass is not before
-    assert (inst.path, inst.capacity, inst.processes, inst.heap_bytes) == (None, 128, 4, 65536)
+    assert (inst.path, inst.capacity, inst.processes, inst.heap_bytes) == (
+        "anonymous",
+        128,
+        4,
+        65536,
+    )
     c = Counter("a_total", "A.", registry=None)
     assert type(c._value).__name__ == "SharedValue"
     prometheus_shm.uninstall()
@@ -54,7 +61,12 @@ def test_install_twice_with_the_same_path_returns_the_same_installation(seg_path
         ({"processes": 0}, "processes 0 out of range: allowed 1 <= processes <= 65536"),
         ({"heap_bytes": 10}, "heap_bytes 10 out of range: allowed 1024 <= heap_bytes <="),
         ({"liveness_ttl": -1}, "liveness_ttl -1 out of range: allowed 0 <= liveness_ttl <= 3600 s"),
-        ({"path": "relative/seg"}, "path must be an absolute file name, not 'relative/seg'"),
+        (
+            {"path": "relative/seg"},
+            "path must be None \\(the server's segment\\), 'anonymous' or an absolute file name,"
+            " not 'relative/seg'",
+        ),
+        ({"mode": 0o666}, "mode 0o666 lets group or others write; allowed: owner-writable only"),
     ],
 )
 def test_bad_install_arguments(kwargs: dict[str, object], message: str) -> None:
@@ -72,7 +84,7 @@ def test_collector_without_install_says_so() -> None:
 
 def test_counter_gauge_summary_histogram_in_one_process() -> None:
     """Every kind of value reads back through get() and the collector with exact values."""
-    prometheus_shm.install()
+    prometheus_shm.install("anonymous")
     c = Counter("req", "Requests.", ["route"], registry=None)
     c.labels("/a").inc()
     c.labels(route="/a").inc(0.5)
@@ -104,7 +116,7 @@ def test_counter_gauge_summary_histogram_in_one_process() -> None:
 
 def test_counter_reset_and_gauge_set_function_behave_as_in_multiprocess_mode() -> None:
     """reset() zeroes this process's share; a set_function gauge is not shared (as with files)."""
-    prometheus_shm.install()
+    prometheus_shm.install("anonymous")
     c = Counter("jobs", "Jobs.", registry=None)
     c.inc(7)
     c.reset()
@@ -116,7 +128,7 @@ def test_counter_reset_and_gauge_set_function_behave_as_in_multiprocess_mode() -
 
 def test_mostrecent_gauge_keeps_the_latest_set_and_refuses_inc() -> None:
     """A mostrecent gauge shows the last value set; inc() raises as prometheus_client says."""
-    prometheus_shm.install()
+    prometheus_shm.install("anonymous")
     g = Gauge("last", "Last.", registry=None, multiprocess_mode="mostrecent")
     assert values(scrape()) == {}
     g.set(3)
@@ -128,7 +140,7 @@ def test_mostrecent_gauge_keeps_the_latest_set_and_refuses_inc() -> None:
 
 def test_info_and_enum_are_shared() -> None:
     """Info and Enum, unsupported by multiprocess mode, show their latest value."""
-    prometheus_shm.install()
+    prometheus_shm.install("anonymous")
     i = Info("build", "Build.", ["app"], registry=None)
     i.labels("web").info({"version": "1.2.3", "commit": "abc"})
     plain = Info("plain", "Plain.", registry=None)
@@ -150,7 +162,7 @@ def test_info_and_enum_are_shared() -> None:
 
 def test_exemplars_are_accepted_and_not_kept() -> None:
     """Exemplars are ignored, as in multiprocess mode, and never break an increment."""
-    prometheus_shm.install()
+    prometheus_shm.install("anonymous")
     c = Counter("ex", "Ex.", registry=None)
     c.inc(1, exemplar={"trace_id": "abc"})
     assert c._value.get_exemplar() is None
@@ -159,7 +171,7 @@ def test_exemplars_are_accepted_and_not_kept() -> None:
 
 def test_threads_increment_exactly() -> None:
     """8 threads x 10,000 inc(0.5) on one labelled counter, and observe(0.25), lose nothing."""
-    prometheus_shm.install()
+    prometheus_shm.install("anonymous")
     c = Counter("t", "T.", ["k"], registry=None)
     h = Histogram("th", "TH.", registry=None, buckets=[1.0])
 
@@ -182,7 +194,7 @@ def test_threads_increment_exactly() -> None:
 
 def test_multiprocess_names_point_at_prometheus_shm_while_installed() -> None:
     """multiprocess.MultiProcessCollector and mark_process_dead are ours while installed."""
-    prometheus_shm.install()
+    prometheus_shm.install("anonymous")
     Counter("mp", "MP.", registry=None).inc()
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
@@ -194,7 +206,7 @@ def test_multiprocess_names_point_at_prometheus_shm_while_installed() -> None:
 
 def test_self_metrics_describe_the_segment() -> None:
     """Collector(self_metrics=True) adds the segment's size, use and folds."""
-    inst = prometheus_shm.install(capacity=64, processes=2)
+    inst = prometheus_shm.install("anonymous", capacity=64, processes=2)
     Counter("sm", "SM.", registry=None).inc()
     got = values(scrape(self_metrics=True))
     assert got[("prometheus_shm_values", ())] == 1.0
@@ -203,3 +215,54 @@ def test_self_metrics_describe_the_segment() -> None:
     assert got[("prometheus_shm_process_rows_capacity", ())] == 2.0
     assert got[("prometheus_shm_rows_folded_total", ())] == 0.0
     assert got[("prometheus_shm_segment_bytes", ())] > 0
+
+
+def test_install_finds_the_server_segment_from_the_listening_socket(
+    seg_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """install() with no path uses <dir>/raindrops-<uid>/prometheus-<socket inode>."""
+    monkeypatch.setenv("RAINDROPS_SHM_DIR", seg_dir)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        prometheus_shm.install()
+        Counter("found", "Found.", registry=None).inc()
+        info = prometheus_shm.segment_info()
+        inode = os.fstat(listener.fileno()).st_ino
+        assert info.path == os.path.join(
+            seg_dir, f"raindrops-{os.geteuid()}", f"prometheus-{inode}"
+        )
+        assert info.local_reason is None
+        assert os.path.isfile(info.path)
+        assert values(scrape()) == {("found_total", ()): 1.0}
+
+
+def test_no_server_socket_falls_back_to_own_memory_and_says_so(
+    seg_dir: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No socket to find: one warning, counting goes on in private memory, the scrape says so."""
+    monkeypatch.setenv("RAINDROPS_SHM_DIR", seg_dir)
+    with caplog.at_level(logging.WARNING, logger="prometheus_shm"):
+        prometheus_shm.install()
+        c = Counter("alone", "Alone.", registry=None)
+        c.inc()
+        c.inc()
+        text = scrape()
+        scrape()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("prometheus-shm: no shared segment for this server (found no")
+    assert f"PID {os.getpid()} keeps its metrics in its own memory" in warnings[0]
+    info = prometheus_shm.segment_info()
+    assert info.path is None
+    assert info.local_reason is not None
+    got = values(text)
+    assert got[("alone_total", ())] == 2.0
+    assert (
+        got[
+            (
+                "prometheus_shm_local_only",
+                (("pid", str(os.getpid())), ("reason", info.local_reason)),
+            )
+        ]
+        == 1.0
+    )
+    assert os.listdir(seg_dir) in ([], [f"raindrops-{os.geteuid()}"])

@@ -42,7 +42,7 @@ def _wait(pid: int) -> int:
 
 def test_forked_workers_sum_exactly_with_floats() -> None:
     """4 forked processes x 50,000 inc(0.5) and observe(0.25) sum exactly (CAS on the bits)."""
-    prometheus_shm.install()
+    prometheus_shm.install("anonymous")
     c = Counter("work", "Work.", ["kind"], registry=None)
     h = Histogram("dur", "Dur.", registry=None, buckets=[0.5])
 
@@ -62,7 +62,7 @@ def test_forked_workers_sum_exactly_with_floats() -> None:
 
 def test_a_child_starts_at_zero_and_the_parent_keeps_its_own() -> None:
     """After fork the child's values start at 0 in its own row; the parent's stay its own."""
-    prometheus_shm.install()
+    prometheus_shm.install("anonymous")
     c = Counter("own", "Own.", registry=None)
     c.inc(5)
     r, w = os.pipe()
@@ -83,7 +83,7 @@ def test_a_child_starts_at_zero_and_the_parent_keeps_its_own() -> None:
 
 def test_sigkilled_worker_counters_stay_live_gauges_vanish_all_gauges_stay() -> None:
     """No hook: a killed worker's counters and histograms stay, livesum goes, "all" stays."""
-    prometheus_shm.install(liveness_ttl=0)
+    prometheus_shm.install("anonymous", liveness_ttl=0)
     c = Counter("hits", "Hits.", registry=None)
     busy = Gauge("busy", "Busy.", registry=None, multiprocess_mode="livesum")
     mem = Gauge("mem", "Mem.", registry=None, multiprocess_mode="all")
@@ -115,9 +115,8 @@ def test_sigkilled_worker_counters_stay_live_gauges_vanish_all_gauges_stay() -> 
     assert dead[("peak", ())] == 9.0
     assert dead[("lat_count", ())] == 1.0
     # the scrape folded the dead row: the same figures again, from the archive
-    assert prometheus_shm.installed() is not None
-    st = prometheus_shm.installed().store.stats()  # type: ignore[union-attr]
-    assert (st["folded"], st["rows_retired"]) == (1, 1)
+    info = prometheus_shm.segment_info()
+    assert (info.folded, info.rows_retired) == (1, 1)
     assert values(scrape()) == dead
 
 
@@ -149,14 +148,14 @@ def test_totals_never_go_backwards_over_restarts_and_the_segment_stays_the_same_
 
 def test_a_folder_killed_mid_fold_is_undone_by_the_next_reader() -> None:
     """A folder SIGKILLed mid-fold leaves the archive half written; the next reader undoes it."""
-    from prometheus_shm import _store
+    from prometheus_shm import _runtime, _store
 
-    prometheus_shm.install(liveness_ttl=0)
+    prometheus_shm.install("anonymous", liveness_ttl=0)
     c = Counter("kept", "Kept.", registry=None)
     c.inc(1)
     worker = _fork(lambda: c.inc(10))
     assert _wait(worker) == 0
-    store = prometheus_shm.installed().store  # type: ignore[union-attr]
+    store = _runtime.active().store
     ((row, word),) = store.dead_rows()
 
     def fold_and_die() -> None:
@@ -174,13 +173,13 @@ def test_a_folder_killed_mid_fold_is_undone_by_the_next_reader() -> None:
     assert store.cells.load_sc(_store.H_SEQ) % 2 == 1
     assert values(scrape()) == {("kept_total", ()): 11.0}
     assert store.cells.load_sc(_store.H_SEQ) % 2 == 0
-    assert store.stats()["folded"] == 1
+    assert prometheus_shm.segment_info().folded == 1
     assert values(scrape()) == {("kept_total", ()): 11.0}
 
 
 def test_process_rows_full_is_a_clear_error_in_the_worker() -> None:
     """With every row held by a live process, a new worker's first use raises and says so."""
-    prometheus_shm.install(processes=2)
+    prometheus_shm.install("anonymous", processes=2)
     c = Counter("rows", "Rows.", registry=None)
     c.inc()
     ready, go = FORK.Event(), FORK.Event()
@@ -218,7 +217,7 @@ def test_process_rows_full_is_a_clear_error_in_the_worker() -> None:
 @pytest.mark.parametrize("hook", [True, False])
 def test_mark_process_dead_folds_at_once(hook: bool) -> None:
     """mark_process_dead (gunicorn's child_exit) drops live gauges before the cache expires."""
-    prometheus_shm.install(liveness_ttl=3600)
+    prometheus_shm.install("anonymous", liveness_ttl=3600)
     busy = Gauge("b", "B.", registry=None, multiprocess_mode="livesum")
     assert values(scrape()) == {("b", ()): 0.0}
     ready, go = FORK.Event(), FORK.Event()

@@ -21,12 +21,21 @@ from ._errors import (
     SeriesTableFullError,
     UnsafeSegmentError,
 )
-from ._runtime import Installation, install, installed, uninstall
+from ._runtime import (
+    ANONYMOUS,
+    Installation,
+    SegmentInfo,
+    install,
+    installed,
+    segment_info,
+    uninstall,
+)
 from ._table import MAX_KEY_BYTES, MAX_LABEL_VALUE_BYTES
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ANONYMOUS",
     "MAX_KEY_BYTES",
     "MAX_LABEL_VALUE_BYTES",
     "Collector",
@@ -36,6 +45,7 @@ __all__ = [
     "NotInstalledError",
     "ProcessTableFullError",
     "PrometheusShmError",
+    "SegmentInfo",
     "SegmentLayoutError",
     "SeriesTableFullError",
     "UnsafeSegmentError",
@@ -43,5 +53,6 @@ __all__ = [
     "install",
     "installed",
     "mark_process_dead",
+    "segment_info",
     "uninstall",
 ]

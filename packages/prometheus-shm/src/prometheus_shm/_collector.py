@@ -25,7 +25,7 @@ from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from ._errors import ConfigError
-from ._runtime import Runtime, active, installed
+from ._runtime import Runtime, active, current
 from ._store import GC_CELLS, Liveness, Snapshot, Store, present
 from ._table import Entry, Merge
 
@@ -135,7 +135,7 @@ class Collector:
 
         >>> import prometheus_shm
         >>> from prometheus_client import CollectorRegistry, Gauge, generate_latest
-        >>> _ = prometheus_shm.install()
+        >>> _ = prometheus_shm.install("anonymous")
         >>> g = Gauge("busy", "Busy workers.", multiprocess_mode="livesum", registry=None)
         >>> g.inc()
         >>> registry = CollectorRegistry()
@@ -193,12 +193,17 @@ class Collector:
             out += _process_families(snap)
         if self._self_metrics:
             out += _self_families(store)
-        reason = self._rt.installation.shared_reason if self._rt is not None else None
+        reason = self._rt.local_reason if self._rt is not None else None
         if reason is not None:
             m = Metric(
-                "prometheus_shm_process_local", "1: these figures are this process's only", "gauge"
+                "prometheus_shm_local_only",
+                "1: this process found no shared segment for its server; these figures are"
+                " its own (and its forked children's) only",
+                "gauge",
             )
-            m.add_sample("prometheus_shm_process_local", {"reason": reason}, 1.0)
+            m.add_sample(
+                "prometheus_shm_local_only", {"pid": str(os.getpid()), "reason": reason}, 1.0
+            )
             out.append(m)
         return out
 
@@ -214,7 +219,7 @@ class MultiProcessCollectorShim(Collector):
 
         >>> import prometheus_shm
         >>> from prometheus_client import CollectorRegistry, multiprocess
-        >>> _ = prometheus_shm.install()
+        >>> _ = prometheus_shm.install("anonymous")
         >>> type(multiprocess.MultiProcessCollector(CollectorRegistry())).__name__
         'MultiProcessCollectorShim'
         >>> prometheus_shm.uninstall()
@@ -234,11 +239,11 @@ def mark_process_dead(pid: int, path: str | None = None) -> None:
     Example::
 
         >>> import prometheus_shm
-        >>> _ = prometheus_shm.install()
+        >>> _ = prometheus_shm.install("anonymous")
         >>> prometheus_shm.mark_process_dead(2**22 + 1)
         >>> prometheus_shm.uninstall()
     """
-    rt = installed()
+    rt = current()
     if rt is None:
         return
     rt.liveness.mark_dead(pid)

@@ -35,16 +35,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import ConfigError, NotInstalledError, SeriesTableFullError
-from ._store import R_GC, Liveness, Store, check_geometry
+from ._store import R_GC, Geometry, Liveness, Store, check_geometry
 from ._table import Entry, cells_for, encode_key, merge_of
 
 __all__ = [
+    "ANONYMOUS",
     "Installation",
     "Runtime",
+    "SegmentInfo",
     "SharedValue",
     "active",
+    "current",
     "install",
     "installed",
+    "segment_info",
     "uninstall",
 ]
 
@@ -66,9 +70,22 @@ def active() -> Runtime:
     return rt
 
 
-def installed() -> Runtime | None:
-    """The installed runtime, or None."""
+def current() -> Runtime | None:
+    """The installed runtime, or None (internal)."""
     return _runtime
+
+
+def installed() -> Installation | None:
+    """What :func:`install` set up in this process, or None.
+
+    Example::
+
+        >>> import prometheus_shm
+        >>> prometheus_shm.installed() is None
+        True
+    """
+    rt = _runtime
+    return None if rt is None else rt.installation
 
 
 def _describe(name: str, labelnames: Sequence[str], labelvalues: Sequence[str]) -> str:
@@ -79,8 +96,11 @@ def _describe(name: str, labelnames: Sequence[str], labelvalues: Sequence[str]) 
 class Runtime:
     """This process's view of the installed segment: its row and its values."""
 
-    def __init__(self, store: Store, installation: Installation) -> None:
-        self.store = store
+    def __init__(self, store: Store | None, installation: Installation, geo: Geometry) -> None:
+        self._store = store
+        self._geo = geo
+        self._mode = installation.mode
+        self.local_reason: str | None = None
         self.installation = installation
         self.row: int | None = None
         self.pid = os.getpid()
@@ -89,6 +109,44 @@ class Runtime:
         self.liveness = Liveness(installation.liveness_ttl)
         self._group: list[tuple[Any, Entry]] = []
         self._group_key: tuple[str, str, tuple[str, ...]] | None = None
+
+    # -- the segment ---------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        """The segment, found the first time a process needs it (``install()`` with no path).
+
+        ``shm_counters.server_segment("prometheus")`` names the file every
+        worker of this server shares. A process that finds none logs one
+        warning and keeps its values in anonymous memory (shared with the
+        processes it forks after that); its collectors say so
+        (``prometheus_shm_local_only``). A forked child inherits what its
+        parent found.
+        """
+        store = self._store
+        if store is not None:
+            return store
+        with self.lock:
+            if self._store is None:
+                self._store = self._discover()
+            return self._store
+
+    def _discover(self) -> Store:
+        from shm_counters import server_segment
+
+        found = server_segment("prometheus")
+        if found.path is not None:
+            logger.info("prometheus-shm: metrics shared in %s", found.path)
+            return Store.named(found.path, self._geo, self._mode)
+        self.local_reason = found.reason
+        logger.warning(
+            "prometheus-shm: no shared segment for this server (%s); PID %d keeps its metrics"
+            " in its own memory (shared only with processes it forks), so figures miss"
+            " other workers",
+            found.reason,
+            os.getpid(),
+        )
+        return Store.anonymous(self._geo)
 
     # -- rows -------------------------------------------------------------------
 
@@ -118,7 +176,8 @@ class Runtime:
     def forked(self) -> None:
         """In a forked child: no row yet; every value waits for its first touch."""
         self.lock = threading.RLock()
-        self.store.lock = threading.RLock()
+        if self._store is not None:
+            self._store.lock = threading.RLock()
         self.row = None
         self.pid = os.getpid()
         self.liveness = Liveness(self.installation.liveness_ttl)
@@ -213,7 +272,7 @@ class SharedValue:
 
         >>> import prometheus_shm
         >>> from prometheus_client import CollectorRegistry, Counter
-        >>> _ = prometheus_shm.install()
+        >>> _ = prometheus_shm.install("anonymous")
         >>> c = Counter("example_total", "Example.", registry=CollectorRegistry())
         >>> c.inc(0.5)
         >>> type(c._value).__name__, c._value.get()
@@ -402,12 +461,12 @@ class EnumHandle(_RecentHandle):
 
 @dataclass(frozen=True, slots=True)
 class Installation:
-    """What :func:`install` set up in this process.
+    """What :func:`install` was asked for in this process.
 
-    ``path`` is the named segment (None: anonymous memory, shared with the
-    processes forked after install); ``shared_reason`` is None when the
-    figures are shared as intended, else why they are this process's (and its
-    forked children's) only.
+    ``path`` is as given: None (the server's segment, found by discovery),
+    ``"anonymous"``, or a file name. The segment actually used, its figures
+    and whether this process could join its server are in
+    :func:`segment_info`.
     """
 
     path: str | None
@@ -416,7 +475,48 @@ class Installation:
     heap_bytes: int
     liveness_ttl: float
     process_metrics: bool
-    shared_reason: str | None = None
+    mode: int = 0o600
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    """The segment this process uses, and how full it is.
+
+    ``path`` is the named file (None: anonymous memory); ``local_reason`` is
+    None when this process shares its server's segment as intended, else why
+    discovery found none (the figures are then this process's and its forked
+    children's only). The rest counts values, heap bytes and process rows.
+    """
+
+    path: str | None
+    local_reason: str | None
+    bytes: int
+    capacity: int
+    values_used: int
+    heap_bytes: int
+    heap_used: int
+    rows: int
+    rows_owned: int
+    rows_retired: int
+    folded: int
+    retired_dropped: int
+
+
+def segment_info() -> SegmentInfo:
+    """The segment in use here (found now if it was not yet) and its figures.
+
+    Example::
+
+        >>> import prometheus_shm
+        >>> _ = prometheus_shm.install("anonymous", capacity=100)
+        >>> info = prometheus_shm.segment_info()
+        >>> info.path, info.local_reason, info.capacity, info.values_used
+        (None, None, 100, 0)
+        >>> prometheus_shm.uninstall()
+    """
+    rt = active()
+    store = rt.store
+    return SegmentInfo(store.path, rt.local_reason, **store.stats())
 
 
 @dataclass
@@ -457,20 +557,31 @@ def install(
 ) -> Installation:
     """Make prometheus_client's metrics keep their values in one shared segment.
 
-    Call it once per server, before any metric is created: in a gunicorn
-    config file (forked workers inherit the segment), or at the top of the
-    app module with ``path=`` (spawned workers, uvicorn ``--workers``, find
-    the segment there; created mode ``mode`` if missing). ``capacity`` is how
-    many values the series table holds (one per counter or gauge child, two
-    per "mostrecent" gauge, buckets + 1 per histogram child, 2 per summary
-    child), ``processes`` how many processes may hold a row at once (live
-    workers, plus dead ones kept for their "all" gauges), ``heap_bytes`` the
-    room for the names and label values (default ``capacity * 192``, at
-    least 64 KiB). They
-    size a new segment; an existing one keeps its own. ``liveness_ttl``:
-    seconds a reader trusts that a process is alive. ``process_metrics``:
-    each process publishes its GC figures, and collectors add per-worker
-    ``process_*`` and ``python_gc_*`` metrics labelled ``pid``.
+    Call it once, before any metric is created: in a gunicorn config file,
+    or at the top of the app module (each spawned uvicorn worker imports
+    it). Where the values go:
+
+    - ``path=None`` (default): the server's own segment, found by
+      ``shm_counters.server_segment("prometheus")`` (a file in this user's
+      ``/dev/shm/raindrops-<uid>/`` named after the listening socket every
+      worker inherited, forked or spawned). Found the first time a process
+      needs it, so a gunicorn config may call this before the sockets are
+      bound. A process that finds no socket logs one warning, counts in its
+      own memory, and its collectors add ``prometheus_shm_local_only``.
+    - ``"anonymous"``: anonymous memory made now, inherited by every process
+      forked after this call (a forking server or pool with no sockets).
+    - an absolute file name: that segment (created, mode ``mode``, if missing).
+
+    ``capacity`` is how many values the series table holds (one per counter
+    or gauge child, two per "mostrecent" gauge, buckets + 1 per histogram
+    child, 2 per summary child), ``processes`` how many processes may hold a
+    row at once (live workers, plus dead ones kept for their "all" gauges),
+    ``heap_bytes`` the room for names and label values (default
+    ``capacity * 192``, at least 64 KiB). They size a new segment; an
+    existing one keeps its own. ``liveness_ttl``: seconds a reader trusts
+    that a process is alive. ``process_metrics``: each process publishes its
+    GC figures, and collectors add per-worker ``process_*`` and
+    ``python_gc_*`` metrics labelled ``pid``.
 
     Calling it again with the same ``path`` returns the same installation
     (an app module imported by every worker may call it too).
@@ -479,9 +590,9 @@ def install(
 
         >>> import prometheus_shm
         >>> from prometheus_client import CollectorRegistry, Counter, generate_latest
-        >>> inst = prometheus_shm.install(capacity=256, processes=8)
-        >>> inst.path is None, inst.capacity
-        (True, 256)
+        >>> inst = prometheus_shm.install("anonymous", capacity=256, processes=8)
+        >>> inst.path, inst.capacity
+        ('anonymous', 256)
         >>> c = Counter("jobs_total", "Jobs done.", ["queue"], registry=None)
         >>> c.labels("fast").inc()
         >>> registry = CollectorRegistry()
@@ -491,9 +602,7 @@ def install(
         >>> prometheus_shm.uninstall()
     """
     global _runtime, _fork_hook_registered
-    name = None if path is None else os.fspath(path)
-    if name is not None and (not isinstance(name, str) or not os.path.isabs(name)):
-        raise ConfigError(f"path must be an absolute file name, not {path!r}")
+    name = _check_path(path)
     heap = max(65536, capacity * 192) if isinstance(capacity, int) else 0
     geo = check_geometry(capacity, processes, heap if heap_bytes is None else heap_bytes)
     if isinstance(liveness_ttl, bool) or not isinstance(liveness_ttl, (int, float)):
@@ -501,6 +610,13 @@ def install(
     if not 0 <= liveness_ttl <= 3600:
         raise ConfigError(
             f"liveness_ttl {liveness_ttl} out of range: allowed 0 <= liveness_ttl <= 3600 s"
+        )
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+        raise ConfigError(f"mode must be a file mode 0..0o777, not {mode!r}")
+    if mode & 0o022:
+        raise ConfigError(
+            f"mode 0o{mode:03o} lets group or others write; allowed: owner-writable only,"
+            " such as 0o600 or 0o640"
         )
     with _install_lock:
         rt = _runtime
@@ -511,8 +627,13 @@ def install(
                     f" not {name!r}"
                 )
             return rt.installation
-        store = Store.anonymous(geo) if name is None else Store.named(name, geo, mode)
-        geo = store.geo
+        store: Store | None = None
+        if name == ANONYMOUS:
+            store = Store.anonymous(geo)
+        elif name is not None:
+            store = Store.named(name, geo, mode)
+        if store is not None:
+            geo = store.geo
         installation = Installation(
             name,
             geo.capacity,
@@ -520,20 +641,36 @@ def install(
             geo.heap_bytes,
             float(liveness_ttl),
             bool(process_metrics),
+            mode,
         )
-        rt = Runtime(store, installation)
+        rt = Runtime(store, installation, geo)
         _apply_patches(rt)
         _runtime = rt
         if not _fork_hook_registered:
             os.register_at_fork(after_in_child=_after_fork_in_child)
             _fork_hook_registered = True
-        logger.info(
-            "prometheus-shm: metrics shared in %s (capacity %d values, %d process rows)",
-            name or "anonymous memory",
-            geo.capacity,
-            geo.rows,
-        )
         return installation
+
+
+#: ``install(ANONYMOUS)``: anonymous memory, inherited by forked processes.
+ANONYMOUS = "anonymous"
+
+
+def _check_path(path: object) -> str | None:
+    if path is None:
+        return None
+    try:
+        name = os.fspath(path)  # type: ignore[call-overload]
+    except TypeError:
+        name = None
+    if name == ANONYMOUS:
+        return ANONYMOUS
+    if not isinstance(name, str) or not os.path.isabs(name):
+        raise ConfigError(
+            f"path must be None (the server's segment), 'anonymous' or an absolute file name,"
+            f" not {path!r}"
+        )
+    return name
 
 
 def uninstall() -> None:
@@ -545,7 +682,7 @@ def uninstall() -> None:
     Example::
 
         >>> import prometheus_shm
-        >>> _ = prometheus_shm.install()
+        >>> _ = prometheus_shm.install("anonymous")
         >>> prometheus_shm.uninstall()
         >>> prometheus_shm.installed() is None
         True

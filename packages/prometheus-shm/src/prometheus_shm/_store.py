@@ -60,7 +60,6 @@ import errno
 import logging
 import math
 import os
-import stat
 import threading
 import time
 from collections.abc import Iterable
@@ -188,39 +187,6 @@ def check_geometry(capacity: object, processes: object, heap_bytes: object) -> G
         _bounded("processes", processes, 1, _MAX_ROWS),
         _round_up(_bounded("heap_bytes", heap_bytes, 1024, 1 << 34), 8),
     )
-
-
-def check_segment_file(path: str) -> None:
-    """Refuse a segment file that is not ours to trust (before shm_counters opens it).
-
-    It must be a regular file (not a symlink) owned by the effective uid,
-    writable by no one else. A missing file is fine: it will be created.
-    """
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        code = exc.errno or errno.EIO
-        raise UnsafeSegmentError(code, f"cannot inspect segment: {exc}", path) from None
-    euid = os.geteuid()
-    if not stat.S_ISREG(st.st_mode):
-        what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-        raise UnsafeSegmentError(errno.EPERM, f"segment is {what}: refusing to use it", path)
-    if st.st_uid != euid:
-        raise UnsafeSegmentError(
-            errno.EPERM,
-            f"segment is owned by uid {st.st_uid}, not this process's effective uid {euid}:"
-            " refusing to use it",
-            path,
-        )
-    if st.st_mode & 0o022:
-        raise UnsafeSegmentError(
-            errno.EPERM,
-            f"segment mode is {stat.S_IMODE(st.st_mode):04o}: group or others may write it;"
-            " refusing to use it",
-            path,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,18 +326,20 @@ class Store:
 
         An existing segment keeps its own sizes, whatever ``geo`` says.
         """
-        check_segment_file(path)
         try:
             if geo is None:
                 cells = Cells.attach(path, tag=TAG)
             else:
                 cells = Cells(geo.total_cells, tag=TAG, path=path, mode=mode, init=cls._init(geo))
         except SegmentError as exc:
-            if exc.errno == errno.EINVAL:
+            # shm-counters opens without following a symlink and checks the
+            # owner and mode (EPERM, ELOOP); EINVAL is a header that is not ours.
+            code, message = exc.errno or errno.EIO, exc.strerror or str(exc)
+            if code in (errno.EPERM, errno.ELOOP):
+                raise UnsafeSegmentError(code, message, path) from None
+            if code == errno.EINVAL:
                 raise SegmentLayoutError(
-                    errno.EINVAL,
-                    f"not a prometheus-shm segment ({exc.strerror})",
-                    path,
+                    code, f"not a prometheus-shm segment ({message})", path
                 ) from None
             raise
         return cls(cells, cls._read_geometry(cells, path), path)
