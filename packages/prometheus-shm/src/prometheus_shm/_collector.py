@@ -22,6 +22,7 @@ from typing import Any
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import CollectorRegistry
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from ._errors import ConfigError
@@ -58,11 +59,12 @@ _GC_FIELDS = (
 
 @dataclass
 class _Histo:
-    """One histogram child: its sum and its buckets sorted by bound."""
+    """One histogram child: its sum and its buckets, sorted by bound, ready to render."""
 
     labels: dict[str, str]
-    sum: Entry | None = None
-    buckets: list[tuple[float, Entry]] = field(default_factory=list)
+    sum: int | None = None  # the sum's cell
+    # (bound, cell, labels with le) sorted by bound
+    buckets: list[tuple[float, int, dict[str, str]]] = field(default_factory=list)
 
 
 @dataclass
@@ -73,14 +75,20 @@ class _Family:
     typ: str
     help: str
     merge: Merge
-    entries: list[Entry] = field(default_factory=list)
-    labels: dict[int, dict[str, str]] = field(default_factory=dict)
+    # (cell, sample name, labels) of each counter, summary or gauge value, in table order
+    items: list[tuple[int, str, dict[str, str]]] = field(default_factory=list)
     histos: dict[tuple[tuple[str, str], ...], _Histo] = field(default_factory=dict)
     series: dict[tuple[str, ...], list[Entry]] = field(default_factory=dict)
+    labels: dict[int, dict[str, str]] = field(default_factory=dict)
 
 
 class _Plan:
-    """Families built from the series table once; extended as entries appear."""
+    """Families built from the series table once; extended as entries appear.
+
+    Everything a collection needs that does not change (label dicts in
+    MultiProcessCollector's order, ``le`` strings, bucket order) is made
+    here, once per entry, so a collection only reads values.
+    """
 
     def __init__(self) -> None:
         self.families: dict[str, _Family] = {}
@@ -94,7 +102,6 @@ class _Plan:
                 fam = _Family(e.metric_name, e.typ, e.help, e.merge)
                 self.families[e.metric_name] = fam
             self.per_row = self.per_row or fam.merge in _PER_ROW or fam.typ in ("info", "stateset")
-            fam.entries.append(e)
             pairs = tuple(sorted(zip(e.labelnames, e.labelvalues, strict=True)))
             if fam.typ == "histogram":
                 le = next((v for k, v in pairs if k == "le"), None)
@@ -103,19 +110,20 @@ class _Plan:
                 if histo is None:
                     histo = fam.histos[base] = _Histo(dict(base))
                 if le is None:
-                    histo.sum = e
-                else:
-                    try:
-                        bound = float(le)
-                    except ValueError:
-                        continue
-                    histo.buckets.append((bound, e))
-                    histo.buckets.sort(key=lambda b: b[0])
+                    histo.sum = e.first_cell
+                    continue
+                try:
+                    bound = float(le)
+                except ValueError:
+                    continue
+                labels = {**histo.labels, "le": _go_float(bound)}
+                histo.buckets.append((bound, e.first_cell, labels))
+                histo.buckets.sort(key=lambda b: b[0])
             elif fam.typ in ("info", "stateset"):
                 fam.series.setdefault(e.labelvalues, []).append(e)
                 fam.labels[e.first_cell] = dict(zip(e.labelnames, e.labelvalues, strict=True))
             else:
-                fam.labels[e.first_cell] = dict(pairs)
+                fam.items.append((e.first_cell, e.name, dict(pairs)))
         self.count = len(entries)
 
 
@@ -268,31 +276,34 @@ def _rows_for(snap: Snapshot, merge: Merge) -> Iterable[Any]:
 
 def _render(fam: _Family, snap: Snapshot) -> Metric | None:
     m = Metric(fam.name, fam.help, fam.typ)
+    out = m.samples  # Sample tuples appended directly: add_sample() would only wrap them
     n = snap.ncells
     if fam.typ == "histogram":
         for histo in fam.histos.values():
-            _render_histogram(m, fam.name, histo, snap)
+            _render_histogram(out, fam.name, histo, snap)
         return m
     if fam.typ in ("info", "stateset"):
         for entries in fam.series.values():
-            _render_recent_series(m, fam, entries, snap)
+            _render_recent_series(out, fam, entries, snap)
         return m
     merge = fam.merge
-    for e in fam.entries:
-        c = e.first_cell
+    if merge in (Merge.SUM, Merge.LIVESUM):
+        sums, pres = (
+            (snap.sums, snap.presence)
+            if merge is Merge.SUM
+            else (snap.live_sums, snap.live_presence)
+        )
+        for c, name, labels in fam.items:
+            if c < n and pres[c >> 6] >> (c & 63) & 1:
+                out.append(Sample(name, dict(labels), sums[c]))
+        return m
+    for c, name, labels in fam.items:
         if c >= n:
             continue
-        labels = fam.labels[c]
-        if merge is Merge.SUM:
-            if present(snap.presence, c):
-                m.add_sample(e.name, dict(labels), snap.sums[c])
-        elif merge is Merge.LIVESUM:
-            if present(snap.live_presence, c):
-                m.add_sample(e.name, dict(labels), snap.live_sums[c])
-        elif merge in (Merge.ALL, Merge.LIVEALL):
+        if merge in (Merge.ALL, Merge.LIVEALL):
             for row in _rows_for(snap, merge):
                 if present(row.presence, c):
-                    m.add_sample(e.name, {**labels, "pid": str(row.pid)}, row.values[c])
+                    out.append(Sample(name, {**labels, "pid": str(row.pid)}, row.values[c]))
         elif merge in (Merge.MIN, Merge.LIVEMIN, Merge.MAX, Merge.LIVEMAX):
             lowest = merge in (Merge.MIN, Merge.LIVEMIN)
             best: float | None = None
@@ -305,11 +316,11 @@ def _render(fam: _Family, snap: Snapshot) -> Metric | None:
                 if best is None or (v < best if lowest else v > best):
                     best = v
             if best is not None:
-                m.add_sample(e.name, dict(labels), best)
+                out.append(Sample(name, dict(labels), best))
         else:  # RECENT, LIVERECENT: the value with the latest timestamp > 0
             value, when = _most_recent(snap, merge, c)
             if when > 0.0:
-                m.add_sample(e.name, dict(labels), value)
+                out.append(Sample(name, dict(labels), value))
     return m
 
 
@@ -323,26 +334,27 @@ def _most_recent(snap: Snapshot, merge: Merge, c: int) -> tuple[float, float]:
     return value, when
 
 
-def _render_histogram(m: Metric, name: str, histo: _Histo, snap: Snapshot) -> None:
-    n = snap.ncells
-    if histo.sum is not None and histo.sum.first_cell < n:
-        c = histo.sum.first_cell
-        if present(snap.presence, c):
-            m.add_sample(name + "_sum", dict(histo.labels), snap.sums[c])
+def _render_histogram(out: list[Sample], name: str, histo: _Histo, snap: Snapshot) -> None:
+    n, sums, pres = snap.ncells, snap.sums, snap.presence
+    c = histo.sum
+    if c is not None and c < n and pres[c >> 6] >> (c & 63) & 1:
+        out.append(Sample(name + "_sum", dict(histo.labels), sums[c]))
     acc = 0.0
     seen = False
-    for bound, e in histo.buckets:
-        c = e.first_cell
-        if c >= n or not present(snap.presence, c):
+    bucket = name + "_bucket"
+    for _, c, labels in histo.buckets:
+        if c >= n or not pres[c >> 6] >> (c & 63) & 1:
             continue
         seen = True
-        acc += snap.sums[c]
-        m.add_sample(name + "_bucket", {**histo.labels, "le": _go_float(bound)}, acc)
+        acc += sums[c]
+        out.append(Sample(bucket, dict(labels), acc))
     if seen:
-        m.add_sample(name + "_count", dict(histo.labels), acc)
+        out.append(Sample(name + "_count", dict(histo.labels), acc))
 
 
-def _render_recent_series(m: Metric, fam: _Family, entries: list[Entry], snap: Snapshot) -> None:
+def _render_recent_series(
+    out: list[Sample], fam: _Family, entries: list[Entry], snap: Snapshot
+) -> None:
     """Info / Enum: the entry and value set most recently by any process."""
     best: tuple[float, Entry, float] | None = None
     for e in entries:
@@ -369,12 +381,12 @@ def _render_recent_series(m: Metric, fam: _Family, entries: list[Entry], snap: S
         info = {
             str(k): str(v) for k, v in (p for p in pairs if isinstance(p, list) and len(p) == 2)
         }
-        m.add_sample(fam.name + "_info", {**labels, **info}, 1.0)
+        out.append(Sample(fam.name + "_info", {**labels, **info}, 1.0))
         return
     states = [str(s) for s in e.extra] if isinstance(e.extra, list) else []
     index = int(value) if value == value else 0
     for i, state in enumerate(states):
-        m.add_sample(fam.name, {**labels, fam.name: state}, 1.0 if i == index else 0.0)
+        out.append(Sample(fam.name, {**labels, fam.name: state}, 1.0 if i == index else 0.0))
 
 
 def _process_families(snap: Snapshot) -> list[Metric]:

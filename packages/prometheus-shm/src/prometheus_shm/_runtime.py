@@ -180,6 +180,7 @@ class Runtime:
             self._store.lock = threading.RLock()
         self.row = None
         self.pid = os.getpid()
+        self.liveness.close()  # the parent's pidfds, inherited
         self.liveness = Liveness(self.installation.liveness_ttl)
         for v in list(self.values):
             v.unbind()

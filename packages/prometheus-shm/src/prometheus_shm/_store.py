@@ -5,7 +5,13 @@ a named file (found by spawned ones). In 8-byte cells from its start::
 
     cell             cells        what
     0                HEADER (32)  header, below
-    ARCHIVE          ROW          the archive: dead processes' values, folded
+    OWNERS           R            owner word of each row: PID, | CLAIMING (bit 63) while
+                                  being set up, | FOLDING (bit 62) while folded, |
+                                  RETIRED (bit 61) once folded but kept for its "all"
+                                  gauges; 0 when free
+    STIMES           R            each owner's start time (shm_counters.process_start_time)
+    RETIRED_AT       R            each retired row's order (header cell 14 then)
+    ARCHIVE          ROW          the archive: dead processes' values, folded (a whole line)
     BACKUP           ROW          the archive as it was before the fold in progress
     ROWS             R x ROW      one row per process (ROW cells each)
     HEAP             HEAP_BYTES/8 the series table's entries, appended
@@ -31,16 +37,12 @@ a named file (found by spawned ones). In 8-byte cells from its start::
     17           creation time (a double, Unix seconds)
 
     row cell     what
-    0            owner word: PID, | CLAIMING (bit 63) while being set up,
-                 | FOLDING (bit 62) while folded, | RETIRED (bit 61) once folded
-                 but kept for its "all" gauges; 0 when free
-    1            the owner's start time (shm_counters.process_start_time)
-    2            retire order (header cell 14 when it was retired)
-    4..12        GC figures: 3 generations x (collections, collected, uncollectable)
+    0..8         GC figures: 3 generations x (collections, collected, uncollectable)
     16           presence: P = ceil(C / 64) words, bit k set when the process has value k
     16 + P       values: C doubles, entry e's at its first cell (+1: its timestamp)
 
-The archive and backup rows have the same layout (their owner cells unused).
+Owner words and start times sit together, so a reader loads them in one call.
+The archive and backup rows have the same layout as a process row.
 
 Only a row's owner writes its values; a process's values of one series are
 summed with every other's only when read. A row whose owner died is *folded*
@@ -60,10 +62,12 @@ import errno
 import logging
 import math
 import os
+import select
 import threading
 import time
+import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shm_counters import Cells, SegmentError, process_alive, process_start_time
@@ -103,7 +107,7 @@ H_SEQ, H_FOLD_ROW, H_FOLD_OWNER, H_FOLD_STAGE = 10, 11, 12, 13
 H_RETIRE_SEQ, H_FOLDED, H_DROPPED, H_CREATED = 14, 15, 16, 17
 
 ROW_HEADER = 16
-R_OWNER, R_STIME, R_RETIRED_AT, R_GC = 0, 1, 2, 4
+R_GC = 0
 GC_CELLS = 9
 
 CLAIMING = 1 << 63
@@ -117,6 +121,7 @@ _MAX_CAPACITY = 1 << 24
 _MAX_ROWS = 1 << 16
 _LOCK_TIMEOUT = 5.0
 _CELLS_PER_LINE = 8  # rows start on 64-byte boundaries (whole lines on common machines)
+_PIDFD = hasattr(os, "pidfd_open") and hasattr(select, "poll")
 
 
 def _round_up(n: int, unit: int) -> int:
@@ -130,36 +135,36 @@ class Geometry:
     capacity: int
     rows: int
     heap_bytes: int
+    owners: int = field(init=False)  # owner word of row r at owners + r
+    stimes: int = field(init=False)  # its start time at stimes + r
+    retired_at: int = field(init=False)  # its retire order at retired_at + r
+    words: int = field(init=False)  # presence words per row
+    row_cells: int = field(init=False)  # cells per row: header, presence, values, whole lines
+    archive: int = field(init=False)
+    backup: int = field(init=False)
+    first_row: int = field(init=False)
+    heap: int = field(init=False)
+    total_cells: int = field(init=False)
 
-    @property
-    def words(self) -> int:
-        """Presence words per row."""
-        return -(-self.capacity // 64)
-
-    @property
-    def row_cells(self) -> int:
-        """Cells per row (header, presence, values), whole cache lines."""
-        return _round_up(ROW_HEADER + self.words + self.capacity, _CELLS_PER_LINE)
-
-    @property
-    def archive(self) -> int:
-        return HEADER
-
-    @property
-    def backup(self) -> int:
-        return HEADER + self.row_cells
-
-    @property
-    def first_row(self) -> int:
-        return HEADER + 2 * self.row_cells
-
-    @property
-    def heap(self) -> int:
-        return self.first_row + self.rows * self.row_cells
-
-    @property
-    def total_cells(self) -> int:
-        return self.heap + self.heap_bytes // 8
+    def __post_init__(self) -> None:
+        words = -(-self.capacity // 64)
+        row_cells = _round_up(ROW_HEADER + words + self.capacity, _CELLS_PER_LINE)
+        archive = _round_up(HEADER + 3 * self.rows, _CELLS_PER_LINE)
+        first_row = archive + 2 * row_cells
+        heap = first_row + self.rows * row_cells
+        for name, value in (
+            ("owners", HEADER),
+            ("stimes", HEADER + self.rows),
+            ("retired_at", HEADER + 2 * self.rows),
+            ("words", words),
+            ("row_cells", row_cells),
+            ("archive", archive),
+            ("backup", archive + row_cells),
+            ("first_row", first_row),
+            ("heap", heap),
+            ("total_cells", heap + self.heap_bytes // 8),
+        ):
+            object.__setattr__(self, name, value)
 
     def row(self, r: int) -> int:
         """First cell of process row ``r``."""
@@ -229,58 +234,124 @@ def present(words: list[int], k: int) -> bool:
 
 
 class Liveness:
-    """A reader's cache of which row owners are alive, checked a few at a time.
+    """A reader's view of which row owners are alive.
 
-    ``process_alive`` costs a ``kill()`` and a ``/proc`` read; a cached answer
-    is trusted ``ttl`` seconds, a new owner is presumed alive until checked,
-    and one call checks at most ``per_call`` owners (the ones due longest).
-    A dead owner (PID and start time) stays dead.
+    An owner is (PID, start time). The first time one is seen it is checked
+    as the scoreboard checks (``shm_counters.process_alive``: a zombie is
+    dead, another start time means the PID was reused). On Linux a pidfd is
+    then kept for it: the kernel marks it readable once that very process
+    exits, so one ``poll()`` over every owner's pidfd answers, exactly, at
+    each call, for a few microseconds, and a reused PID cannot fool it.
+    Without pidfds (not Linux, an old kernel), an answer is trusted ``ttl``
+    seconds and one call re-checks at most ``per_call`` owners, the ones due
+    longest; a new owner counts as alive until its first check. A dead owner
+    stays dead.
     """
 
-    __slots__ = ("_cache", "_dead", "per_call", "ttl")
+    __slots__ = ("__weakref__", "_cache", "_dead", "_fds", "_poll", "per_call", "ttl")
 
     def __init__(self, ttl: float, per_call: int = 32) -> None:
         self.ttl = ttl
         self.per_call = per_call
         self._cache: dict[tuple[int, int], tuple[bool, float]] = {}
         self._dead: set[tuple[int, int]] = set()
+        self._fds: dict[tuple[int, int], int] = {}
+        self._poll = select.poll() if _PIDFD else None
+        weakref.finalize(self, _close_fds, self._fds)
+
+    def close(self) -> None:
+        """Close every pidfd held (a forked child does, for its parent's)."""
+        _close_fds(self._fds)
+        self._poll = select.poll() if _PIDFD else None
 
     def mark_dead(self, pid: int) -> None:
         """Forget every cached answer for ``pid``: it is checked again at once."""
         for key in [k for k in self._cache if k[0] == pid]:
             del self._cache[key]
+        for key in [k for k in self._fds if k[0] == pid]:
+            self._forget_fd(key)
+
+    def _forget_fd(self, key: tuple[int, int]) -> None:
+        fd = self._fds.pop(key, None)
+        if fd is not None:
+            if self._poll is not None:
+                self._poll.unregister(fd)
+            os.close(fd)
+
+    def _watch(self, key: tuple[int, int]) -> bool:
+        """First sight of an owner: check it, and keep a pidfd if it is alive."""
+        try:
+            fd = os.pidfd_open(key[0])
+        except OSError:  # gone already (ESRCH), or pidfds refused: the plain check
+            return process_alive(key[0], key[1])
+        # The pidfd names whatever process has the PID now: keep it only if
+        # that is the owner (same start time, not a zombie).
+        if not process_alive(key[0], key[1]):
+            os.close(fd)
+            return False
+        self._fds[key] = fd
+        if self._poll is not None:
+            self._poll.register(fd, select.POLLIN)
+        return True
 
     def alive(self, owners: Iterable[tuple[int, int]], now: float) -> dict[tuple[int, int], bool]:
-        """The liveness of each (pid, start time), checking those due (bounded)."""
+        """The liveness of each (pid, start time)."""
+        keys = list(dict.fromkeys(owners))
         answers: dict[tuple[int, int], bool] = {}
-        due: list[tuple[float, tuple[int, int]]] = []
-        for key in owners:
-            if key in answers:
-                continue
-            if key in self._dead:
-                answers[key] = False
-                continue
-            cached = self._cache.get(key)
-            if cached is None:
-                answers[key] = True
-                due.append((-math.inf, key))
-            else:
-                answers[key] = cached[0]
-                if now >= cached[1]:
-                    due.append((cached[1], key))
-        due.sort()
-        for _, key in due[: self.per_call]:
-            ok = process_alive(key[0], key[1])
-            answers[key] = ok
-            if ok:
-                self._cache[key] = (True, now + self.ttl)
-            else:
-                self._cache.pop(key, None)
-                self._dead.add(key)
+        if self._poll is not None:
+            exited = {fd for fd, _ in self._poll.poll(0)} if self._fds else set()
+            for key in keys:
+                if key in self._dead:
+                    answers[key] = False
+                    continue
+                fd = self._fds.get(key)
+                if fd is None:
+                    ok = self._watch(key)
+                elif fd in exited:
+                    ok = False
+                    self._forget_fd(key)
+                else:
+                    ok = True
+                answers[key] = ok
+                if not ok:
+                    self._dead.add(key)
+            for key in [k for k in self._fds if k not in answers]:
+                self._forget_fd(key)  # its row was reused or freed
+        else:
+            due: list[tuple[float, tuple[int, int]]] = []
+            for key in keys:
+                if key in self._dead:
+                    answers[key] = False
+                    continue
+                cached = self._cache.get(key)
+                if cached is None:
+                    answers[key] = True
+                    due.append((-math.inf, key))
+                else:
+                    answers[key] = cached[0]
+                    if now >= cached[1]:
+                        due.append((cached[1], key))
+            due.sort()
+            for _, key in due[: self.per_call]:
+                ok = process_alive(key[0], key[1])
+                answers[key] = ok
+                if ok:
+                    self._cache[key] = (True, now + self.ttl)
+                else:
+                    self._cache.pop(key, None)
+                    self._dead.add(key)
         if len(self._dead) > 4096:  # owners long gone: their rows were folded
-            live_keys = set(answers)
-            self._dead &= live_keys
+            self._dead &= set(answers)
         return answers
+
+
+def _close_fds(fds: dict[tuple[int, int], int]) -> None:
+    for fd in fds.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    fds.clear()
 
 
 class Store:
@@ -499,7 +570,7 @@ class Store:
 
     def owner(self, r: int) -> int:
         """Row ``r``'s owner word."""
-        return self.cells.load_sc(self.geo.row(r) + R_OWNER)
+        return self.cells.load_sc(self.geo.owners + r)
 
     def claim(self, pid: int) -> int:
         """Claim a row for process ``pid`` (the caller): free, freed by folding, or retired.
@@ -519,17 +590,17 @@ class Store:
                     f"all {self.geo.rows} process rows of {self._where()} are held by live"
                     f" processes; install(processes=...) sets more for a new segment"
                 )
-            start = self.geo.row(r)
-            cells = self.cells
-            cells.zero(start + 1, self.geo.row_cells - 1)
-            cells.store_sc(start + R_STIME, stime)
-            cells.store_sc(start + R_OWNER, pid)
+            cells, geo = self.cells, self.geo
+            cells.zero(geo.row(r), geo.row_cells)
+            cells.store(geo.retired_at + r, 0)
+            cells.store_sc(geo.stimes + r, stime)
+            cells.store_sc(geo.owners + r, pid)
             return r
 
     def _take_free(self, pid: int) -> int | None:
         cells, geo = self.cells, self.geo
         for r in range(geo.rows):
-            cell = geo.row(r) + R_OWNER
+            cell = geo.owners + r
             word = cells.load_sc(cell)
             if word == 0 and cells.cas(cell, 0, CLAIMING | pid):
                 return r
@@ -546,11 +617,11 @@ class Store:
         """Fold rows of dead owners until one comes free; take it."""
         cells, geo = self.cells, self.geo
         for r in range(geo.rows):
-            cell = geo.row(r) + R_OWNER
+            cell = geo.owners + r
             word = cells.load_sc(cell)
             if not word or word & (CLAIMING | FOLDING | RETIRED):
                 continue
-            if process_alive(word, cells.load_sc(geo.row(r) + R_STIME)):
+            if process_alive(word, cells.load_sc(geo.stimes + r)):
                 continue
             self.fold(r, word)
             if cells.load_sc(cell) == 0 and cells.cas(cell, 0, CLAIMING | pid):
@@ -563,9 +634,9 @@ class Store:
         for r in range(geo.rows):
             word = self.owner(r)
             if word & RETIRED and not word & CLAIMING:
-                retired.append((cells.load(geo.row(r) + R_RETIRED_AT), r, word))
+                retired.append((cells.load(geo.retired_at + r), r, word))
         for _, r, word in sorted(retired):
-            if cells.cas(geo.row(r) + R_OWNER, word, CLAIMING | pid):
+            if cells.cas(geo.owners + r, word, CLAIMING | pid):
                 cells.add(H_DROPPED, 1)
                 logger.info(
                     "prometheus-shm: row %d of dead pid %d reused; its 'all' gauges are dropped",
@@ -582,7 +653,7 @@ class Store:
             word = self.owner(r)
             if not word or word & (CLAIMING | FOLDING | RETIRED):
                 continue
-            stime = self.cells.load_sc(self.geo.row(r) + R_STIME)
+            stime = self.cells.load_sc(self.geo.stimes + r)
             if not process_alive(word, stime):
                 out.append((r, word))
         return out
@@ -617,10 +688,10 @@ class Store:
         """
         with self.lock:
             cells, geo = self.cells, self.geo
-            start = geo.row(r)
+            start, owner = geo.row(r), geo.owners + r
             self._lock(H_FOLD_LOCK)
             try:
-                if cells.load_sc(start + R_OWNER) != word:
+                if cells.load_sc(owner) != word:
                     return False
                 self.sync()
                 seq = cells.load_sc(H_SEQ)
@@ -630,14 +701,14 @@ class Store:
                 cells.store_sc(H_FOLD_OWNER, word)
                 cells.copy(geo.backup, geo.archive, geo.row_cells)
                 cells.store_sc(H_FOLD_STAGE, 1)
-                cells.store_sc(start + R_OWNER, word | FOLDING)
+                cells.store_sc(owner, word | FOLDING)
                 keep = self._fold_values(start)
                 if keep:
                     order = cells.add(H_RETIRE_SEQ, 1)
-                    cells.store(start + R_RETIRED_AT, order)
-                    cells.store_sc(start + R_OWNER, RETIRED | word)
+                    cells.store(geo.retired_at + r, order)
+                    cells.store_sc(owner, RETIRED | word)
                 else:
-                    cells.store_sc(start + R_OWNER, 0)
+                    cells.store_sc(owner, 0)
                 cells.store_sc(H_FOLD_STAGE, 0)
                 cells.add(H_FOLDED, 1)
                 Cells.fence()
@@ -694,7 +765,7 @@ class Store:
             return
         r = cells.load_sc(H_FOLD_ROW)
         word = cells.load_sc(H_FOLD_OWNER)
-        owner_cell = geo.row(r) + R_OWNER if r < geo.rows else None
+        owner_cell = geo.owners + r if r < geo.rows else None
         if (
             owner_cell is not None
             and cells.load_sc(H_FOLD_STAGE) == 1
@@ -728,12 +799,13 @@ class Store:
             if seq % 2:
                 waited = self._wait_for_fold(seq, waited)
                 continue
-            words = [cells.load_sc(geo.row(r) + R_OWNER) for r in range(geo.rows)]
-            owners: dict[int, tuple[int, int]] = {}
-            for r, word in enumerate(words):
-                if word and not word & CLAIMING:
-                    stime = cells.load_sc(geo.row(r) + R_STIME)
-                    owners[r] = (word & PID_MASK, stime)
+            words = cells.load_many(geo.owners, geo.rows)
+            stimes = cells.load_many(geo.stimes, geo.rows)
+            owners: dict[int, tuple[int, int]] = {
+                r: (word & PID_MASK, stimes[r])
+                for r, word in enumerate(words)
+                if word and not word & CLAIMING
+            }
             alive = liveness.alive(
                 (key for r, key in owners.items() if not words[r] & RETIRED), time.monotonic()
             )
@@ -774,7 +846,7 @@ class Store:
             Cells.fence()
             if cells.load_sc(H_SEQ) != seq:
                 continue
-            if [cells.load_sc(geo.row(r) + R_OWNER) for r in owners] != [words[r] for r in owners]:
+            if cells.load_many(geo.owners, geo.rows) != words:
                 continue
             total = [s + a for s, a in zip(sums, arch, strict=True)]
             presence = [p | a for p, a in zip(pres, apres, strict=True)]
