@@ -281,10 +281,10 @@ def main() -> None:
     for label, value, target, at_least in rows:
         met = value >= target if at_least else value <= target
         print(f"| {label} | {value:.2f}x | {'yes' if met else 'NO'} |")
-    import prometheus_client
+    from importlib.metadata import version
 
     print(
-        f"\nPython {platform.python_version()}, prometheus_client {prometheus_client.__version__},"
+        f"\nPython {platform.python_version()}, prometheus_client {version('prometheus-client')},"
         f" {os.cpu_count()} CPUs, {sys.platform}."
     )
 

@@ -34,6 +34,11 @@ __all__ = ["Collector", "MultiProcessCollectorShim", "mark_process_dead"]
 
 # prometheus_client leaves it unannotated.
 _go_float: Callable[[float], str] = floatToGoString
+# Sample tuples made without their Python-level __new__ (the trailing fields,
+# timestamp, exemplar and, in newer prometheus_client, native histogram, None).
+_TAIL = (None,) * (len(Sample._fields) - 3)
+_new_tuple = tuple.__new__
+
 
 logger = logging.getLogger("prometheus_shm")
 
@@ -295,7 +300,7 @@ def _render(fam: _Family, snap: Snapshot) -> Metric | None:
         )
         for c, name, labels in fam.items:
             if c < n and pres[c >> 6] >> (c & 63) & 1:
-                out.append(Sample(name, dict(labels), sums[c]))
+                out.append(_new_tuple(Sample, (name, labels.copy(), sums[c], *_TAIL)))
         return m
     for c, name, labels in fam.items:
         if c >= n:
@@ -338,18 +343,18 @@ def _render_histogram(out: list[Sample], name: str, histo: _Histo, snap: Snapsho
     n, sums, pres = snap.ncells, snap.sums, snap.presence
     c = histo.sum
     if c is not None and c < n and pres[c >> 6] >> (c & 63) & 1:
-        out.append(Sample(name + "_sum", dict(histo.labels), sums[c]))
+        out.append(_new_tuple(Sample, (name + "_sum", dict(histo.labels), sums[c], *_TAIL)))
     acc = 0.0
     seen = False
     bucket = name + "_bucket"
+    append = out.append
     for _, c, labels in histo.buckets:
-        if c >= n or not pres[c >> 6] >> (c & 63) & 1:
-            continue
-        seen = True
-        acc += sums[c]
-        out.append(Sample(bucket, dict(labels), acc))
+        if c < n and pres[c >> 6] >> (c & 63) & 1:
+            seen = True
+            acc += sums[c]
+            append(_new_tuple(Sample, (bucket, labels.copy(), acc, *_TAIL)))
     if seen:
-        out.append(Sample(name + "_count", dict(histo.labels), acc))
+        out.append(_new_tuple(Sample, (name + "_count", dict(histo.labels), acc, *_TAIL)))
 
 
 def _render_recent_series(

@@ -499,10 +499,11 @@ class Cells:
             raise CounterIndexError(f"stride must be >= 1, not {s}")
         picked = [r if type(r) is int else as_int(r, "row") for r in rows]
         base = self._ptr(start, 0)
-        for r in picked:
-            self._ptr(start + r * s, n)  # raises for a row out of range
-            if r < 0:
-                raise CounterIndexError(f"row {r} is negative")
+        if picked:
+            low, high = min(picked), max(picked)
+            if low < 0:
+                raise CounterIndexError(f"row {low} is negative")
+            self._ptr(start + high * s, n)  # the last row's cells: raises if out of range
         arr = ffi.new("uint64_t[]", picked) if picked else ffi.new("uint64_t[]", 1)
         return base, arr, len(picked)
 
