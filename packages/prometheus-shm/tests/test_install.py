@@ -266,3 +266,40 @@ def test_no_server_socket_falls_back_to_own_memory_and_says_so(
         == 1.0
     )
     assert os.listdir(seg_dir) in ([], [f"raindrops-{os.geteuid()}"])
+
+
+def test_an_existing_segment_keeps_its_own_sizes(seg_path: str) -> None:
+    """Installing on an existing file with other sizes attaches with the file's sizes."""
+    prometheus_shm.install(seg_path, capacity=64, processes=4)
+    Counter("kept", "Kept.", registry=None).inc(3)
+    prometheus_shm.uninstall()
+    inst = prometheus_shm.install(seg_path, capacity=4096, processes=64)
+    assert (inst.capacity, inst.processes) == (64, 4)
+    info = prometheus_shm.segment_info()
+    assert (info.capacity, info.rows, info.values_used) == (64, 4, 1)
+    Counter("kept", "Kept.", registry=None).inc(1)
+    assert values(scrape()) == {("kept_total", ()): 4.0}
+
+
+def test_a_discovered_segment_that_cannot_be_used_falls_back_and_says_why(
+    seg_dir: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A junk file where the server's segment should be: a warning naming it, local figures."""
+    monkeypatch.setenv("RAINDROPS_SHM_DIR", seg_dir)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        inode = os.fstat(listener.fileno()).st_ino
+        home = os.path.join(seg_dir, f"raindrops-{os.geteuid()}")
+        os.mkdir(home, 0o700)
+        junk = os.path.join(home, f"prometheus-{inode}")
+        with open(junk, "wb") as f:
+            f.write(b"\x00" * 8192)
+        os.chmod(junk, 0o600)
+        with caplog.at_level(logging.WARNING, logger="prometheus_shm"):
+            prometheus_shm.install()
+            Counter("still", "Still.", registry=None).inc()
+        info = prometheus_shm.segment_info()
+        assert info.path is None
+        assert info.local_reason is not None
+        assert info.local_reason.startswith(f"cannot use {junk}: [Errno 22] not a prometheus-shm")
+        assert [r.levelno for r in caplog.records] == [logging.WARNING]
+        assert values(scrape())[("still_total", ())] == 1.0

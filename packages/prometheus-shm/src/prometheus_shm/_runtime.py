@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import ConfigError, NotInstalledError, SeriesTableFullError
+from ._errors import ConfigError, NotInstalledError, PrometheusShmError, SeriesTableFullError
 from ._store import R_GC, Geometry, Liveness, Store, check_geometry
 from ._table import Entry, cells_for, encode_key, merge_of
 
@@ -135,15 +135,21 @@ class Runtime:
         from shm_counters import server_segment
 
         found = server_segment("prometheus")
+        reason = found.reason
         if found.path is not None:
-            logger.info("prometheus-shm: metrics shared in %s", found.path)
-            return Store.named(found.path, self._geo, self._mode)
-        self.local_reason = found.reason
+            try:
+                store = Store.named(found.path, self._geo, self._mode)
+            except (OSError, PrometheusShmError) as exc:  # a full tmpfs, a damaged file
+                reason = f"cannot use {found.path}: {exc}"
+            else:
+                logger.info("prometheus-shm: metrics shared in %s", found.path)
+                return store
+        self.local_reason = reason
         logger.warning(
             "prometheus-shm: no shared segment for this server (%s); PID %d keeps its metrics"
             " in its own memory (shared only with processes it forks), so figures miss"
             " other workers",
-            found.reason,
+            reason,
             os.getpid(),
         )
         return Store.anonymous(self._geo)

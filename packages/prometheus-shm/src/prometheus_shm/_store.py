@@ -120,6 +120,8 @@ ALL_MERGES = frozenset({Merge.ALL, Merge.LIVEALL})
 _MAX_CAPACITY = 1 << 24
 _MAX_ROWS = 1 << 16
 _LOCK_TIMEOUT = 5.0
+# How long a reader waits for a fold in progress (by a live process) to end.
+_READ_PATIENCE = 2.0
 _CELLS_PER_LINE = 8  # rows start on 64-byte boundaries (whole lines on common machines)
 _PIDFD = hasattr(os, "pidfd_open") and hasattr(select, "poll")
 
@@ -398,10 +400,7 @@ class Store:
         An existing segment keeps its own sizes, whatever ``geo`` says.
         """
         try:
-            if geo is None:
-                cells = Cells.attach(path, tag=TAG)
-            else:
-                cells = Cells(geo.total_cells, tag=TAG, path=path, mode=mode, init=cls._init(geo))
+            cells = cls._open_cells(path, geo, mode)
         except SegmentError as exc:
             # shm-counters opens without following a symlink and checks the
             # owner and mode (EPERM, ELOOP); EINVAL is a header that is not ours.
@@ -414,6 +413,26 @@ class Store:
                 ) from None
             raise
         return cls(cells, cls._read_geometry(cells, path), path)
+
+    @classmethod
+    def _open_cells(cls, path: str, geo: Geometry | None, mode: int) -> Cells:
+        """Attach to the file at ``path``; create it with ``geo`` if it is missing.
+
+        An existing file keeps its own sizes (attach first); a file another
+        process creates meanwhile is attached to.
+        """
+        for _ in range(5):
+            try:
+                return Cells.attach(path, tag=TAG)
+            except SegmentError as exc:
+                if exc.errno != errno.ENOENT or geo is None:
+                    raise
+            try:
+                return Cells(geo.total_cells, tag=TAG, path=path, mode=mode, init=cls._init(geo))
+            except SegmentError as exc:
+                if exc.errno != errno.EINVAL or "asked" not in str(exc):
+                    raise  # not a smaller segment made by another process meanwhile
+        raise SegmentError(errno.EAGAIN, "segment keeps appearing and vanishing", path)
 
     @staticmethod
     def _read_geometry(cells: Cells, path: str) -> Geometry:
@@ -792,11 +811,12 @@ class Store:
         self.sync()
         n = self._ncells
         nwords = -(-n // 64)
+        deadline = time.monotonic() + _READ_PATIENCE
         waited = 0.0
-        attempts = 50
-        for _ in range(attempts):
+        while True:
             seq = cells.load_sc(H_SEQ)
-            if seq % 2:
+            late = time.monotonic() > deadline
+            if seq % 2 and not late:
                 waited = self._wait_for_fold(seq, waited)
                 continue
             words = cells.load_many(geo.owners, geo.rows)
@@ -844,10 +864,17 @@ class Store:
                         )
                     )
             Cells.fence()
-            if cells.load_sc(H_SEQ) != seq:
+            stable = cells.load_sc(H_SEQ) == seq and cells.load_many(geo.owners, geo.rows) == words
+            if not stable and not late:
                 continue
-            if cells.load_many(geo.owners, geo.rows) != words:
-                continue
+            if not stable:
+                logger.warning(
+                    "prometheus-shm: %s kept changing for %.0f s (a fold by PID %d);"
+                    " this collection may be off by one dead process",
+                    self._where(),
+                    _READ_PATIENCE,
+                    cells.load_sc(H_FOLD_LOCK),
+                )
             total = [s + a for s, a in zip(sums, arch, strict=True)]
             presence = [p | a for p, a in zip(pres, apres, strict=True)]
             snap = Snapshot(
@@ -862,7 +889,6 @@ class Store:
                 sorted({owners[r][0] for r in live}),
             )
             return snap, dead
-        raise TimeoutError(f"prometheus-shm: {self._where()} kept changing during {attempts} reads")
 
     def _wait_for_fold(self, seq: int, waited: float) -> float:
         """Wait a little for a fold to end; undo it if its folder died."""
