@@ -40,7 +40,7 @@ ROUNDS = 5
 N_INC = 200_000
 WORKERS = 64
 RESTARTS = 1000
-SCRAPES = 7
+SCRAPES = 21
 
 
 # -- children (fresh interpreters) --------------------------------------------------

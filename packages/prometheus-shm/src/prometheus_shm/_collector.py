@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +134,20 @@ class _Plan:
         self.count = len(entries)
 
 
+# One plan per segment handle, shared by every collector on it: the
+# documented pattern makes a fresh registry and collector for every scrape.
+_plans: weakref.WeakKeyDictionary[Store, _Plan] = weakref.WeakKeyDictionary()
+_plans_lock = threading.Lock()
+
+
+def _plan_for(store: Store) -> _Plan:
+    with _plans_lock:
+        plan = _plans.get(store)
+        if plan is None:
+            plan = _plans[store] = _Plan()
+        return plan
+
+
 class Collector:
     """Yields the merged metrics of every process sharing the segment.
 
@@ -184,7 +200,7 @@ class Collector:
             default_pm = False
         self._process_metrics = default_pm if process_metrics is None else bool(process_metrics)
         self._self_metrics = bool(self_metrics)
-        self._plan = _Plan()
+        self._plan = _plan_for(self._store)
         if registry is not None:
             registry.register(self)
 
@@ -192,7 +208,8 @@ class Collector:
         """The merged metric families, read now; dead processes' rows folded on the way."""
         store = self._store
         store.sync()
-        self._plan.extend(store.entries)
+        with store.lock:
+            self._plan.extend(store.entries)
         snap, dead = store.snapshot(
             self._liveness(), per_row=self._plan.per_row or self._process_metrics
         )
