@@ -11,6 +11,8 @@ peer measured in the same run.
    multiprocess (``PROMETHEUS_MULTIPROC_DIR``), prometheus-shm. Rounds are
    interleaved (each round runs every mode once) and each figure is the best
    of its rounds, so a slow spell of the shared machine falls on every mode.
+   Files (multiprocess mode's directory, prometheus-shm's segment) are on
+   tmpfs (``/dev/shm``) for both.
 2. Scrape (collector + ``generate_latest``) with 64 live forked workers x 100
    series each (60 counter children, 20 "livesum" gauge children, 20
    histogram children of 15 buckets: 400 values per worker), then again after
@@ -44,6 +46,10 @@ N_INC = 200_000
 WORKERS = 64
 RESTARTS = 1000
 SCRAPES = 21
+# Both sides' files on tmpfs: multiprocess mode's mmap'd files on a disk
+# filesystem (this VM's /tmp is ext4) pay for writeback, which varies with
+# other load; on tmpfs it is at its best.
+SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
 # -- children (fresh interpreters) --------------------------------------------------
@@ -60,7 +66,7 @@ def _setup(mode: str, directory: str, **kwargs: Any) -> None:
 
 def child_inc(mode: str) -> dict[str, float]:
     """ns per operation of one mode."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=SHM_DIR) as tmp:
         _setup(mode, tmp)
         from prometheus_client import Counter, Histogram
 
@@ -105,7 +111,7 @@ def _scrape_times(collect: Any, n: int) -> list[float]:
 
 def child_scrape(mode: str) -> dict[str, Any]:
     """Scrape times (s) with 64 live workers, then after 1,000 restarts."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=SHM_DIR) as tmp:
         _setup(mode, tmp, capacity=1024, processes=WORKERS + 16, liveness_ttl=0)
         from prometheus_client import Counter, Gauge, Histogram
 
