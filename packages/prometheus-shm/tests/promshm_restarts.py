@@ -10,6 +10,7 @@ forks faster than the test runner's.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -59,8 +60,7 @@ def main() -> None:
                     "size": os.stat(path).st_size,
                 }
             )
-    rt = prometheus_shm.installed()
-    stats = rt.store.stats() if rt is not None else {}
+    stats = dataclasses.asdict(prometheus_shm.segment_info())
     json.dump({"checkpoints": checkpoints, "stats": stats}, sys.stdout)
 
 

@@ -119,6 +119,8 @@ def test_sigkilled_worker_counters_stay_live_gauges_vanish_all_gauges_stay() -> 
     assert values(scrape()) == dead
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_totals_never_go_backwards_over_restarts_and_the_segment_stays_the_same_size(
     seg_path: str,
 ) -> None:
@@ -127,7 +129,7 @@ def test_totals_never_go_backwards_over_restarts_and_the_segment_stays_the_same_
         [sys.executable, RESTARTS, seg_path, "10000"],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=840,  # 40-160 s on the shared 2-core VM
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
