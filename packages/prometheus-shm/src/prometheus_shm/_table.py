@@ -29,6 +29,7 @@ __all__ = [
     "MAX_LABEL_VALUE_BYTES",
     "Entry",
     "Merge",
+    "cells_for",
     "decode_entry",
     "encode_key",
     "merge_of",
