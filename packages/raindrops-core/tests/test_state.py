@@ -17,23 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import raindrops_core._segments as segments_module
 import raindrops_core._state as state_module
 from linux_inet_diag import ListenOverflows, UnavailableError
 from raindrops_core import (
     ANONYMOUS,
     SEGMENT_ENV,
+    SEGMENT_NAME,
     ConfigError,
     Format,
-    InheritedListener,
     RaindropsState,
     Steps,
     app_path,
-    default_segment,
-    default_segment_path,
-    sweep_stale_segments,
     unavailable_header,
 )
+from shm_counters import SERVER_DIR_ENV, InheritedListener
 
 
 def _wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -113,110 +110,13 @@ def test_duplicate_listeners_are_reported_once_tcp_first() -> None:
 # -- where the scoreboard lives ----------------------------------------------
 
 
-def test_default_segment_path_is_derived_from_the_listener_inode() -> None:
-    """Workers holding the same listening socket derive the same path; none gives None."""
-    uid = os.getuid()
-    found = [InheritedListener(5, "[::]:80", 900), InheritedListener(3, "0.0.0.0:80", 700)]
-    path = default_segment_path(found)
-    assert path is not None
-    assert os.path.basename(path) == f"raindrops-{uid}-700"
-    ldr = default_segment_path(found, prefix="raindrops-ldr")
-    assert ldr == os.path.join(os.path.dirname(path), f"raindrops-ldr-{uid}-700")
-    assert default_segment_path([]) is None
-
-
 @pytest.fixture
 def shm_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Default segments go to a temp directory: no test sweeps the real /dev/shm."""
+    """Server segments go to a temp directory ($RAINDROPS_SHM_DIR): never the real /dev/shm."""
     where = tmp_path / "shm"
     where.mkdir()
-    monkeypatch.setattr(segments_module, "_shm_dir", lambda: str(where))
-    return where
-
-
-def _closed_listener_inode(family: int = socket.AF_INET) -> int:
-    with socket.socket(family) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(1)
-        return os.fstat(sock.fileno()).st_ino
-
-
-@pytest.mark.linux
-def test_sweep_removes_segments_of_closed_sockets_only(
-    shm_dir: Path, listener: socket.socket, tmp_path: Path
-) -> None:
-    """Segments named after a closed socket go; live listeners', other uids' and names stay."""
-    uid = os.getuid()
-    dead = _closed_listener_inode()
-    live_tcp = os.fstat(listener.fileno()).st_ino
-    unix = socket.socket(socket.AF_UNIX)
-    try:
-        unix.bind(str(tmp_path / "u.sock"))
-        unix.listen(1)
-        live_unix = os.fstat(unix.fileno()).st_ino
-        names = [
-            f"raindrops-{uid}-{dead}",
-            f"raindrops-ldr-{uid}-{dead}",
-            f"raindrops-{uid}-{live_tcp}",
-            f"raindrops-ldr-{uid}-{live_unix}",
-            f"raindrops-{uid + 1}-{dead}",
-            f"raindrops-{uid}-{dead}.bak",
-            f"myapp-{uid}-{dead}",
-        ]
-        for name in names:
-            (shm_dir / name).write_bytes(b"x")
-        removed = sweep_stale_segments(directory=str(shm_dir))
-    finally:
-        unix.close()
-    assert removed == [
-        str(shm_dir / f"raindrops-{uid}-{dead}"),
-        str(shm_dir / f"raindrops-ldr-{uid}-{dead}"),
-    ]
-    assert sorted(os.listdir(shm_dir)) == sorted(names[2:])
-
-
-def test_sweep_never_removes_the_kept_file_nor_anything_without_listeners(
-    shm_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``keep`` survives a sweep; if the listeners cannot be read, nothing is removed."""
-    uid = os.getuid()
-    for name in (f"raindrops-{uid}-11", f"raindrops-{uid}-12"):
-        (shm_dir / name).write_bytes(b"x")
-    keep = str(shm_dir / f"raindrops-{uid}-11")
-    monkeypatch.setattr(segments_module, "inet_diag_records", _unavailable)
-    assert sweep_stale_segments(keep, directory=str(shm_dir)) == []
-    assert sweep_stale_segments(keep, directory=str(shm_dir), live=[]) == [
-        str(shm_dir / f"raindrops-{uid}-12")
-    ]
-    assert os.listdir(shm_dir) == [f"raindrops-{uid}-11"]
-
-
-def _join_sweep() -> None:
-    sweeper = segments_module._sweeper
-    if sweeper is not None:
-        sweeper.join(timeout=30)
-
-
-@pytest.mark.linux
-def test_creating_a_new_default_segment_sweeps_stale_ones(
-    shm_dir: Path, listener: socket.socket
-) -> None:
-    """The process that creates the default segment sweeps; one opening it again does not."""
-    uid = os.getuid()
-    stale = shm_dir / f"raindrops-{uid}-{_closed_listener_inode()}"
-    stale.write_bytes(b"x")
-    segments_module._sweeper = None
-    state = RaindropsState(listeners=[])
-    state.prepare()
-    _join_sweep()
-    mine = shm_dir / f"raindrops-{uid}-{os.fstat(listener.fileno()).st_ino}"
-    assert state.segment_path == str(mine)
-    assert sorted(os.listdir(shm_dir)) == [mine.name]
-    stale.write_bytes(b"x")
-    segments_module._sweeper = None
-    assert default_segment() == str(mine)  # exists already: no sweep
-    assert segments_module._sweeper is None
-    assert stale.exists()
+    monkeypatch.setenv(SERVER_DIR_ENV, str(where))
+    return where / f"raindrops-{os.geteuid()}"
 
 
 def test_env_var_names_the_segment_created_0600(
@@ -230,25 +130,70 @@ def test_env_var_names_the_segment_created_0600(
     state.board  # noqa: B018 - opens the segment
     assert state.segment_path == str(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert state.unshared is None
 
 
+@pytest.mark.linux
 def test_default_segment_under_a_server_listener(listener: socket.socket, shm_dir: Path) -> None:
-    """With no option, a process holding a listener shares a segment named after it."""
-    expected = default_segment_path(
-        [InheritedListener(listener.fileno(), _name(listener), os.fstat(listener.fileno()).st_ino)]
-    )
-    assert expected is not None
+    """With no option, a process holding a listener shares a segment named after its inode."""
     state = RaindropsState(listeners=[])
     state.board  # noqa: B018 - opens the segment
-    _join_sweep()
-    assert state.segment_path == expected
-    assert os.path.exists(expected)
+    expected = shm_dir / f"{SEGMENT_NAME}-{os.fstat(listener.fileno()).st_ino}"
+    assert state.segment_path == str(expected)
+    assert expected.is_file()
+    assert state.unshared is None
+    assert "shared" not in state.snapshot().unavailable
+
+
+def test_no_server_socket_counts_privately_and_says_so(
+    shm_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No server socket: one warning saying why and how to share; every output says so."""
+    monkeypatch.setattr(state_module, "listen_overflows", lambda: OVERFLOWS)
+    state = RaindropsState(listeners=[])
+    with caplog.at_level(logging.WARNING, logger="raindrops_core._state"):
+        state.prepare().incr_calling()
+        state.snapshot()
+        state.respond("GET", "127.0.0.1", None, "")
+    assert state.segment_path is None
+    assert state.counts() == (1, 0)
+    [record] = caplog.records
+    reason = state.unshared
+    assert reason is not None
+    assert reason.startswith("found no listening socket inherited from a server among the ")
+    assert record.getMessage() == (
+        f"raindrops: {reason}; this process counts calling/writing in its own memory, so its "
+        "figures miss every other worker. To share them, name one segment for every worker: "
+        "RaindropsMiddleware(app, segment='/dev/shm/NAME') or $RAINDROPS_SEGMENT"
+    )
+    text = state.respond("GET", "127.0.0.1", None, "")
+    assert (text.body, dict(text.headers)["X-Raindrops-Unavailable"]) == (
+        b"calling: 1\nwriting: 0\n",
+        "shared",
+    )
+    doc = json.loads(state.respond("GET", "127.0.0.1", "application/json", "").body)
+    assert doc["unavailable"] == {"shared": reason}
+    prom = state.respond("GET", "127.0.0.1", None, "format=prometheus").body.decode()
+    assert "\nraindrops_shared 0.0\n" in prom
+    assert prom.endswith(f"# shared unavailable: {reason}\n")
+    assert not shm_dir.exists() or os.listdir(shm_dir) == []
+
+
+def test_an_explicit_anonymous_segment_is_not_a_fallback(caplog: pytest.LogCaptureFixture) -> None:
+    """segment='anonymous' is a choice: nothing logged, nothing marked unavailable."""
+    state = RaindropsState(listeners=[], segment=ANONYMOUS)
+    with caplog.at_level(logging.WARNING):
+        state.prepare()
+        snap = state.snapshot(overflows=False)
+    assert (caplog.records, dict(snap.unavailable), state.unshared) == ([], {}, None)
+    prom = state.respond("GET", "127.0.0.1", None, "format=prometheus").body
+    assert b"\nraindrops_shared 1.0\n" in prom
 
 
 def test_unusable_segment_warns_and_counts_in_anonymous_memory(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A segment that cannot be created logs one warning; counting still works."""
+    """A segment that cannot be created logs one warning; counting still works, marked private."""
     path = tmp_path / "missing-dir" / "board"
     state = RaindropsState(listeners=[], segment=path)
     with caplog.at_level(logging.WARNING, logger="raindrops_core._state"):
@@ -259,6 +204,48 @@ def test_unusable_segment_warns_and_counts_in_anonymous_memory(
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
         f"raindrops: cannot use the shared segment {path}"
     ]
+    assert state.unshared == (
+        f"cannot use the shared segment {path} ([Errno 2] cannot create segment: "
+        f"No such file or directory: '{path}')"
+    )
+
+
+@pytest.mark.linux
+@pytest.mark.skipif(os.geteuid() != 0, reason="making another user's directory needs root")
+def test_another_users_segment_directory_is_refused_and_said(
+    listener: socket.socket, shm_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A per-user directory made first by another user is never used: private, and said."""
+    shm_dir.mkdir()
+    shm_dir.chmod(0o777)
+    os.chown(shm_dir, 65534, 65534)
+    state = RaindropsState(listeners=[])
+    with caplog.at_level(logging.WARNING, logger="raindrops_core._state"):
+        state.prepare()
+    assert state.segment_path is None
+    assert state.unshared == (
+        f"[Errno 1] the segment directory is a directory owned by uid 65534 (nobody) with "
+        "mode 0o777; it must be a directory owned by uid 0 (root) with no group or other "
+        f"write permission (0700): '{shm_dir}'"
+    )
+    assert os.listdir(shm_dir) == []
+
+
+@pytest.mark.linux
+def test_startup_waits_for_a_server_socket(shm_dir: Path) -> None:
+    """At startup with no server socket yet, nothing is decided; the first request decides."""
+    state = RaindropsState(listeners=[])
+    assert state.startup() is None
+    assert (state.steps, state.row, state.unshared) == (None, None, None)
+    with socket.socket(socket.AF_INET) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        steps = state.startup()
+        assert steps is not None
+        assert steps is state.steps
+        assert state.segment_path == str(shm_dir / f"raindrops-{os.fstat(sock.fileno()).st_ino}")
+    explicit = RaindropsState(listeners=[], segment=ANONYMOUS)
+    assert explicit.startup() is explicit.steps is not None
 
 
 # -- across processes --------------------------------------------------------

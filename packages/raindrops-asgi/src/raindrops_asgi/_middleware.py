@@ -97,8 +97,9 @@ class RaindropsMiddleware:
         kind = scope["type"]
         if kind != "http":
             if kind == "lifespan" and self.state.steps is None:
-                # At startup, in a thread: the scoreboard, the row, the listeners.
-                await self.state.aprepare()
+                # At startup, in a thread: the scoreboard, the row, the listeners
+                # (or, where the server has no socket yet, at the first request).
+                await self.state.astartup()
             await self.app(scope, receive, send)
             return
         path = scope["path"]

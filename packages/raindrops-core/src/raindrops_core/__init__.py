@@ -15,19 +15,12 @@ Example::
 
 from __future__ import annotations
 
+from shm_counters import InheritedListener, discover_listeners, socket_name
+
 from ._access import ALLOW_ALL, DEFAULT_ALLOW, AccessList
-from ._discover import InheritedListener, discover_listeners, socket_name
 from ._errors import ConfigError, FormatError, RaindropsError
 from ._prometheus import RaindropsCollector, render_prometheus
 from ._render import render_json, render_text
-from ._segments import (
-    LDR_PREFIX,
-    SEGMENT_PREFIX,
-    default_segment,
-    default_segment_path,
-    listening_inodes,
-    sweep_stale_segments,
-)
 from ._snapshot import CONTENT_TYPES, Format, Snapshot, negotiate
 from ._state import (
     ANONYMOUS,
@@ -35,6 +28,7 @@ from ._state import (
     DEFAULT_SLOTS,
     FIELDS,
     SEGMENT_ENV,
+    SEGMENT_NAME,
     UNAVAILABLE_HEADER,
     UNAVAILABLE_PARTS,
     RaindropsState,
@@ -54,9 +48,8 @@ __all__ = [
     "DEFAULT_PATH",
     "DEFAULT_SLOTS",
     "FIELDS",
-    "LDR_PREFIX",
     "SEGMENT_ENV",
-    "SEGMENT_PREFIX",
+    "SEGMENT_NAME",
     "UNAVAILABLE_HEADER",
     "UNAVAILABLE_PARTS",
     "AccessList",
@@ -71,15 +64,11 @@ __all__ = [
     "Snapshot",
     "Steps",
     "app_path",
-    "default_segment",
-    "default_segment_path",
     "discover_listeners",
-    "listening_inodes",
     "negotiate",
     "render_json",
     "render_prometheus",
     "render_text",
     "socket_name",
-    "sweep_stale_segments",
     "unavailable_header",
 ]

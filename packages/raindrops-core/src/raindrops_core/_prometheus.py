@@ -39,6 +39,12 @@ def _metrics(snapshot: Snapshot, namespace: str) -> Iterator[Metric]:
         "Responses whose body is still being sent, on every worker.",
         value=snapshot.writing,
     )
+    yield GaugeMetricFamily(
+        f"{ns}shared",
+        "1 if calling/writing are shared by every worker of the server, "
+        "0 if they are this process's only.",
+        value=0 if "shared" in snapshot.unavailable else 1,
+    )
     available = "listeners" not in snapshot.unavailable
     yield GaugeMetricFamily(
         f"{ns}listeners_available",
@@ -85,7 +91,8 @@ class RaindropsCollector:
 
     ``source`` is a :class:`RaindropsState` (the middleware's ``.state``) or
     any callable returning a :class:`Snapshot`.  Metrics: ``raindrops_calling``,
-    ``raindrops_writing``, ``raindrops_listener_active``/``_queued``/``_backlog``
+    ``raindrops_writing``, ``raindrops_shared`` (0 when the gauges are this
+    process's only), ``raindrops_listener_active``/``_queued``/``_backlog``
     (label ``listener``), ``raindrops_listeners_available`` and, when
     readable, ``raindrops_listen_overflows_total``/``raindrops_listen_drops_total``.
     :meth:`collect` blocks while it reads them.

@@ -29,14 +29,19 @@ from linux_inet_diag import (
     tcp_listener_stats,
     unix_listener_stats,
 )
-from shm_counters import Scoreboard, ScoreboardFullError, ShmCountersError
+from shm_counters import (
+    InheritedListener,
+    Scoreboard,
+    ScoreboardFullError,
+    ShmCountersError,
+    discover_listeners,
+    server_segment,
+)
 
 from ._access import DEFAULT_ALLOW, AccessList
-from ._discover import InheritedListener, discover_listeners
 from ._errors import ConfigError, FormatError
 from ._prometheus import render_prometheus
 from ._render import render_json, render_text
-from ._segments import SEGMENT_PREFIX, default_segment
 from ._snapshot import CONTENT_TYPES, Format, Snapshot, negotiate
 
 if TYPE_CHECKING:
@@ -48,6 +53,7 @@ __all__ = [
     "DEFAULT_SLOTS",
     "FIELDS",
     "SEGMENT_ENV",
+    "SEGMENT_NAME",
     "UNAVAILABLE_HEADER",
     "UNAVAILABLE_PARTS",
     "RaindropsState",
@@ -64,6 +70,8 @@ logger.addHandler(logging.NullHandler())
 DEFAULT_PATH = "/_raindrops"
 #: The environment variable naming the segment (a path, or ``anonymous``).
 SEGMENT_ENV = "RAINDROPS_SEGMENT"
+#: The default segment's name in the server's directory (``shm_counters.server_segment``).
+SEGMENT_NAME = "raindrops"
 #: ``segment=ANONYMOUS``: counters in anonymous memory, shared only across fork().
 ANONYMOUS = "anonymous"
 #: Scoreboard rows by default: at most this many live worker processes.
@@ -72,8 +80,10 @@ DEFAULT_SLOTS = 256
 FIELDS: tuple[str, str] = ("calling", "writing")
 #: The response header naming the parts of the stats that could not be read.
 UNAVAILABLE_HEADER = "X-Raindrops-Unavailable"
-#: The parts a snapshot may lack, in the order the header lists them.
-UNAVAILABLE_PARTS: tuple[str, str] = ("listeners", "overflows")
+#: The parts a snapshot may lack, in the order the header lists them: ``shared``
+#: (the gauges are this process's only: it could not join its server's
+#: segment), ``listeners`` and ``overflows`` (the kernel's figures).
+UNAVAILABLE_PARTS: tuple[str, str, str] = ("shared", "listeners", "overflows")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,17 +225,21 @@ class RaindropsState:
       (mode 0600) by whichever process comes first, opened by the others;
       or ``"anonymous"``: anonymous memory, shared only by processes forked
       after it was made (gunicorn ``--preload``).
-    - By default: ``/dev/shm/raindrops-<uid>-<inode of the listening
-      socket>``, a path every worker of one server derives alike, forked
-      (gunicorn) or spawned (uvicorn ``--workers``); anonymous memory when
-      the process inherited no listener.  The process that creates it sweeps
-      away the stale ones of servers that have stopped.
+    - By default: ``/dev/shm/raindrops-<euid>/raindrops-<inode of the
+      server socket>`` (:func:`shm_counters.server_segment`), a path every
+      worker of one server derives alike, forked (gunicorn) or spawned
+      (uvicorn/hypercorn ``--workers``), whatever the order they start in.
+      A process that finds no server socket (an app called in-process) or
+      cannot use the segment counts in its own memory: it logs why, once,
+      and every snapshot says so (``unavailable["shared"]``, the
+      ``X-Raindrops-Unavailable: shared`` header, ``raindrops_shared 0``).
 
     :meth:`prepare` opens the scoreboard, claims this process's row and binds
     its four :class:`Steps`, once per process (at its first request, after
-    any fork; ASGI: at lifespan startup, in a thread).  If the scoreboard
-    cannot be opened, a warning is logged and this process counts in
-    anonymous memory: serving never fails.
+    any fork; ASGI: at lifespan startup, in a thread, when the server's
+    sockets are already there).  If the scoreboard cannot be opened, a
+    warning is logged and this process counts in anonymous memory: serving
+    never fails.
 
     ``listeners`` lists the names to report (``"127.0.0.1:8080"``,
     ``"[::1]:8080"``, ``"/run/app.sock"``); malformed ones raise
@@ -268,6 +282,8 @@ class RaindropsState:
         self.row: ScoreboardRow | None = None
         self._board: Scoreboard | None = None
         self._board_path: str | None = None
+        #: Why this process's gauges are its own only (``None``: they are shared).
+        self.unshared: str | None = None
         self._found: tuple[InheritedListener, ...] | None = None
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -309,11 +325,30 @@ class RaindropsState:
                 self._found = found
         return found
 
+    def _private_board(self, reason: str) -> Scoreboard:
+        """Anonymous memory for a process that cannot share: say why, once, and keep it."""
+        self.unshared = reason
+        self._warn_once(
+            "segment",
+            "raindrops: %s; this process counts calling/writing in its own memory, so its "
+            "figures miss every other worker. To share them, name one segment for every "
+            "worker: RaindropsMiddleware(app, segment='/dev/shm/NAME') or $%s",
+            reason,
+            SEGMENT_ENV,
+        )
+        self._board_path = None
+        return Scoreboard(self.slots, FIELDS, liveness_ttl=self.liveness_ttl)
+
     def _open_board(self) -> Scoreboard:
         path = self.segment
         if path is None:
-            path = default_segment(SEGMENT_PREFIX, self.inherited())
-        if path is None or path == ANONYMOUS:
+            found = server_segment(SEGMENT_NAME, self._found or None)
+            if found.listeners and self._found is None:
+                self._found = found.listeners
+            if found.path is None:
+                return self._private_board(found.reason)
+            path = found.path
+        if path == ANONYMOUS:
             self._board_path = None
             return Scoreboard(self.slots, FIELDS, liveness_ttl=self.liveness_ttl)
         try:
@@ -326,15 +361,7 @@ class RaindropsState:
                 liveness_ttl=self.liveness_ttl,
             )
         except (ShmCountersError, OSError) as exc:
-            self._warn_once(
-                "segment",
-                "raindrops: cannot use the shared segment %s (%s); this process counts "
-                "in its own anonymous memory, so totals miss other workers",
-                path,
-                exc,
-            )
-            self._board_path = None
-            return Scoreboard(self.slots, FIELDS, liveness_ttl=self.liveness_ttl)
+            return self._private_board(f"cannot use the shared segment {path} ({exc})")
         self._board_path = path
         return board
 
@@ -365,6 +392,7 @@ class RaindropsState:
                 try:
                     self.row = board.claim()
                 except ScoreboardFullError as exc:
+                    self.unshared = f"{exc}; raise slots= above {self.slots}"
                     self._warn_once(
                         "full",
                         "raindrops: %s; this worker counts in private memory "
@@ -403,6 +431,27 @@ class RaindropsState:
             return steps
         return await asyncio.get_running_loop().run_in_executor(None, self.prepare)
 
+    def startup(self) -> Steps | None:
+        """:meth:`prepare` at server startup, if this process can already find its server.
+
+        A server that creates its sockets after the app's startup (uvicorn
+        or hypercorn running one process, with no ``--workers``) has none to
+        find yet: the default segment is then left for the first request,
+        when the socket it came through is there. With ``segment=`` given,
+        or the server's sockets found, this is :meth:`prepare`.
+        """
+        if self.steps is not None:
+            return self.steps
+        if self.segment is None and not self.inherited():
+            return None
+        return self.prepare()
+
+    async def astartup(self) -> Steps | None:
+        """:meth:`startup` for an event loop (ASGI lifespan): in a thread."""
+        if self.steps is not None:
+            return self.steps
+        return await asyncio.get_running_loop().run_in_executor(None, self.startup)
+
     # -- snapshot ------------------------------------------------------------
 
     def listener_names(self) -> tuple[str, ...]:
@@ -439,6 +488,16 @@ class RaindropsState:
         over, reason = self._overflows() if overflows else (None, None)
         return calling, writing, over, reason
 
+    def _unavailable(self, failure: str | None, over_failure: str | None) -> dict[str, str]:
+        missing: dict[str, str] = {}
+        if self.unshared is not None:
+            missing["shared"] = self.unshared
+        if failure is not None:
+            missing["listeners"] = failure
+        if over_failure is not None:
+            missing["overflows"] = over_failure
+        return missing
+
     def snapshot(self, *, overflows: bool = True) -> Snapshot:
         """Read the gauges and every listener's queues now (blocking netlink query).
 
@@ -467,7 +526,7 @@ class RaindropsState:
                 listeners = {}
                 failure = self._failed("listeners", exc)
         calling, writing, over, over_failure = self._local(overflows)
-        return _snapshot(calling, writing, listeners, failure, over, over_failure)
+        return Snapshot(calling, writing, listeners, over, self._unavailable(failure, over_failure))
 
     async def asnapshot(self, *, overflows: bool = True) -> Snapshot:
         """:meth:`snapshot` for an event loop: nothing blocking runs on the loop.
@@ -508,7 +567,7 @@ class RaindropsState:
                         diag.close()
         finally:
             calling, writing, over, over_failure = await local
-        return _snapshot(calling, writing, listeners, failure, over, over_failure)
+        return Snapshot(calling, writing, listeners, over, self._unavailable(failure, over_failure))
 
     # -- the endpoint --------------------------------------------------------
 
@@ -594,22 +653,6 @@ def unavailable_header(unavailable: Mapping[str, str]) -> str:
     parts = [part for part in UNAVAILABLE_PARTS if part in unavailable]
     parts += [part for part in unavailable if part not in UNAVAILABLE_PARTS]
     return ", ".join(parts)
-
-
-def _snapshot(
-    calling: int,
-    writing: int,
-    listeners: dict[str, ListenStats],
-    failure: str | None,
-    overflows: ListenOverflows | None,
-    overflows_failure: str | None,
-) -> Snapshot:
-    unavailable: dict[str, str] = {}
-    if failure is not None:
-        unavailable["listeners"] = failure
-    if overflows_failure is not None:
-        unavailable["overflows"] = overflows_failure
-    return Snapshot(calling, writing, listeners, overflows, unavailable)
 
 
 def _plain(status: int, text: str) -> Reply:

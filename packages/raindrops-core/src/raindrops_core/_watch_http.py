@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from shm_counters import server_segment
+
 from ._errors import ConfigError, FormatError
-from ._state import ANONYMOUS, Reply, _check_segment
+from ._state import ANONYMOUS, UNAVAILABLE_HEADER, Reply, _check_segment
 from ._watch_agg import (
     DEFAULT_DELAY,
     DEFAULT_HISTORY,
@@ -516,10 +518,8 @@ def last_data_recv_ms(info: object) -> int | None:
     return None
 
 
-def _default_segment() -> str | None:
-    from ._segments import LDR_PREFIX, default_segment
-
-    return default_segment(LDR_PREFIX)
+#: LastDataRecv's default segment name in the server's directory.
+LAST_DATA_RECV_SEGMENT_NAME = "ldr"
 
 
 #: The Ruby ``aggregate`` gem's log2 buckets that a millisecond count can reach:
@@ -605,6 +605,8 @@ class LastDataRecvCore:
                 raise ConfigError(f"${LAST_DATA_RECV_SEGMENT_ENV}: {exc}") from None
         self._segment = checked
         self._hist: Any = histogram
+        #: Why this process's histogram is its own only (``None``: it is shared).
+        self.unshared: str | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -624,7 +626,19 @@ class LastDataRecvCore:
         with self._lock:
             if self._hist is not None:
                 return self._hist
-            path = self._segment if self._segment is not None else _default_segment()
+            path = self._segment
+            if path is None:
+                found = server_segment(LAST_DATA_RECV_SEGMENT_NAME)
+                path = found.path
+                if path is None:
+                    self.unshared = found.reason
+                    logger.warning(
+                        "raindrops LastDataRecv: %s; this process records into its own "
+                        "memory, so the report misses other workers (name a segment: "
+                        "segment='/dev/shm/NAME' or $%s)",
+                        found.reason,
+                        LAST_DATA_RECV_SEGMENT_ENV,
+                    )
             if path == ANONYMOUS:
                 path = None
             try:
@@ -712,7 +726,9 @@ class LastDataRecvCore:
         rounded), ``X-Outliers-Low`` (0 ms waits), ``X-Outliers-High``; the
         gem's text histogram.  JSON (an addition) when ``as_json`` (the
         ``.json`` path) or asked by ``?format=json`` or ``Accept``; a bad
-        ``format`` is 400.
+        ``format`` is 400. A process that could not join its server's
+        segment adds ``X-Raindrops-Unavailable: shared`` (and, in JSON,
+        ``"unavailable": {"shared": REASON}``).
         """
         if not as_json:
             from ._snapshot import Format, negotiate
@@ -724,6 +740,7 @@ class LastDataRecvCore:
         snap = self.histogram.snapshot()
         std_dev = _sample_std_dev_of(snap)
         headers = [("X-Count", str(snap.count))]
+        unavailable = {} if self.unshared is None else {"shared": self.unshared}
         if snap.count > 1:
             headers += [
                 ("X-Min", str(snap.min)),
@@ -744,8 +761,13 @@ class LastDataRecvCore:
                 "outliers_low": snap.outliers_low,
                 "outliers_high": snap.outliers_high,
                 "buckets": [{"low": lo, "high": hi, "count": c} for lo, hi, c in snap.buckets if c],
+                "unavailable": unavailable,
             }
+            if unavailable:
+                headers.append((UNAVAILABLE_HEADER, "shared"))
             return _reply(200, (json.dumps(doc) + "\n").encode(), _JSON, headers)
+        if unavailable:
+            headers.append((UNAVAILABLE_HEADER, "shared"))
         body = histogram_text(snap.buckets).encode()
         return _reply(200, body, _TEXT, headers)
 
