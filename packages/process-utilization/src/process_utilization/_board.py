@@ -54,6 +54,7 @@ __all__ = [
     "DEFAULT_SLOTS",
     "FIELDS",
     "SEGMENT_ENV",
+    "SEGMENT_NAME",
     "WorkerStats",
     "check_segment",
     "open_scoreboard",
@@ -79,8 +80,11 @@ FIELDS: tuple[str, ...] = (
     "gc_collections",
 )
 
-#: Environment variable naming the segment file (for spawned workers).
+#: Environment variable naming the segment file (or ``anonymous``).
 SEGMENT_ENV = "PROCESS_UTILIZATION_SEGMENT"
+
+#: The default segment's name in the server's directory (``shm_counters.server_segment``).
+SEGMENT_NAME = "utilization"
 
 #: Rows in a scoreboard the middleware creates itself.
 DEFAULT_SLOTS = 64
@@ -90,16 +94,18 @@ ANONYMOUS = "anonymous"
 
 
 def check_segment(segment: object) -> str | None:
-    """The segment path to open, ``None`` for anonymous memory; rejects the rest.
+    """The segment chosen: a path, ``"anonymous"``, or ``None`` (the default); rejects the rest.
 
     ``None`` falls back to ``$PROCESS_UTILIZATION_SEGMENT`` (unset or empty:
-    anonymous). A segment is an absolute path or ``"anonymous"``: a relative
-    path would make a file in whatever directory the server runs in.
+    ``None``, the server's own segment, found by the middleware). A segment
+    is an absolute path or ``"anonymous"`` (memory shared across fork()
+    only): a relative path would make a file in whatever directory the
+    server runs in.
 
     Example::
 
         check_segment("/dev/shm/myapp-utilization")  # '/dev/shm/myapp-utilization'
-        check_segment("anonymous")  # None
+        check_segment("anonymous")  # 'anonymous'
     """
     where = "segment"
     if segment is None:
@@ -113,7 +119,7 @@ def check_segment(segment: object) -> str | None:
     if not isinstance(text, str):
         raise ConfigError(f"{where} must be an absolute path or {ANONYMOUS!r}, got {segment!r}")
     if text == ANONYMOUS:
-        return None
+        return ANONYMOUS
     if not os.path.isabs(text):
         raise ConfigError(
             f"{where} {text!r} is not an absolute path; give one like "
@@ -362,8 +368,13 @@ def _total(rows: Sequence[WorkerStats]) -> dict[str, Any]:
     }
 
 
-def render_json(workers: Iterable[WorkerStats]) -> str:
-    """A JSON object: ``{"workers": [...], "total": {...}}``.
+def render_json(
+    workers: Iterable[WorkerStats], *, unavailable: Mapping[str, str] | None = None
+) -> str:
+    """A JSON object: ``{"workers": [...], "total": {...}, "unavailable": {...}}``.
+
+    ``unavailable`` names what the table lacks: ``{"shared": REASON}`` when
+    the figures are one worker's own only.
 
     Example::
 
@@ -371,6 +382,10 @@ def render_json(workers: Iterable[WorkerStats]) -> str:
     """
     rows = list(workers)
     return json.dumps(
-        {"workers": [w.to_dict() for w in rows], "total": _total(rows)},
+        {
+            "workers": [w.to_dict() for w in rows],
+            "total": _total(rows),
+            "unavailable": dict(unavailable or {}),
+        },
         sort_keys=True,
     )

@@ -24,15 +24,32 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from shm_counters import BusyTimer, Scoreboard, monotonic_ns
+from shm_counters import BusyTimer, Scoreboard, ShmCountersError, monotonic_ns, server_segment
 
-from ._board import DEFAULT_SLOTS, check_segment, open_scoreboard, render_json
+from ._board import (
+    DEFAULT_SLOTS,
+    SEGMENT_ENV,
+    SEGMENT_NAME,
+    check_segment,
+    open_scoreboard,
+    render_json,
+)
 from ._board import render_text as _render_text
 from ._board import worker_stats as _worker_stats
 from ._errors import ConfigError
 from ._extras import require
 
-__all__ = ["GcStats", "StatsdClient", "UtilizationCore", "UtilizationStats"]
+__all__ = [
+    "UNAVAILABLE_HEADER",
+    "GcStats",
+    "StatsdClient",
+    "UtilizationCore",
+    "UtilizationStats",
+]
+
+#: The header naming what an answer lacks (``shared``: one worker's figures only),
+#: as raindrops' endpoint sends it.
+UNAVAILABLE_HEADER = "X-Raindrops-Unavailable"
 
 _log = logging.getLogger("process_utilization")
 
@@ -224,6 +241,7 @@ class UtilizationCore:
         "_next_report",
         "_next_title",
         "_now",
+        "_open_lock",
         "_overlapped",
         "_owner",
         "_owns_statsd",
@@ -234,9 +252,11 @@ class UtilizationCore:
         "_row",
         "_row_failed",
         "_row_response",
+        "_scoreboard",
         "_setproctitle",
         "_settle",
         "_shared",
+        "_slots",
         "_start",
         "_started",
         "_statsd",
@@ -249,10 +269,10 @@ class UtilizationCore:
         "_window_ns",
         "report_interval",
         "report_to",
-        "scoreboard",
         "stats_path",
         "total_requests",
         "track_gc",
+        "unshared",
         "window",
     )
 
@@ -322,9 +342,19 @@ class UtilizationCore:
                 f"got {statsd!r}"
             )
 
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ConfigError(f"slots must be a positive integer, got {slots!r}")
+        self._slots = slots
+        #: Why this worker's figures are its own only (``None``: they are shared).
+        self.unshared: str | None = None
+        self._open_lock = threading.Lock()
         if scoreboard is None:
-            scoreboard = open_scoreboard(check_segment(segment), slots=slots)
-        self.scoreboard: Scoreboard = scoreboard
+            chosen = check_segment(segment)
+            # An explicit segment (or "anonymous") is opened now, so a bad one
+            # fails at boot; the default waits for the first request, when
+            # the server's sockets are there to name it.
+            scoreboard = None if chosen is None else open_scoreboard(chosen, slots=slots)
+        self._scoreboard: Scoreboard | None = scoreboard
         self._row: Any = None
         self._row_failed = False
         self._private = self._private_timer()
@@ -393,6 +423,12 @@ class UtilizationCore:
         self._title_base = ""
 
     def _after_fork(self) -> None:
+        self._open_lock = threading.Lock()
+        if self.unshared is not None:
+            # The parent (a master that imported the app) found no server:
+            # this child may, so it looks again.
+            self._scoreboard = None
+            self.unshared = None
         self._lock = threading.Lock()
         self._locked = 0
         self._inside = False
@@ -454,6 +490,43 @@ class UtilizationCore:
             return time.time()
 
     # -- the scoreboard row ----------------------------------------------------
+
+    @property
+    def scoreboard(self) -> Scoreboard:
+        """The scoreboard every worker of the server shares (opened on first use).
+
+        By default ``<shm>/raindrops-<euid>/utilization-<inode of the server
+        socket>`` (:func:`shm_counters.server_segment`), the same in every
+        worker, forked or spawned. A worker that cannot find or open it
+        uses its own memory: it logs why, once, :attr:`unshared` says so,
+        and so do the stats endpoint and the Prometheus collector.
+        """
+        board = self._scoreboard
+        if board is None:
+            with self._open_lock:
+                board = self._scoreboard
+                if board is None:
+                    board = self._scoreboard = self._open_default()
+        return board
+
+    def _open_default(self) -> Scoreboard:
+        found = server_segment(SEGMENT_NAME)
+        if found.path is not None:
+            try:
+                return open_scoreboard(found.path, slots=self._slots)
+            except (ShmCountersError, OSError, ValueError) as exc:
+                reason = f"cannot use the shared segment {found.path} ({exc})"
+        else:
+            reason = found.reason
+        self.unshared = reason
+        _log.warning(
+            "process_utilization: %s; this worker keeps its figures in its own memory, so "
+            "the table misses every other worker. To share them, name one segment for "
+            "every worker: ProcessUtilization(app, segment='/dev/shm/NAME') or $%s",
+            reason,
+            SEGMENT_ENV,
+        )
+        return open_scoreboard(None, slots=self._slots)
 
     def _private_timer(self) -> BusyTimer:
         """A busy timer in private memory: the clock of the steps while no row is shared."""
@@ -1207,8 +1280,14 @@ class UtilizationCore:
     # -- the stats endpoint ------------------------------------------------------------
 
     def render_stats(self, want_json: bool) -> tuple[str, bytes]:
-        """The per-worker table: ``(content_type, body)``."""
+        """The per-worker table: ``(content_type, body)``.
+
+        JSON has ``"unavailable": {"shared": REASON}`` when this worker's
+        figures are its own only (the adapters also send
+        ``X-Raindrops-Unavailable: shared``).
+        """
         workers = _worker_stats(self.scoreboard, clock=self._clock)
         if want_json:
-            return "application/json", render_json(workers).encode()
+            unavailable = {} if self.unshared is None else {"shared": self.unshared}
+            return "application/json", render_json(workers, unavailable=unavailable).encode()
         return "text/plain; charset=utf-8", _render_text(workers).encode()
