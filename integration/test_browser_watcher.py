@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from servers import bind_tcp, launch, listener_name, wait_until
+from servers import launch, listener_name, tcp, wait_until
 from test_watcher import HELD, held_queue
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -126,11 +126,11 @@ def table_rows(driver: Any, selector: str) -> list[list[str]]:
 
 def test_pages_render_in_chromium(browser: Any) -> None:
     """Index and queued pages render the held queue's exact numbers, real SVG boxes, pixels."""
-    with held_queue(HELD) as held, bind_tcp("127.0.0.1") as sock:
+    with held_queue(HELD) as held:
         name = listener_name(held)
         env = {"WATCH_LISTENERS": name, "WATCH_DELAY": "0.1"}
         with launch(
-            "gunicorn-gthread", "watcher_apps:wsgi_watcher", sock, workers=1, env=env
+            "gunicorn-gthread", "watcher_apps:wsgi_watcher", tcp("127.0.0.1"), workers=1, env=env
         ) as srv:
             url = quote(name, safe="")
 
@@ -139,7 +139,7 @@ def test_pages_render_in_chromium(browser: Any) -> None:
                 return headers.get("x-current") == str(HELD) and int(headers["x-count"]) >= 2
 
             wait_until(sampled, timeout=10)
-            base = f"http://{listener_name(sock)}"
+            base = f"http://{srv.name}"
 
             browser.get(f"{base}/")
             index_title = browser.title

@@ -12,6 +12,8 @@ Routes of the inner app (WSGI ``wsgi`` and ASGI ``asgi`` alike):
 - ``/rss``: this worker's resident set size in kB (from ``/proc/self/status``).
 
 ``/_raindrops`` is the raindrops endpoint, ``/_utilization`` the process-utilization one.
+With ``E2E_STARTUP_JITTER=1`` the ASGI app's lifespan startup sleeps up to 1 s
+(a random time per worker), so workers start listening at different moments.
 With ``E2E_BREAK_NETLINK=1`` every netlink query of raindrops-core raises
 ``PermissionError`` in the worker, as under a seccomp filter or a container
 without netlink.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -130,6 +133,9 @@ async def _inner_asgi(scope: Any, receive: Any, send: Any) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if os.environ.get("E2E_STARTUP_JITTER") == "1":
+                    # Workers finish starting (and listen()) at different moments.
+                    await asyncio.sleep(random.uniform(0.0, 1.0))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
