@@ -239,7 +239,9 @@ def test_every_worker_shares_the_gauges(case: Case, tmp_path: Path) -> None:
         assert "in its own memory" not in log, log
         # One segment of each kind, named after one of the server's sockets.
         names = sorted(os.listdir(shm / f"raindrops-{os.geteuid()}"))
-        assert [n.rsplit("-", 1)[0] for n in names] == ["raindrops", "utilization"], names
+        assert [n.rsplit("-", 1)[0] for n in names] == ["latency", "raindrops", "utilization"], (
+            names
+        )
         assert len({n.rsplit("-", 1)[1] for n in names}) == 1, names
 
 

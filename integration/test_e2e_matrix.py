@@ -194,5 +194,5 @@ def test_small_load_then_idle_everywhere(kind: str, transport: str, tmp_path: Pa
         # Every worker joined the server's own segments, found by itself: one of each.
         assert "in its own memory" not in server.log()
         names = sorted(os.listdir(tmp_path / "shm" / f"raindrops-{os.geteuid()}"))
-        assert [n.rsplit("-", 1)[0] for n in names] == ["raindrops", "utilization"]
+        assert [n.rsplit("-", 1)[0] for n in names] == ["latency", "raindrops", "utilization"]
         assert len({n.rsplit("-", 1)[1] for n in names}) == 1

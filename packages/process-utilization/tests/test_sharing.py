@@ -124,7 +124,7 @@ def test_workers_built_after_fork_share_one_table(
         )
         assert doc["unavailable"] == {}
         inode = os.fstat(listener.fileno()).st_ino
-        assert os.listdir(server_dir) == [f"utilization-{inode}"]
+        assert sorted(os.listdir(server_dir)) == [f"latency-{inode}", f"utilization-{inode}"]
         assert mine.unshared is None
     finally:
         for pid in pids:
@@ -208,7 +208,7 @@ def test_a_child_looks_again_when_its_parent_found_no_server(
             code = 1
             try:
                 _call(mw)
-                os.write(w, json.dumps([mw.unshared, os.listdir(server_dir)]).encode())
+                os.write(w, json.dumps([mw.unshared, sorted(os.listdir(server_dir))]).encode())
                 code = 0
             finally:
                 os._exit(code)
@@ -218,7 +218,8 @@ def test_a_child_looks_again_when_its_parent_found_no_server(
         finally:
             os.close(r)
             os.waitpid(pid, 0)
-        assert (unshared, files) == (None, [f"utilization-{os.fstat(sock.fileno()).st_ino}"])
+        inode = os.fstat(sock.fileno()).st_ino
+        assert (unshared, files) == (None, [f"latency-{inode}", f"utilization-{inode}"])
 
 
 def test_an_explicit_segment_still_opens_at_construction(server_dir: Path, tmp_path: Path) -> None:
@@ -226,5 +227,6 @@ def test_an_explicit_segment_still_opens_at_construction(server_dir: Path, tmp_p
     path = tmp_path / "board"
     mw = ProcessUtilization(hello, segment=str(path))
     assert path.exists()
+    assert (tmp_path / "board.latency").exists()
     assert mw.unshared is None
     assert not server_dir.exists()

@@ -20,17 +20,29 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from shm_counters import BusyTimer, Scoreboard, ShmCountersError, monotonic_ns, server_segment
+from shm_counters import (
+    BusyTimer,
+    Histogram,
+    Scoreboard,
+    ShmCountersError,
+    monotonic_ns,
+    server_segment,
+)
 
 from ._board import (
+    ANONYMOUS,
+    DEFAULT_LATENCY_BUCKETS,
     DEFAULT_SLOTS,
+    LATENCY_NAME,
+    LATENCY_SUFFIX,
     SEGMENT_ENV,
     SEGMENT_NAME,
     check_segment,
+    latency_edges,
     open_scoreboard,
     render_json,
 )
@@ -235,6 +247,8 @@ class UtilizationCore:
         "_in_flight",
         "_inside",
         "_join",
+        "_latency",
+        "_latency_edges",
         "_lock",
         "_locked",
         "_next_event",
@@ -267,6 +281,7 @@ class UtilizationCore:
         "_wall_clock",
         "_warned",
         "_window_ns",
+        "latency",
         "report_interval",
         "report_to",
         "stats_path",
@@ -297,6 +312,7 @@ class UtilizationCore:
         statsd: StatsdClient | str | None = None,
         statsd_prefix: str | None = None,
         track_gc: bool = False,
+        latency_buckets: Sequence[float] | None = DEFAULT_LATENCY_BUCKETS,
     ) -> None:
         _check_seconds("window", window)
         _check_seconds("report_interval", report_interval, allow_none=True)
@@ -348,12 +364,20 @@ class UtilizationCore:
         #: Why this worker's figures are its own only (``None``: they are shared).
         self.unshared: str | None = None
         self._open_lock = threading.Lock()
+        self._latency_edges = latency_edges(latency_buckets)
+        #: Every worker's request durations (``None`` with ``latency_buckets=None``).
+        self.latency: Histogram | None = None
+        self._latency: Callable[[int], None] | None = None
         if scoreboard is None:
             chosen = check_segment(segment)
             # An explicit segment (or "anonymous") is opened now, so a bad one
             # fails at boot; the default waits for the first request, when
             # the server's sockets are there to name it.
-            scoreboard = None if chosen is None else open_scoreboard(chosen, slots=slots)
+            if chosen is not None:
+                scoreboard = open_scoreboard(chosen, slots=slots)
+                self._open_latency(None if chosen == ANONYMOUS else chosen + LATENCY_SUFFIX)
+        else:
+            self._open_latency(None)
         self._scoreboard: Scoreboard | None = scoreboard
         self._row: Any = None
         self._row_failed = False
@@ -429,6 +453,7 @@ class UtilizationCore:
             # this child may, so it looks again.
             self._scoreboard = None
             self.unshared = None
+            self.latency = self._latency = None
         self._lock = threading.Lock()
         self._locked = 0
         self._inside = False
@@ -466,6 +491,7 @@ class UtilizationCore:
                 close()
         self._statsd = None
         self._statsd_pipeline = None
+        self._latency = None  # the histogram is every worker's: left as it is
         row, self._row = self._row, None
         self._row_failed = True
         self._switch_timer(self._private)  # before release() retires the row's
@@ -509,13 +535,39 @@ class UtilizationCore:
                     board = self._scoreboard = self._open_default()
         return board
 
+    def _open_latency(self, path: str | None) -> None:
+        """Open the request-duration histogram at ``path`` (``None``: anonymous memory).
+
+        A segment that cannot be used (buckets other than this worker's,
+        another user's file) is said once and replaced by a private one.
+        """
+        edges = self._latency_edges
+        if edges is None:
+            return
+        try:
+            hist = Histogram(edges, path=path)
+        except (ShmCountersError, OSError) as exc:
+            _log.warning(
+                "process_utilization: cannot use the latency histogram %s (%s); this "
+                "worker's request durations are kept in its own memory",
+                path,
+                exc,
+            )
+            hist = Histogram(edges)
+        self.latency = hist
+        self._latency = hist.record
+
     def _open_default(self) -> Scoreboard:
         found = server_segment(SEGMENT_NAME)
         if found.path is not None:
             try:
-                return open_scoreboard(found.path, slots=self._slots)
+                board = open_scoreboard(found.path, slots=self._slots)
             except (ShmCountersError, OSError, ValueError) as exc:
                 reason = f"cannot use the shared segment {found.path} ({exc})"
+            else:
+                if self._latency is None:
+                    self._open_latency(server_segment(LATENCY_NAME, found.listeners).path)
+                return board
         else:
             reason = found.reason
         self.unshared = reason
@@ -526,6 +578,8 @@ class UtilizationCore:
             reason,
             SEGMENT_ENV,
         )
+        if self._latency is None:
+            self._open_latency(None)
         return open_scoreboard(None, slots=self._slots)
 
     def _private_timer(self) -> BusyTimer:
@@ -921,6 +975,9 @@ class UtilizationCore:
                 line = self._periodic(now) if now >= self._next_event else None
             finally:
                 self._inside = False
+        latency = self._latency
+        if latency is not None and now >= started:
+            latency(now - started)  # lock-free, one C call
         if status is not None:
             self._send_statsd(now - started, method, status)
         return line
@@ -945,9 +1002,13 @@ class UtilizationCore:
         """:meth:`_leave_section` for any thread: under the lock, unlocked sections kept out."""
         self._lock_out()
         try:
-            return self._leave_section(started)[1]
+            now, line = self._leave_section(started)
         finally:
             self._unlock()
+        latency = self._latency
+        if latency is not None and now >= started:
+            latency(now - started)
+        return line
 
     def reset_stats(self) -> int | None:
         """Start the clock for one request (the seed's per-request reset).

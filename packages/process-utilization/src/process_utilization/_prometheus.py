@@ -7,12 +7,17 @@ from typing import Any
 
 from shm_counters import Scoreboard
 
-from ._board import response_ns
+from ._board import cumulative_buckets, response_ns
 from ._core import UtilizationCore
 from ._errors import ConfigError
 from ._extras import require
 
 __all__ = ["ProcessUtilizationCollector"]
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as Prometheus spells it (``0.005``, ``1.0``, ``+Inf``)."""
+    return "+Inf" if bound == float("inf") else repr(bound)
 
 
 class ProcessUtilizationCollector:
@@ -35,7 +40,9 @@ class ProcessUtilizationCollector:
       ``track_gc=True``;
     - with the middleware as ``source``, ``process_utilization_shared``
       (gauge, no labels): 1 if the table is every worker's, 0 if this
-      worker could not join its server's segment.
+      worker could not join its server's segment; and
+      ``process_utilization_request_duration_seconds`` (histogram, no
+      labels: every worker's requests, from the shared histogram).
 
     Example::
 
@@ -122,3 +129,12 @@ class ProcessUtilizationCollector:
                 "1 if the table is every worker's, 0 if it is this worker's only.",
                 value=0 if self.source.unshared is not None else 1,
             )
+            hist = self.source.latency
+            if hist is not None:
+                snap = hist.snapshot()
+                yield core.HistogramMetricFamily(
+                    f"{ns}_request_duration_seconds",
+                    "Time from a request entering the application to its end, every worker.",
+                    buckets=[(_le(le), n) for le, n in cumulative_buckets(snap)],
+                    sum_value=snap.sum / 1e9,
+                )
