@@ -581,3 +581,14 @@ def test_reclaimed_counts_each_dead_owner_once(named: bool, shm_path: str) -> No
     if named:
         with open(shm_path, "rb") as f:
             assert int.from_bytes(f.read(56)[48:56], "little") == 2
+
+
+def test_attach_reads_rows_and_fields_from_the_header(shm_path: str) -> None:
+    """A reader that did not make the scoreboard attaches by path alone and sees the rows."""
+    board = Scoreboard(5, ["calling", "writing"], path=shm_path)
+    board.claim().incr_writing(3)
+    other = Scoreboard.attach(shm_path)
+    assert (other.slots, other.fields) == (5, ("calling", "writing"))
+    assert other.totals() == {"calling": 0, "writing": 3}
+    with pytest.raises(SegmentError, match="no segment to attach to"):
+        Scoreboard.attach(shm_path + ".missing")

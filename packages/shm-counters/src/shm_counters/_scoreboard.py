@@ -353,6 +353,32 @@ class Scoreboard:
         self._due = new_u64(checks_per_call)
         _boards.add(self)
 
+    @classmethod
+    def attach(
+        cls, path: PathArg, *, liveness_ttl: float = 0.5, checks_per_call: int = 32
+    ) -> Scoreboard:
+        """Attach to an existing named scoreboard, with its own rows and fields.
+
+        For a reader that did not make it (an exporter, a CLI): the slots and
+        field names are read from the segment's header.
+
+        Example::
+
+            board = Scoreboard.attach("/dev/shm/raindrops-1000/raindrops-81234")
+            board.fields, board.slots  # ('calling', 'writing'), 256
+        """
+        seg = Segment.named(path, kind=Kind.SCOREBOARD, want=None, mode=0o600)
+        names = seg.field_names()
+        slots = seg.header().count
+        return cls(
+            slots,
+            names,
+            path=path,
+            create=False,
+            liveness_ttl=liveness_ttl,
+            checks_per_call=checks_per_call,
+        )
+
     @property
     def path(self) -> str | None:
         """The named segment's path, or None for anonymous memory."""
