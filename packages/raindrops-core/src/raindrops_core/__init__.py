@@ -15,9 +15,16 @@ Example::
 
 from __future__ import annotations
 
-from ._access import ALLOW_ALL, DEFAULT_ALLOW, AccessList
+from ._access import (
+    ALLOW_ALL,
+    DEFAULT_ALLOW,
+    FORWARDING_HEADERS,
+    AccessList,
+    Peer,
+    listens_on_unix,
+)
 from ._discover import InheritedListener, discover_listeners, socket_name
-from ._errors import ConfigError, FormatError, RaindropsError
+from ._errors import ConfigError, FormatError, RaindropsError, TailStreamsFullError
 from ._prometheus import RaindropsCollector, render_prometheus
 from ._render import render_json, render_text
 from ._segments import (
@@ -54,6 +61,7 @@ __all__ = [
     "DEFAULT_PATH",
     "DEFAULT_SLOTS",
     "FIELDS",
+    "FORWARDING_HEADERS",
     "LDR_PREFIX",
     "SEGMENT_ENV",
     "SEGMENT_PREFIX",
@@ -64,17 +72,20 @@ __all__ = [
     "Format",
     "FormatError",
     "InheritedListener",
+    "Peer",
     "RaindropsCollector",
     "RaindropsError",
     "RaindropsState",
     "Reply",
     "Snapshot",
     "Steps",
+    "TailStreamsFullError",
     "app_path",
     "default_segment",
     "default_segment_path",
     "discover_listeners",
     "listening_inodes",
+    "listens_on_unix",
     "negotiate",
     "render_json",
     "render_prometheus",
