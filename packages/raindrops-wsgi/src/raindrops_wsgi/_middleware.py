@@ -10,7 +10,14 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from raindrops_core import DEFAULT_ALLOW, DEFAULT_PATH, DEFAULT_SLOTS, RaindropsState
+from raindrops_core import (
+    DEFAULT_ALLOW,
+    DEFAULT_PATH,
+    DEFAULT_SLOTS,
+    AccessList,
+    Peer,
+    RaindropsState,
+)
 from webob import Request, Response
 
 __all__ = ["RaindropsMiddleware"]
@@ -138,7 +145,7 @@ class RaindropsMiddleware:
         path: str = DEFAULT_PATH,
         listeners: Iterable[str] | None = None,
         segment: str | os.PathLike[str] | None = None,
-        allow: Iterable[str] = DEFAULT_ALLOW,
+        allow: Iterable[str] | AccessList = DEFAULT_ALLOW,
         slots: int = DEFAULT_SLOTS,
         state: RaindropsState | None = None,
     ) -> None:
@@ -182,7 +189,7 @@ class RaindropsMiddleware:
         request = Request(environ)
         reply = self.state.respond(
             request.method,
-            request.remote_addr,
+            Peer.from_wsgi(environ),
             request.headers.get("Accept"),
             request.query_string,
         )
