@@ -219,7 +219,8 @@ def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     ) as proc:  # fmt: skip
         try:
-            assert proc.stdout is not None and proc.stderr is not None
+            assert proc.stdout is not None
+            assert proc.stderr is not None
             first = proc.stdout.readline()
             proc.stdout.close()  # what head does once it has its line
             code = proc.wait(timeout=20)

@@ -112,9 +112,7 @@ def _hints(diag: DiagSocket, stats: dict[str, ListenStats]) -> list[str]:
             port = parse_address(n).port
             for wild in (f"0.0.0.0:{port}", f"[::]:{port}"):
                 if wild in every:
-                    hints.append(
-                        f"{escape_name(n)}: nothing listens there; did you mean {wild}?"
-                    )
+                    hints.append(f"{escape_name(n)}: nothing listens there; did you mean {wild}?")
                     break
     return hints
 
