@@ -313,6 +313,6 @@ def test_thousands_of_short_lived_listeners_leave_the_engine_at_its_baseline() -
         for _ in range(3):
             engine.sample()
         assert (baseline, engine.last_error, len(engine)) == (2, None, 2)
-        assert engine.names() == tuple(stay)
+        assert sorted(engine.names()) == sorted(stay)
     assert sizes[0] == 502
     assert max(sizes) == 1024

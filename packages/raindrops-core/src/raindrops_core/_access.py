@@ -21,7 +21,6 @@ from typing import Any
 
 from linux_inet_diag import escape_name
 
-from ._discover import discover_listeners
 from ._errors import ConfigError
 
 __all__ = [
@@ -76,6 +75,9 @@ def listens_on_unix() -> bool:
     """
     global _unix_listening
     if not _unix_listening:
+        # The one listener discovery, by its public name (late: it imports this module).
+        from . import discover_listeners
+
         found = discover_listeners(prefer_parent=False)
         _unix_listening = any(listener.name.startswith(("/", "@")) for listener in found)
     return _unix_listening
