@@ -107,7 +107,7 @@ def test_endpoint_formats_head_and_access() -> None:
     assert (denied.status_code, denied.content) == (
         403,
         b"403 Forbidden: client 192.0.2.9 is not in the allow-list (loopback only by default); "
-        b"to allow more, pass allow=['10.0.0.0/8', ...] or allow=ALLOW_ALL to the middleware\n",
+        b"to allow more, pass allow=['10.0.0.0/8', ...] or allow=ALLOW_ALL\n",
     )
 
 

@@ -595,11 +595,15 @@ def test_endpoint_refuses_clients_outside_the_allow_list() -> None:
     reply = state.respond("GET", "192.0.2.1", None, "")
     body = (
         b"403 Forbidden: client 192.0.2.1 is not in the allow-list (loopback only by default); "
-        b"to allow more, pass allow=['10.0.0.0/8', ...] or allow=ALLOW_ALL to the middleware\n"
+        b"to allow more, pass allow=['10.0.0.0/8', ...] or allow=ALLOW_ALL\n"
     )
     assert (reply.status_line, reply.headers, reply.body) == (
         "403 Forbidden",
-        (("Content-Type", "text/plain"), ("Content-Length", str(len(body)))),
+        (
+            ("Content-Type", "text/plain"),
+            ("Content-Length", str(len(body))),
+            ("X-Content-Type-Options", "nosniff"),
+        ),
         body,
     )
 
@@ -607,10 +611,10 @@ def test_endpoint_refuses_clients_outside_the_allow_list() -> None:
 def test_endpoint_rejects_an_unknown_format_with_400() -> None:
     """``?format=xml`` is a 400 naming the allowed formats; HEAD gets no body."""
     state = RaindropsState(listeners=[], segment=ANONYMOUS)
-    reply = state.respond("GET", None, None, "format=xml")
+    reply = state.respond("GET", "127.0.0.1", None, "format=xml")
     assert reply.status == 400
     assert reply.body.startswith(b"400 Bad Request: unknown format 'xml'; allowed: json")
-    head = state.respond("HEAD", None, None, "format=xml")
+    head = state.respond("HEAD", "127.0.0.1", None, "format=xml")
     assert (head.status, head.body, head.headers) == (400, b"", reply.headers)
 
 

@@ -298,5 +298,5 @@ def test_forbidden_body_says_how_to_allow_more() -> None:
     assert (resp.status_int, resp.body) == (
         403,
         b"403 Forbidden: client 192.0.2.1 is not in the allow-list (loopback only by default); "
-        b"to allow more, pass allow=['10.0.0.0/8', ...] or allow=ALLOW_ALL to the middleware\n",
+        b"to allow more, pass allow=['10.0.0.0/8', ...] or allow=ALLOW_ALL\n",
     )

@@ -11,7 +11,15 @@ import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from raindrops_core import DEFAULT_ALLOW, DEFAULT_PATH, DEFAULT_SLOTS, RaindropsState, app_path
+from raindrops_core import (
+    DEFAULT_ALLOW,
+    DEFAULT_PATH,
+    DEFAULT_SLOTS,
+    AccessList,
+    Peer,
+    RaindropsState,
+    app_path,
+)
 
 __all__ = ["RaindropsMiddleware"]
 
@@ -78,7 +86,7 @@ class RaindropsMiddleware:
         path: str = DEFAULT_PATH,
         listeners: Iterable[str] | None = None,
         segment: str | os.PathLike[str] | None = None,
-        allow: Iterable[str] = DEFAULT_ALLOW,
+        allow: Iterable[str] | AccessList = DEFAULT_ALLOW,
         slots: int = DEFAULT_SLOTS,
         state: RaindropsState | None = None,
     ) -> None:
@@ -142,10 +150,9 @@ class RaindropsMiddleware:
                 steps.decr_writing()
 
     async def _endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = scope.get("client")
         reply = await self.state.arespond(
             scope.get("method", "GET"),
-            str(client[0]) if client else None,
+            Peer.from_asgi(scope),
             _header(scope, b"accept"),
             bytes(scope.get("query_string", b"")).decode("latin-1"),
         )

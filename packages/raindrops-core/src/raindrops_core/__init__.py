@@ -17,8 +17,15 @@ from __future__ import annotations
 
 from shm_counters import InheritedListener, discover_listeners, socket_name
 
-from ._access import ALLOW_ALL, DEFAULT_ALLOW, AccessList
-from ._errors import ConfigError, FormatError, RaindropsError
+from ._access import (
+    ALLOW_ALL,
+    DEFAULT_ALLOW,
+    FORWARDING_HEADERS,
+    AccessList,
+    Peer,
+    listens_on_unix,
+)
+from ._errors import ConfigError, FormatError, RaindropsError, TailStreamsFullError
 from ._prometheus import RaindropsCollector, render_prometheus
 from ._render import render_json, render_text
 from ._snapshot import CONTENT_TYPES, Format, Snapshot, negotiate
@@ -48,6 +55,7 @@ __all__ = [
     "DEFAULT_PATH",
     "DEFAULT_SLOTS",
     "FIELDS",
+    "FORWARDING_HEADERS",
     "SEGMENT_ENV",
     "SEGMENT_NAME",
     "UNAVAILABLE_HEADER",
@@ -57,14 +65,17 @@ __all__ = [
     "Format",
     "FormatError",
     "InheritedListener",
+    "Peer",
     "RaindropsCollector",
     "RaindropsError",
     "RaindropsState",
     "Reply",
     "Snapshot",
     "Steps",
+    "TailStreamsFullError",
     "app_path",
     "discover_listeners",
+    "listens_on_unix",
     "negotiate",
     "render_json",
     "render_prometheus",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
+from linux_inet_diag import escape_name
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest as _generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as _generate_openmetrics
@@ -68,10 +69,11 @@ def _metrics(snapshot: Snapshot, namespace: str) -> Iterator[Metric]:
             labels=["listener"],
         )
         for name, stats in snapshot.listeners.items():
-            active.add_metric([name], stats.active)
-            queued.add_metric([name], stats.queued)
+            label = [escape_name(name)]  # as the text spells it; always valid UTF-8
+            active.add_metric(label, stats.active)
+            queued.add_metric(label, stats.queued)
             if stats.backlog is not None:  # None: nothing listens there (yet)
-                backlog.add_metric([name], stats.backlog)
+                backlog.add_metric(label, stats.backlog)
         yield from (active, queued, backlog)
     if snapshot.overflows is not None:
         yield CounterMetricFamily(
@@ -154,6 +156,10 @@ def render_prometheus(
     In the Prometheus text format, a part that could not be read adds a
     comment such as ``# listeners unavailable: ...`` at the end (OpenMetrics
     has no comments: ``raindrops_listeners_available 0`` says it there too).
+    The ``listener`` label is the name as the raindrops text spells it
+    (:func:`linux_inet_diag.escape_name`: control characters and bytes that
+    are not UTF-8 as ``\\xHH``), so the exposition is always UTF-8 and
+    never carries a terminal escape; prometheus_client then quotes it.
 
     Example::
 
@@ -168,7 +174,7 @@ def render_prometheus(
         return generate_openmetrics(fixed)
     body = generate_latest(fixed)
     notes = "".join(
-        f"# {part} unavailable: {' '.join(reason.split())}\n"
+        f"# {part} unavailable: {escape_name(' '.join(reason.split()))}\n"
         for part, reason in snapshot.unavailable.items()
     )
     return body + notes.encode()

@@ -38,7 +38,7 @@ from shm_counters import (
     server_segment,
 )
 
-from ._access import DEFAULT_ALLOW, AccessList
+from ._access import DEFAULT_ALLOW, AccessList, Peer
 from ._errors import ConfigError, FormatError
 from ._prometheus import render_prometheus
 from ._render import render_json, render_text
@@ -246,7 +246,9 @@ class RaindropsState:
     :class:`ConfigError` here.  By default, the listening sockets the worker
     inherited from its server are found among its file descriptors, once.
     ``allow`` lists the client networks that may read the endpoint
-    (loopback only by default; :data:`ALLOW_ALL` for everyone).
+    (loopback and local Unix peers by default; :data:`ALLOW_ALL` for every
+    address), or is a ready :class:`AccessList`; requests are decided by
+    its rule (:meth:`AccessList.refusal`).
 
     Example::
 
@@ -264,7 +266,7 @@ class RaindropsState:
         path: str = DEFAULT_PATH,
         listeners: Iterable[str] | None = None,
         segment: str | os.PathLike[str] | None = None,
-        allow: Iterable[str] = DEFAULT_ALLOW,
+        allow: Iterable[str] | AccessList = DEFAULT_ALLOW,
         slots: int = DEFAULT_SLOTS,
         liveness_ttl: float = 0.5,
     ) -> None:
@@ -572,20 +574,20 @@ class RaindropsState:
     # -- the endpoint --------------------------------------------------------
 
     def preflight(
-        self, client: str | None, accept: str | None, query: str | None
+        self, client: Peer | str | None, accept: str | None, query: str | None
     ) -> Reply | Format:
         """Refuse (403) or reject (400) a request to the endpoint, or pick its format.
 
-        ``client`` is the peer's IP address (``None``/``""`` for a Unix
-        socket), ``accept`` the ``Accept`` header, ``query`` the raw query string.
+        ``client`` is the request's :class:`Peer` (``Peer.from_wsgi(environ)``,
+        ``Peer.from_asgi(scope)``), or a bare IP address (a direct TCP
+        client), or ``None`` (no address: refused); ``accept`` the ``Accept``
+        header, ``query`` the raw query string.  Both error answers are
+        ``text/plain`` with ``X-Content-Type-Options: nosniff`` (the 400
+        quotes the ``format`` asked for).
         """
-        if not self.access.allows(client):
-            return _plain(
-                403,
-                f"403 Forbidden: client {client} is not in the allow-list (loopback only "
-                "by default); to allow more, pass allow=['10.0.0.0/8', ...] or "
-                "allow=ALLOW_ALL to the middleware\n",
-            )
+        reason = self.access.refusal(client)
+        if reason is not None:
+            return _plain(403, f"403 Forbidden: {reason}\n")
         try:
             return negotiate(accept, query)
         except FormatError as exc:
@@ -614,7 +616,7 @@ class RaindropsState:
         return Reply(200, headers, b"" if head else body)
 
     def respond(
-        self, method: str, client: str | None, accept: str | None, query: str | None
+        self, method: str, client: Peer | str | None, accept: str | None, query: str | None
     ) -> Reply:
         """The whole endpoint, blocking: access, format, snapshot, rendering.
 
@@ -630,7 +632,7 @@ class RaindropsState:
         return self.reply(snap, decided, head=method == "HEAD")
 
     async def arespond(
-        self, method: str, client: str | None, accept: str | None, query: str | None
+        self, method: str, client: Peer | str | None, accept: str | None, query: str | None
     ) -> Reply:
         """:meth:`respond` for an event loop: nothing blocking runs on the loop."""
         decided = self.preflight(client, accept, query)
@@ -656,8 +658,14 @@ def unavailable_header(unavailable: Mapping[str, str]) -> str:
 
 
 def _plain(status: int, text: str) -> Reply:
+    """A refusal or rejection: plain text the browser must not sniff (it may quote the client)."""
     body = text.encode()
-    return Reply(status, (("Content-Type", "text/plain"), ("Content-Length", str(len(body)))), body)
+    headers = (
+        ("Content-Type", "text/plain"),
+        ("Content-Length", str(len(body))),
+        ("X-Content-Type-Options", "nosniff"),
+    )
+    return Reply(status, headers, body)
 
 
 def _headless(reply: Reply) -> Reply:
