@@ -8,15 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from raindrops_core import (
-    ALLOW_ALL,
-    DEFAULT_ALLOW,
-    FORWARDING_HEADERS,
-    AccessList,
-    ConfigError,
-    Peer,
-    listens_on_unix,
-)
+from raindrops_core import ALLOW_ALL, DEFAULT_ALLOW, AccessList, ConfigError
+from raindrops_core.adapter import FORWARDING_HEADERS, Peer, listens_on_unix
 
 ACL = AccessList.parse(DEFAULT_ALLOW)
 

@@ -21,11 +21,12 @@ def test_asgi_query_decodes_latin1_and_defaults_to_empty() -> None:
 
 
 def test_the_plumbing_is_the_packages_own() -> None:
-    """The module re-exports the very objects the package uses, not copies."""
-    assert (AccessList, Peer, Reply, Steps, app_path) == (
-        raindrops_core.AccessList,
-        raindrops_core.Peer,
-        raindrops_core.Reply,
-        raindrops_core.Steps,
-        raindrops_core.app_path,
-    )
+    """The adapter's access rule, steps and replies are the very ones the state uses."""
+    state = raindrops_core.RaindropsState(listeners=[], segment="anonymous")
+    assert AccessList is raindrops_core.AccessList
+    assert isinstance(state.access, AccessList)
+    assert isinstance(state.prepare(), Steps)
+    refused = state.respond("HEAD", Peer("192.0.2.1"), None, "")
+    assert isinstance(refused, Reply)
+    assert (refused.status, refused.body) == (403, b"")
+    assert app_path("/ops/_raindrops", "/ops") == "/_raindrops"

@@ -9,13 +9,13 @@ import pytest
 from linux_inet_diag import ListenStats
 from raindrops_core import (
     ANONYMOUS,
-    Peer,
     RaindropsState,
     Snapshot,
     render_json,
     render_prometheus,
     render_text,
 )
+from raindrops_core.adapter import Peer
 from raindrops_core.watcher import WatcherCore, listener_url, tail_line
 
 #: An abstract name any local user can bind: a newline forging a row, a terminal escape.

@@ -19,17 +19,8 @@ from typing import Any
 import pytest
 import raindrops_core._state as state_module
 from linux_inet_diag import ListenOverflows, UnavailableError
-from raindrops_core import (
-    ANONYMOUS,
-    SEGMENT_ENV,
-    SEGMENT_NAME,
-    ConfigError,
-    Format,
-    RaindropsState,
-    Steps,
-    app_path,
-    unavailable_header,
-)
+from raindrops_core import ANONYMOUS, SEGMENT_ENV, ConfigError, Format, RaindropsState
+from raindrops_core.adapter import SEGMENT_NAME, Kernel, Steps, app_path, unavailable_header
 from shm_counters import SERVER_DIR_ENV, InheritedListener
 
 
@@ -149,8 +140,7 @@ def test_no_server_socket_counts_privately_and_says_so(
     shm_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No server socket: one warning saying why and how to share; every output says so."""
-    monkeypatch.setattr(state_module, "listen_overflows", lambda: OVERFLOWS)
-    state = RaindropsState(listeners=[])
+    state = RaindropsState(listeners=[], kernel=Kernel(listen_overflows=lambda: OVERFLOWS))
     with caplog.at_level(logging.WARNING, logger="raindrops_core._state"):
         state.prepare().incr_calling()
         state.snapshot()
@@ -388,16 +378,49 @@ def test_snapshot_counts_queued_and_active_connections(listener: socket.socket) 
             s.close()
 
 
-def _unavailable(*args: object, **kwargs: object) -> None:
+def _unavailable(*args: object, **kwargs: object) -> Any:
     raise UnavailableError(errno.ENOSYS, "netlink sock_diag needs Linux")
+
+
+class _Diag:
+    """A netlink socket stand-in: its queries answer ``answer(names)`` (blocking)."""
+
+    def __init__(self, answer: Any = _unavailable) -> None:
+        self.answer = answer
+
+    def tcp_listener_stats(self, names: list[str]) -> Any:
+        return self.answer(names)
+
+    def unix_listener_stats(self, names: list[str]) -> Any:
+        return self.answer(names)
+
+    def close(self) -> None:
+        return None
+
+
+class _AsyncDiag(_Diag):
+    """The same on an event loop."""
+
+    async def tcp_listener_stats(self, names: list[str]) -> Any:  # type: ignore[override]
+        return self.answer(names)
+
+    async def unix_listener_stats(self, names: list[str]) -> Any:  # type: ignore[override]
+        return self.answer(names)
+
+
+def _kernel(answer: Any = _unavailable, overflows: Any = _unavailable) -> Kernel:
+    """A kernel whose listener queries answer ``answer(names)``, overflows ``overflows()``."""
+    return Kernel(
+        diag=lambda: _Diag(answer),  # type: ignore[arg-type, return-value]
+        adiag=lambda: _AsyncDiag(answer),  # type: ignore[arg-type, return-value]
+        listen_overflows=overflows,
+    )
 
 
 def test_no_listener_means_no_netlink_query(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without listeners the snapshot holds only the gauges and asks the kernel nothing."""
-    monkeypatch.setattr(state_module, "tcp_listener_stats", _unavailable)
-    monkeypatch.setattr(state_module, "unix_listener_stats", _unavailable)
     monkeypatch.setattr(state_module, "discover_listeners", lambda: ())
-    state = RaindropsState(segment=ANONYMOUS)
+    state = RaindropsState(segment=ANONYMOUS, kernel=_kernel())
     snap = state.snapshot()
     assert (snap.calling, snap.writing, dict(snap.listeners)) == (0, 0, {})
     assert "listeners" not in snap.unavailable
@@ -406,11 +429,13 @@ def test_no_listener_means_no_netlink_query(monkeypatch: pytest.MonkeyPatch) -> 
 OVERFLOWS = ListenOverflows(listen_overflows=7, listen_drops=9)
 
 
-def test_netlink_failure_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_netlink_failure_is_reported_not_raised() -> None:
     """A failing listener query leaves calling/writing and names the missing part."""
-    monkeypatch.setattr(state_module, "tcp_listener_stats", _unavailable)
-    monkeypatch.setattr(state_module, "listen_overflows", lambda: OVERFLOWS)
-    state = RaindropsState(listeners=["127.0.0.1:9", "/run/x.sock"], segment=ANONYMOUS)
+    state = RaindropsState(
+        listeners=["127.0.0.1:9", "/run/x.sock"],
+        segment=ANONYMOUS,
+        kernel=_kernel(overflows=lambda: OVERFLOWS),
+    )
     state.claim().incr_writing()
     reply = state.respond("GET", "127.0.0.1", None, "")
     assert reply.body == b"calling: 0\nwriting: 1\n"
@@ -436,22 +461,12 @@ def test_netlink_failure_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch)
     ],
 )
 def test_unavailable_header_names_the_missing_parts(
-    monkeypatch: pytest.MonkeyPatch, broken: tuple[str, ...], query: str, header: str | None
+    broken: tuple[str, ...], query: str, header: str | None
 ) -> None:
     """X-Raindrops-Unavailable lists what this answer lacks, in a fixed order; else absent."""
-    listeners_broken = "listeners" in broken
-
-    class Diag:
-        async def tcp_listener_stats(self, names: list[str]) -> dict[str, Any]:
-            if listeners_broken:
-                _unavailable()
-            return {}
-
-        def close(self) -> None:
-            return None
 
     def tcp(names: list[str]) -> dict[str, Any]:
-        if listeners_broken:
+        if "listeners" in broken:
             _unavailable()
         return {}
 
@@ -460,10 +475,9 @@ def test_unavailable_header_names_the_missing_parts(
             _unavailable()
         return OVERFLOWS
 
-    monkeypatch.setattr(state_module, "tcp_listener_stats", tcp)
-    monkeypatch.setattr(state_module, "AsyncDiagSocket", Diag)
-    monkeypatch.setattr(state_module, "listen_overflows", overflows)
-    state = RaindropsState(listeners=["127.0.0.1:9"], segment=ANONYMOUS)
+    state = RaindropsState(
+        listeners=["127.0.0.1:9"], segment=ANONYMOUS, kernel=_kernel(tcp, overflows)
+    )
     for reply in (
         state.respond("GET", "127.0.0.1", None, query),
         state.respond("HEAD", "127.0.0.1", None, query),
@@ -482,7 +496,7 @@ def test_unavailable_header_value_order() -> None:
     )
 
 
-def test_text_answer_does_not_read_the_overflow_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_text_answer_does_not_read_the_overflow_counters() -> None:
     """The raindrops text skips /proc/net/netstat; JSON and Prometheus read it once each."""
     calls: list[int] = []
 
@@ -490,8 +504,7 @@ def test_text_answer_does_not_read_the_overflow_counters(monkeypatch: pytest.Mon
         calls.append(1)
         return OVERFLOWS
 
-    monkeypatch.setattr(state_module, "listen_overflows", counted)
-    state = RaindropsState(listeners=[], segment=ANONYMOUS)
+    state = RaindropsState(listeners=[], segment=ANONYMOUS, kernel=_kernel(overflows=counted))
     state.respond("GET", "127.0.0.1", "text/plain", "")
     asyncio.run(state.arespond("GET", "127.0.0.1", None, ""))
     assert calls == []
@@ -526,20 +539,14 @@ def test_async_path_does_no_blocking_io_on_the_loop(monkeypatch: pytest.MonkeyPa
         note("open")
         return original_open(self)
 
-    class Diag:
-        async def tcp_listener_stats(self, names: list[str]) -> dict[str, Any]:
-            note("netlink")
-            return {}
-
-        def close(self) -> None:
-            return None
+    def netlink(names: list[str]) -> dict[str, Any]:
+        note("netlink")
+        return {}
 
     monkeypatch.setattr(state_module, "discover_listeners", discover)
-    monkeypatch.setattr(state_module, "listen_overflows", overflows)
-    monkeypatch.setattr(state_module, "AsyncDiagSocket", Diag)
     monkeypatch.setattr(RaindropsState, "counts", counts)
     monkeypatch.setattr(RaindropsState, "_open_board", open_board)
-    state = RaindropsState(segment=ANONYMOUS)
+    state = RaindropsState(segment=ANONYMOUS, kernel=_kernel(netlink, overflows))
 
     async def main() -> int:
         await state.arespond("GET", "127.0.0.1", None, "format=json")
@@ -555,18 +562,10 @@ def test_async_path_does_no_blocking_io_on_the_loop(monkeypatch: pytest.MonkeyPa
     assert state.listener_names() == ("127.0.0.1:9",)
 
 
-def test_async_snapshot_failure_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_async_snapshot_failure_is_reported_not_raised() -> None:
     """The async snapshot reports a failing query the same way."""
-
-    class FailingAsync:
-        async def tcp_listener_stats(self, addrs: object) -> None:
-            _unavailable()
-
-        def close(self) -> None:
-            return None
-
-    monkeypatch.setattr(state_module, "AsyncDiagSocket", FailingAsync)
-    state = RaindropsState(listeners=["127.0.0.1:9"], segment=ANONYMOUS)
+    kernel = _kernel(overflows=lambda: OVERFLOWS)
+    state = RaindropsState(listeners=["127.0.0.1:9"], segment=ANONYMOUS, kernel=kernel)
     snap = asyncio.run(state.asnapshot())
     assert (dict(snap.listeners), dict(snap.unavailable)) == (
         {},

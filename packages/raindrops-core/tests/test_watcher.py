@@ -14,7 +14,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import pytest
-from raindrops_core import ConfigError, Reply
+from raindrops_core import ConfigError
+from raindrops_core.adapter import Reply
 from raindrops_core.watcher import (
     Aggregate,
     LastDataRecvCore,

@@ -9,7 +9,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import pytest
-from raindrops_core import AccessList, ConfigError, Peer, Reply, TailStreamsFullError
+from raindrops_core import AccessList, ConfigError, TailStreamsFullError
+from raindrops_core.adapter import Peer, Reply
 from raindrops_core.watcher import (
     ABSENT_ROUNDS,
     MAX_LISTENERS,

@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Seque
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from raindrops_core import DEFAULT_ALLOW, AccessList, Peer, Reply
+from raindrops_core import DEFAULT_ALLOW, AccessList
+from raindrops_core.adapter import Peer, Reply
 from raindrops_core.watcher import (
     DEFAULT_DELAY,
     DEFAULT_HISTORY,

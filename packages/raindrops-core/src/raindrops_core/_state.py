@@ -9,25 +9,20 @@ to answer lives here, once.
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from linux_inet_diag import (
-    AddressError,
     AsyncDiagSocket,
+    DiagSocket,
     LinuxInetDiagError,
     ListenOverflows,
     ListenStats,
-    listen_overflows,
-    parse_address,
-    tcp_listener_stats,
-    unix_listener_stats,
 )
 from shm_counters import (
     InheritedListener,
@@ -40,9 +35,20 @@ from shm_counters import (
 
 from ._access import DEFAULT_ALLOW, AccessList, Peer
 from ._errors import ConfigError, FormatError
+from ._http import Reply, plain
 from ._prometheus import render_prometheus
+from ._reads import Kernel, arun, listener_stats_steps, run
 from ._render import render_json, render_text
-from ._snapshot import CONTENT_TYPES, Format, Snapshot, negotiate
+from ._snapshot import (
+    CONTENT_TYPES,
+    UNAVAILABLE_HEADER,
+    UNAVAILABLE_PARTS,
+    Format,
+    Snapshot,
+    negotiate,
+    unavailable_header,
+)
+from ._validate import ANONYMOUS, check_listeners, check_path, check_segment, split_names
 
 if TYPE_CHECKING:
     from shm_counters import ScoreboardRow
@@ -57,9 +63,7 @@ __all__ = [
     "UNAVAILABLE_HEADER",
     "UNAVAILABLE_PARTS",
     "RaindropsState",
-    "Reply",
     "Steps",
-    "app_path",
     "unavailable_header",
 ]
 
@@ -72,38 +76,10 @@ DEFAULT_PATH = "/_raindrops"
 SEGMENT_ENV = "RAINDROPS_SEGMENT"
 #: The default segment's name in the server's directory (``shm_counters.server_segment``).
 SEGMENT_NAME = "raindrops"
-#: ``segment=ANONYMOUS``: counters in anonymous memory, shared only across fork().
-ANONYMOUS = "anonymous"
 #: Scoreboard rows by default: at most this many live worker processes.
 DEFAULT_SLOTS = 256
 #: The scoreboard's fields, one row per worker process.
 FIELDS: tuple[str, str] = ("calling", "writing")
-#: The response header naming the parts of the stats that could not be read.
-UNAVAILABLE_HEADER = "X-Raindrops-Unavailable"
-#: The parts a snapshot may lack, in the order the header lists them: ``shared``
-#: (the gauges are this process's only: it could not join its server's
-#: segment), ``listeners`` and ``overflows`` (the kernel's figures).
-UNAVAILABLE_PARTS: tuple[str, str, str] = ("shared", "listeners", "overflows")
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """The endpoint's answer, framework-neutral: status, headers, body.
-
-    Example::
-
-        >>> Reply(200, (("Content-Type", "text/plain"),), b"calling: 0\\n").status_line
-        '200 OK'
-    """
-
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-
-    @property
-    def status_line(self) -> str:
-        """``"200 OK"``: the WSGI status string."""
-        return f"{self.status} {http.HTTPStatus(self.status).phrase}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,79 +102,6 @@ class Steps:
     decr_calling: Callable[[], int]
     incr_writing: Callable[[], int]
     decr_writing: Callable[[], int]
-
-
-def app_path(path: str, root_path: str) -> str:
-    """The path below the mount point: ``path`` without its ``root_path`` prefix.
-
-    For ASGI, where ``scope["path"]`` includes ``scope["root_path"]`` (the
-    app mounted with Starlette's ``Mount("/ops", app)``, or served behind
-    ``uvicorn --root-path /ops``): the path the app routes on.  The prefix
-    is removed only on a segment boundary (``/ops`` from ``/ops/x``, not from
-    ``/opsx``), and a path not below ``root_path`` (a server that already
-    strips it) is returned as it is.
-
-    Example::
-
-        >>> app_path("/ops/_raindrops", "/ops"), app_path("/_raindrops", "/ops")
-        ('/_raindrops', '/_raindrops')
-    """
-    if not root_path or not path.startswith(root_path):
-        return path
-    rest = path[len(root_path) :]
-    if rest and rest[0] != "/":
-        return path
-    return rest
-
-
-def _check_segment(segment: str | os.PathLike[str] | None) -> str | None:
-    if segment is None:
-        segment = os.environ.get(SEGMENT_ENV) or None
-        where = f"${SEGMENT_ENV}"
-    else:
-        where = "segment"
-    if segment is None:
-        return None
-    if not isinstance(segment, (str, os.PathLike)):
-        raise ConfigError(f"{where} must be a path or {ANONYMOUS!r}, not {segment!r}")
-    text = os.fspath(segment)
-    if text == ANONYMOUS:
-        return ANONYMOUS
-    if not os.path.isabs(text):
-        raise ConfigError(
-            f"{where} {text!r} is not an absolute path; give one like "
-            f"'/dev/shm/myapp.raindrops', or {ANONYMOUS!r}"
-        )
-    return text
-
-
-def _check_listeners(listeners: Iterable[str] | None) -> tuple[str, ...] | None:
-    if listeners is None:
-        return None
-    if isinstance(listeners, (str, bytes)):
-        raise ConfigError(f"listeners must be a list of names, not the single string {listeners!r}")
-    names: list[str] = []
-    for name in listeners:
-        if not isinstance(name, str):
-            raise ConfigError(f"listener {name!r} is not a string like '127.0.0.1:8080'")
-        try:
-            parse_address(name)
-        except AddressError as exc:
-            # The AddressError already lists every accepted form.
-            raise ConfigError(f"malformed listener {name!r}: {exc}") from exc
-        if name not in names:
-            names.append(name)
-    return tuple(names)
-
-
-def _check_path(path: str) -> str:
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise ConfigError(f"path must be a string starting with '/', not {path!r}")
-    return path
-
-
-def _is_unix(name: str) -> bool:
-    return name.startswith(("/", "@"))
 
 
 _STATES: weakref.WeakSet[RaindropsState] = weakref.WeakSet()
@@ -245,6 +148,8 @@ class RaindropsState:
     ``"[::1]:8080"``, ``"/run/app.sock"``); malformed ones raise
     :class:`ConfigError` here.  By default, the listening sockets the worker
     inherited from its server are found among its file descriptors, once.
+    ``kernel`` replaces where the kernel's figures come from (tests; see
+    :class:`raindrops_core.adapter.Kernel`).
     ``allow`` lists the client networks that may read the endpoint
     (loopback and local Unix peers by default; :data:`ALLOW_ALL` for every
     address), or is a ready :class:`AccessList`; requests are decided by
@@ -269,15 +174,18 @@ class RaindropsState:
         allow: Iterable[str] | AccessList = DEFAULT_ALLOW,
         slots: int = DEFAULT_SLOTS,
         liveness_ttl: float = 0.5,
+        kernel: Kernel | None = None,
     ) -> None:
-        self.path = _check_path(path)
-        self.listeners = _check_listeners(listeners)
-        self.segment = _check_segment(segment)
+        self.path = check_path(path)
+        self.listeners = check_listeners(listeners)
+        self.segment = check_segment(segment, SEGMENT_ENV)
         self.access = AccessList.parse(allow)
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ConfigError(f"slots must be an int >= 1, not {slots!r}")
         self.slots = slots
         self.liveness_ttl = liveness_ttl
+        #: Where the kernel's figures come from (:class:`raindrops_core.adapter.Kernel`).
+        self.kernel = Kernel() if kernel is None else kernel
         #: This process's bound steps once prepared (``None`` before, and after fork).
         self.steps: Steps | None = None
         #: This process's scoreboard row once claimed (``None`` before, and after fork).
@@ -289,6 +197,7 @@ class RaindropsState:
         self._found: tuple[InheritedListener, ...] | None = None
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._diag = threading.local()  # one blocking DiagSocket per thread, reused
         self._warned: set[str] = set()
         _STATES.add(self)
 
@@ -306,6 +215,7 @@ class RaindropsState:
         self.row = None
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._diag = threading.local()
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         if key not in self._warned:
@@ -461,8 +371,8 @@ class RaindropsState:
         names = self.listeners
         if names is None:
             names = tuple(listener.name for listener in self.inherited())
-        tcp = tuple(n for n in names if not _is_unix(n))
-        return tcp + tuple(n for n in names if _is_unix(n))
+        tcp, unix = split_names(names)
+        return (*tcp, *unix)
 
     def counts(self) -> tuple[int, int]:
         """``(calling, writing)`` summed over every live worker's row."""
@@ -480,7 +390,7 @@ class RaindropsState:
 
     def _overflows(self) -> tuple[ListenOverflows | None, str | None]:
         try:
-            return listen_overflows(), None
+            return self.kernel.listen_overflows(), None
         except (LinuxInetDiagError, OSError) as exc:
             return None, self._failed("overflows", exc)
 
@@ -500,6 +410,50 @@ class RaindropsState:
             missing["overflows"] = over_failure
         return missing
 
+    def _blocking_diag(self) -> DiagSocket:
+        diag: DiagSocket | None = getattr(self._diag, "sock", None)
+        if diag is None:
+            diag = self._diag.sock = self.kernel.diag()
+        return diag
+
+    def _listeners_read(self, names: tuple[str, ...]) -> tuple[dict[str, ListenStats], str | None]:
+        """Every name's queues (blocking), or the reason they could not be read."""
+        if not names:
+            return {}, None
+        try:
+            return run(listener_stats_steps(names), self._blocking_diag()), None
+        except (LinuxInetDiagError, OSError) as exc:
+            return {}, self._failed("listeners", exc)
+
+    async def _alisteners_read(
+        self, names: tuple[str, ...]
+    ) -> tuple[dict[str, ListenStats], str | None]:
+        """:meth:`_listeners_read` on the running loop, never blocking it.
+
+        One socket per query: it belongs to the running loop, and a query is
+        one ``socket()`` call away from nothing.
+        """
+        if not names:
+            return {}, None
+        diag: AsyncDiagSocket | None = None
+        try:
+            diag = self.kernel.adiag()
+            return await arun(listener_stats_steps(names), diag), None
+        except (LinuxInetDiagError, OSError) as exc:
+            return {}, self._failed("listeners", exc)
+        finally:
+            if diag is not None:
+                diag.close()
+
+    def _assemble(
+        self,
+        read: tuple[dict[str, ListenStats], str | None],
+        local: tuple[int, int, ListenOverflows | None, str | None],
+    ) -> Snapshot:
+        listeners, failure = read
+        calling, writing, over, over_failure = local
+        return Snapshot(calling, writing, listeners, over, self._unavailable(failure, over_failure))
+
     def snapshot(self, *, overflows: bool = True) -> Snapshot:
         """Read the gauges and every listener's queues now (blocking netlink query).
 
@@ -511,24 +465,8 @@ class RaindropsState:
             >>> state.snapshot()  # doctest: +SKIP
             Snapshot(calling=1, writing=0, listeners={'127.0.0.1:8080': ListenStats(...)}, ...)
         """
-        names = self.listener_names()
-        listeners: dict[str, ListenStats] = {}
-        failure: str | None = None
-        if names:
-            tcp = [n for n in names if not _is_unix(n)]
-            unix = [n for n in names if _is_unix(n)]
-            # linux_inet_diag's default DiagSocket: one per thread, reused,
-            # reopened after fork.
-            try:
-                if tcp:
-                    listeners.update(tcp_listener_stats(tcp))
-                if unix:
-                    listeners.update(unix_listener_stats(unix))
-            except (LinuxInetDiagError, OSError) as exc:
-                listeners = {}
-                failure = self._failed("listeners", exc)
-        calling, writing, over, over_failure = self._local(overflows)
-        return Snapshot(calling, writing, listeners, over, self._unavailable(failure, over_failure))
+        read = self._listeners_read(self.listener_names())
+        return self._assemble(read, self._local(overflows))
 
     async def asnapshot(self, *, overflows: bool = True) -> Snapshot:
         """:meth:`snapshot` for an event loop: nothing blocking runs on the loop.
@@ -539,37 +477,14 @@ class RaindropsState:
         thread, concurrently with it.
         """
         loop = asyncio.get_running_loop()
-        names = self.listeners
-        if names is None:
-            found = self._found
-            if found is None:
-                found = await loop.run_in_executor(None, self.inherited)
-            names = tuple(listener.name for listener in found)
+        if self.listeners is None and self._found is None:
+            await loop.run_in_executor(None, self.inherited)
         local = loop.run_in_executor(None, self._local, overflows)
-        listeners: dict[str, ListenStats] = {}
-        failure: str | None = None
         try:
-            tcp = [n for n in names if not _is_unix(n)]
-            unix = [n for n in names if _is_unix(n)]
-            if tcp or unix:
-                # One socket per query: it belongs to the running loop, and a
-                # query is one socket() call away from nothing.
-                diag: AsyncDiagSocket | None = None
-                try:
-                    diag = AsyncDiagSocket()
-                    if tcp:
-                        listeners.update(await diag.tcp_listener_stats(tcp))
-                    if unix:
-                        listeners.update(await diag.unix_listener_stats(unix))
-                except (LinuxInetDiagError, OSError) as exc:
-                    listeners = {}
-                    failure = self._failed("listeners", exc)
-                finally:
-                    if diag is not None:
-                        diag.close()
+            read = await self._alisteners_read(self.listener_names())
         finally:
-            calling, writing, over, over_failure = await local
-        return Snapshot(calling, writing, listeners, over, self._unavailable(failure, over_failure))
+            got = await local
+        return self._assemble(read, got)
 
     # -- the endpoint --------------------------------------------------------
 
@@ -587,11 +502,11 @@ class RaindropsState:
         """
         reason = self.access.refusal(client)
         if reason is not None:
-            return _plain(403, f"403 Forbidden: {reason}\n")
+            return plain(403, f"403 Forbidden: {reason}\n")
         try:
             return negotiate(accept, query)
         except FormatError as exc:
-            return _plain(400, f"400 Bad Request: {exc}\n")
+            return plain(400, f"400 Bad Request: {exc}\n")
 
     def reply(self, snapshot: Snapshot, fmt: Format, *, head: bool = False) -> Reply:
         """The 200 answer rendering ``snapshot`` as ``fmt`` (no body for ``HEAD``).
@@ -627,7 +542,7 @@ class RaindropsState:
         """
         decided = self.preflight(client, accept, query)
         if isinstance(decided, Reply):
-            return _headless(decided) if method == "HEAD" else decided
+            return decided.for_method(method)
         snap = self.snapshot(overflows=decided is not Format.TEXT)
         return self.reply(snap, decided, head=method == "HEAD")
 
@@ -637,36 +552,6 @@ class RaindropsState:
         """:meth:`respond` for an event loop: nothing blocking runs on the loop."""
         decided = self.preflight(client, accept, query)
         if isinstance(decided, Reply):
-            return _headless(decided) if method == "HEAD" else decided
+            return decided.for_method(method)
         snap = await self.asnapshot(overflows=decided is not Format.TEXT)
         return self.reply(snap, decided, head=method == "HEAD")
-
-
-def unavailable_header(unavailable: Mapping[str, str]) -> str:
-    """The ``X-Raindrops-Unavailable`` value: missing parts, comma+space separated, or ``""``.
-
-    Known parts in the order of :data:`UNAVAILABLE_PARTS`, then any other.
-
-    Example::
-
-        >>> unavailable_header({"overflows": "ENOENT", "listeners": "EPERM"})
-        'listeners, overflows'
-    """
-    parts = [part for part in UNAVAILABLE_PARTS if part in unavailable]
-    parts += [part for part in unavailable if part not in UNAVAILABLE_PARTS]
-    return ", ".join(parts)
-
-
-def _plain(status: int, text: str) -> Reply:
-    """A refusal or rejection: plain text the browser must not sniff (it may quote the client)."""
-    body = text.encode()
-    headers = (
-        ("Content-Type", "text/plain"),
-        ("Content-Length", str(len(body))),
-        ("X-Content-Type-Options", "nosniff"),
-    )
-    return Reply(status, headers, body)
-
-
-def _headless(reply: Reply) -> Reply:
-    return Reply(reply.status, reply.headers, b"")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ._errors import ConfigError, TailStreamsFullError
-from ._state import _check_listeners, _is_unix
+from ._validate import check_listeners, split_names
 
 __all__ = [
     "ABSENT_ROUNDS",
@@ -345,8 +345,7 @@ class _SyncDiag:
             out.update(tcp_listener_stats(None, sock=self._sock))
             out.update(unix_listener_stats(None, sock=self._sock))
             return out
-        tcp = [n for n in names if not _is_unix(n)]
-        unix = [n for n in names if _is_unix(n)]
+        tcp, unix = split_names(names)
         if tcp:
             out.update(tcp_listener_stats(tcp, sock=self._sock))
         if unix:
@@ -367,8 +366,7 @@ async def _async_diag(names: Sequence[str] | None) -> Mapping[str, StatsLike]:
     sock = AsyncDiagSocket()
     try:
         out: dict[str, StatsLike] = {}
-        tcp = None if names is None else [n for n in names if not _is_unix(n)]
-        unix = None if names is None else [n for n in names if _is_unix(n)]
+        tcp, unix = (None, None) if names is None else split_names(names)
         if tcp is None or tcp:
             out.update(await sock.tcp_listener_stats(tcp))
         if unix is None or unix:
@@ -435,7 +433,7 @@ class WatcherEngine:
         max_listeners: int = MAX_LISTENERS,
         max_tail_streams: int = MAX_TAIL_STREAMS,
     ) -> None:
-        self.listeners = _check_listeners(listeners)
+        self.listeners = check_listeners(listeners)
         self.delay = float(_check_positive("delay", delay))
         self.history = int(_check_positive("history", history, integer=True))
         self.tail_queue = int(_check_positive("tail_queue", tail_queue, integer=True))

@@ -31,7 +31,10 @@ from shm_counters import server_segment
 
 from ._access import DEFAULT_ALLOW, AccessList, Peer
 from ._errors import ConfigError, FormatError, TailStreamsFullError
-from ._state import ANONYMOUS, UNAVAILABLE_HEADER, Reply, _check_segment
+from ._http import Reply
+from ._snapshot import UNAVAILABLE_HEADER
+from ._state import SEGMENT_ENV
+from ._validate import ANONYMOUS, check_segment
 from ._watch_agg import (
     DEFAULT_DELAY,
     DEFAULT_HISTORY,
@@ -702,11 +705,11 @@ class LastDataRecvCore:
         self.json_path = path + ".json"
         checked: str | None
         if segment is not None:
-            checked = _check_segment(segment)
+            checked = check_segment(segment, SEGMENT_ENV)
         else:
             env = os.environ.get(LAST_DATA_RECV_SEGMENT_ENV) or None
             try:
-                checked = None if env is None else _check_segment(env)
+                checked = None if env is None else check_segment(env, SEGMENT_ENV)
             except ConfigError as exc:
                 raise ConfigError(f"${LAST_DATA_RECV_SEGMENT_ENV}: {exc}") from None
         self._segment = checked

@@ -11,10 +11,16 @@ written once; Starlette keeps its ASGI aliases the same way, in one small
 - ASGI: :data:`Scope`, :data:`Message`, :data:`Receive`, :data:`Send`,
   :data:`ASGIApp`, and :func:`asgi_header`, :func:`asgi_query`.
 - Who may read: :class:`Peer` (``Peer.from_wsgi(environ)``,
-  ``Peer.from_asgi(scope)``) judged by an :class:`AccessList`.
+  ``Peer.from_asgi(scope)``) judged by an :class:`AccessList`;
+  :data:`FORWARDING_HEADERS`, :func:`listens_on_unix`.
 - Mount points: :func:`app_path` (the path below an ASGI ``root_path``).
-- The endpoint's answer, :class:`Reply`, the per-request :class:`Steps`,
-  and :data:`UNAVAILABLE_HEADER`.
+- Where the kernel's figures come from: :class:`Kernel` (the seam tests
+  replace).
+- The endpoint's final answer, :class:`Reply` (``HEAD`` already applied),
+  the per-request :class:`Steps`, the scoreboard's :data:`FIELDS` and the
+  default segment's :data:`SEGMENT_NAME`, and what a snapshot may lack:
+  :data:`UNAVAILABLE_HEADER`, :data:`UNAVAILABLE_PARTS`,
+  :func:`unavailable_header`.
 
 Example::
 
@@ -31,20 +37,30 @@ Example::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from ._access import AccessList, Peer
-from ._state import UNAVAILABLE_HEADER, Reply, Steps, app_path
+from ._access import DEFAULT_ALLOW, FORWARDING_HEADERS, AccessList, Peer, listens_on_unix
+from ._http import Reply, app_path
+from ._reads import Kernel
+from ._snapshot import UNAVAILABLE_HEADER, UNAVAILABLE_PARTS, unavailable_header
+from ._state import DEFAULT_PATH, DEFAULT_SLOTS, FIELDS, SEGMENT_NAME, RaindropsState, Steps
 
 __all__ = [
+    "FIELDS",
+    "FORWARDING_HEADERS",
+    "SEGMENT_NAME",
     "UNAVAILABLE_HEADER",
+    "UNAVAILABLE_PARTS",
     "ASGIApp",
     "AccessList",
     "Environ",
     "ExcInfo",
+    "Kernel",
     "Message",
+    "Middleware",
     "Peer",
     "Receive",
     "Reply",
@@ -56,6 +72,8 @@ __all__ = [
     "app_path",
     "asgi_header",
     "asgi_query",
+    "listens_on_unix",
+    "unavailable_header",
 ]
 
 #: PEP 3333's ``exc_info``: what ``sys.exc_info()`` returns, or ``None``.
@@ -102,3 +120,45 @@ def asgi_query(scope: Scope) -> str:
         'format=json'
     """
     return bytes(scope.get("query_string", b"")).decode("latin-1")
+
+
+App = TypeVar("App")
+
+
+class Middleware(Generic[App]):
+    """The one constructor of the raindrops middleware, WSGI and ASGI alike.
+
+    ``RaindropsMiddleware(app, *, path="/_raindrops", listeners=None,
+    segment=None, allow=DEFAULT_ALLOW, slots=256, state=None)``: the options
+    are those of :class:`~raindrops_core.RaindropsState`, which checks them
+    (``ConfigError`` at construction) and holds them; or pass a ready
+    ``state`` (several apps sharing one). Each adapter subclasses this and
+    adds only its protocol's ``__call__``.
+
+    Example::
+
+        class RaindropsMiddleware(Middleware[WSGIApp]):
+            def __call__(self, environ, start_response): ...
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        path: str = DEFAULT_PATH,
+        listeners: Iterable[str] | None = None,
+        segment: str | os.PathLike[str] | None = None,
+        allow: Iterable[str] | AccessList = DEFAULT_ALLOW,
+        slots: int = DEFAULT_SLOTS,
+        state: RaindropsState | None = None,
+    ) -> None:
+        self.app = app
+        if state is None:
+            state = RaindropsState(
+                path=path, listeners=listeners, segment=segment, allow=allow, slots=slots
+            )
+        self.state = state
+        self._path = state.path
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.app!r}, state={self.state!r})"

@@ -10,21 +10,11 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from raindrops_core import (
-    DEFAULT_ALLOW,
-    DEFAULT_PATH,
-    DEFAULT_SLOTS,
-    AccessList,
-    Peer,
-    RaindropsState,
-)
+from raindrops_core.adapter import Environ, Middleware, Peer, StartResponse, WSGIApp
 from webob import Request, Response
 
 __all__ = ["RaindropsMiddleware"]
 
-Environ = dict[str, Any]
-StartResponse = Callable[..., Any]
-WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 Step = Callable[[], int]
 
 # Bumped in every forked child: a body proxy made before the fork holds the
@@ -162,7 +152,7 @@ def _count_file_wrapper(body: Any, done: Step) -> bool:
     return True
 
 
-class RaindropsMiddleware:
+class RaindropsMiddleware(Middleware[WSGIApp]):
     """WSGI middleware: raindrops gauges around ``app``, the stats endpoint at ``path``.
 
     ``calling`` counts requests from entering ``app`` until it returns;
@@ -173,8 +163,9 @@ class RaindropsMiddleware:
     gauges exact.  A request to ``path`` (any method; no body for ``HEAD``)
     answers the snapshot of every worker and is not counted itself.
 
-    Options are those of :class:`raindrops_core.RaindropsState` (``listeners``,
-    ``segment``, ``allow``, ``slots``), or pass a ready ``state``.
+    ``RaindropsMiddleware(app, *, path="/_raindrops", listeners=None,
+    segment=None, allow=DEFAULT_ALLOW, slots=256, state=None)``: the options
+    of :class:`raindrops_core.RaindropsState`, or a ready ``state``.
 
     Example::
 
@@ -182,28 +173,6 @@ class RaindropsMiddleware:
 
         app = RaindropsMiddleware(app)  # then: curl http://127.0.0.1:8000/_raindrops
     """
-
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        path: str = DEFAULT_PATH,
-        listeners: Iterable[str] | None = None,
-        segment: str | os.PathLike[str] | None = None,
-        allow: Iterable[str] | AccessList = DEFAULT_ALLOW,
-        slots: int = DEFAULT_SLOTS,
-        state: RaindropsState | None = None,
-    ) -> None:
-        self.app = app
-        if state is None:
-            state = RaindropsState(
-                path=path, listeners=listeners, segment=segment, allow=allow, slots=slots
-            )
-        self.state = state
-        self._path = state.path
-
-    def __repr__(self) -> str:
-        return f"RaindropsMiddleware({self.app!r}, state={self.state!r})"
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == self._path:
@@ -231,6 +200,7 @@ class RaindropsMiddleware:
         return _CountedBody(body, steps.decr_writing)
 
     def _endpoint(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        """The core's final reply (``HEAD`` applied), sent by WebOb."""
         request = Request(environ)
         reply = self.state.respond(
             request.method,

@@ -13,7 +13,8 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from raindrops_core import DEFAULT_ALLOW, AccessList, Peer, Reply
+from raindrops_core import DEFAULT_ALLOW, AccessList
+from raindrops_core.adapter import Peer, Reply
 from raindrops_core.watcher import (
     DEFAULT_DELAY,
     DEFAULT_HISTORY,
