@@ -1,13 +1,16 @@
 """Live demo: gunicorn workers under a bounded load, their /_raindrops numbers live.
 
-Starts gunicorn (4 sync workers, the raindrops middleware in front) on a
-loopback port, drives a mix of fast, slow and streamed requests at it from
-40 client threads for a few seconds, and redraws what ``/_raindrops``
-answers twice a second: requests inside the app on every worker
-(``calling``), responses being written (``writing``), and the listener's
-accepted (``active``) and waiting (``queued``) connections.  Then it stops
-the load, shows the gauges back at idle, stops everything it started, and
-removes the shared-memory file the workers counted in.
+Starts gunicorn (4 sync workers, the raindrops middleware in front) with
+``gunicorn -b 127.0.0.1:PORT`` on a free loopback port, drives a mix of
+fast, slow and streamed requests at it from 40 client threads for a few
+seconds, and redraws what ``/_raindrops`` answers twice a second: requests
+inside the app on every worker (``calling``), responses being written
+(``writing``), and the listener's accepted (``active``) and waiting
+(``queued``) connections.  Then it stops the load, shows the gauges back at
+idle, stops everything it started, and removes the shared-memory file the
+workers counted in (the demo gives them a directory of their own under the
+temp directory, ``$RAINDROPS_SHM_DIR``, instead of ``/dev/shm``, so
+nothing outlives it).
 
     python integration/demo.py [--seconds 8] [--clients 40] [--workers 4]
 """
@@ -17,18 +20,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import os
 import random
-import socket
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from raindrops_core import InheritedListener, default_segment_path
-from servers import Server, bind_tcp, launch, listener_name
+from servers import Server, launch, tcp
 
 
 def _client(server: Server, stop: threading.Event, seed: int, counts: list[int]) -> None:
@@ -52,12 +54,6 @@ def _show(server: Server, title: str, served: int, failed: int) -> None:
     print("\n".join(out), flush=True)
 
 
-def _segment_of(sock: socket.socket) -> str | None:
-    """The shared-memory file the middleware's workers use by default on ``sock``."""
-    inode = os.fstat(sock.fileno()).st_ino
-    return default_segment_path([InheritedListener(sock.fileno(), listener_name(sock), inode)])
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns 0 when every request succeeded and gauges went idle."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -71,12 +67,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--clients {args.clients} must be in 1..500")
 
     with contextlib.ExitStack() as cleanup:
-        sock = cleanup.enter_context(bind_tcp("127.0.0.1", backlog=64))
-        segment = _segment_of(sock)
-        if segment is not None:  # removed once gunicorn has stopped (callbacks run last-in first)
-            cleanup.callback(_remove, segment)
+        shm = tempfile.mkdtemp(prefix="raindrops-demo-")
+        # Removed once gunicorn has stopped (callbacks run last-in first).
+        cleanup.callback(shutil.rmtree, shm, True)
         server = cleanup.enter_context(
-            launch("gunicorn-sync", "demo_app:app", sock, workers=args.workers)
+            launch(
+                "gunicorn-sync",
+                "demo_app:app",
+                tcp("127.0.0.1"),
+                workers=args.workers,
+                extra=["--backlog", "64"],
+                env={"RAINDROPS_SHM_DIR": shm},
+            )
         )
         stop = threading.Event()
         counts = [0, 0]
@@ -105,11 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         f"\ngauges back at idle: {'yes' if idle else 'NO'}; gunicorn stopped, its counters removed."
     )
     return 0 if idle and counts[1] == 0 else 1
-
-
-def _remove(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 if __name__ == "__main__":

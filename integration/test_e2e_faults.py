@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 from loadgen import run_load
 from process_utilization import open_scoreboard, worker_stats
-from servers import Server, ServerStartError, bind_tcp, launch, wait_for_value, wait_until
+from servers import Server, ServerStartError, launch, tcp, wait_for_value, wait_until
 from test_e2e_matrix import (
     address,
     app_for,
+    server_segments,
     settled_utilization,
     stack_env,
     stats,
@@ -132,7 +133,7 @@ def test_sigkill_worker_holding_requests(kind: str, tmp_path: Path) -> None:
     """A worker SIGKILLed inside the app is respawned and within 1 s both endpoints drop it."""
     workers, held = KILL_KINDS[kind]
     env = stack_env(tmp_path)
-    with bind_tcp() as sock, launch(kind, app_for(kind), sock, workers=workers, env=env) as server:
+    with launch(kind, app_for(kind), tcp(), workers=workers, env=env) as server:
         before = server.worker_pids()
         conns, pids = _hold_on_two_workers(server, tmp_path, "/hold", "hold", held)
         try:
@@ -160,7 +161,7 @@ def test_sigkill_worker_writing_a_stream(kind: str, tmp_path: Path) -> None:
     """A worker SIGKILLed mid-body is respawned and within 1 s writing and in_flight drop it."""
     workers, held = KILL_KINDS[kind]
     env = stack_env(tmp_path)
-    with bind_tcp() as sock, launch(kind, app_for(kind), sock, workers=workers, env=env) as server:
+    with launch(kind, app_for(kind), tcp(), workers=workers, env=env) as server:
         before = server.worker_pids()
         conns, pids = _hold_on_two_workers(server, tmp_path, "/hstream", "go", held)
         try:
@@ -189,10 +190,9 @@ def test_max_requests_recycling_does_not_drift(tmp_path: Path) -> None:
     """Workers recycled every 25 requests leave no drift in calling, writing or the worker rows."""
     env = stack_env(tmp_path)
     extra = ["--max-requests", "25", "--max-requests-jitter", "0"]
-    with (
-        bind_tcp() as sock,
-        launch("gunicorn-sync", "e2e_stack:wsgi", sock, workers=2, extra=extra, env=env) as server,
-    ):
+    with launch(
+        "gunicorn-sync", "e2e_stack:wsgi", tcp(), workers=2, extra=extra, env=env
+    ) as server:
         first = set(server.worker_pids())
         family, addr = address(server)
         targets = [("/hello", b"hello from "), ("/stream?n=5", b"chunk 4\n")]
@@ -210,7 +210,7 @@ def test_max_requests_recycling_does_not_drift(tmp_path: Path) -> None:
         try:
             holders = set(_pids(tmp_path, "pid", 2))
             assert holders == set(server.worker_pids())
-            board = open_scoreboard(str(tmp_path / "utilization.seg"), create=False)
+            board = open_scoreboard(str(server_segments(tmp_path)["utilization"]), create=False)
             try:
                 rows = {w.pid: w.in_flight for w in worker_stats(board)}
             finally:
@@ -297,12 +297,9 @@ def test_unusable_raindrops_segment_warns_and_serves(why: str, tmp_path: Path) -
         segment = directory / "raindrops.seg"
         reason = f"[Errno 13] cannot create segment: Permission denied: '{segment}'"
     env = stack_env(tmp_path, RAINDROPS_SEGMENT=str(segment))
-    with (
-        bind_tcp() as sock,
-        launch(
-            "gunicorn-sync", "e2e_stack:wsgi", sock, workers=2, env=env, wrapper=wrapper
-        ) as server,
-    ):
+    with launch(
+        "gunicorn-sync", "e2e_stack:wsgi", tcp(), workers=2, env=env, wrapper=wrapper
+    ) as server:
         family, addr = address(server)
         targets = [("/hello", b"hello from "), ("/stream?n=4", b"chunk 3\n")]
         result = run_load(addr, targets, total=200, concurrency=10, family=family, max_seconds=60)
@@ -310,7 +307,9 @@ def test_unusable_raindrops_segment_warns_and_serves(why: str, tmp_path: Path) -
         wait_idle(server)
         warning = (
             f"raindrops: cannot use the shared segment {segment} ({reason}); this process "
-            "counts in its own anonymous memory, so totals miss other workers"
+            "counts calling/writing in its own memory, so its figures miss every other "
+            "worker. To share them, name one segment for every worker: "
+            "RaindropsMiddleware(app, segment='/dev/shm/NAME') or $RAINDROPS_SEGMENT"
         )
         log = server.log()
         assert warning in log, log
@@ -322,10 +321,7 @@ def test_unusable_raindrops_segment_warns_and_serves(why: str, tmp_path: Path) -
 def test_raindrops_segment_removed_while_running_keeps_counting(tmp_path: Path) -> None:
     """Unlinking the segment file under running workers changes nothing: they keep the mapping."""
     env = stack_env(tmp_path)
-    with (
-        bind_tcp() as sock,
-        launch("gunicorn-sync", "e2e_stack:wsgi", sock, workers=3, env=env) as server,
-    ):
+    with launch("gunicorn-sync", "e2e_stack:wsgi", tcp(), workers=3, env=env) as server:
         # Three held requests: every sync worker has served one, so opened the segment.
         warm = [_send(server.connect(20), f"/hold?gate=warm&id={i}") for i in range(3)]
         assert len(set(_pids(tmp_path, "pid", 3))) == 3
@@ -333,7 +329,7 @@ def test_raindrops_segment_removed_while_running_keeps_counting(tmp_path: Path) 
         assert all(_drain(c).endswith(b"released\n") for c in warm)
         for i in range(3):
             (tmp_path / f"pid-{i}").unlink()
-        os.unlink(tmp_path / "raindrops.seg")
+        os.unlink(server_segments(tmp_path)["raindrops"])
         conns = [_send(server.connect(20), f"/hold?gate=hold&id={i}") for i in range(2)]
         try:
             # Sync workers serve one request each: two different workers hold them.
@@ -353,11 +349,7 @@ def test_segments_removed_then_worker_respawned_keeps_one_table(tmp_path: Path) 
     are seen by the old workers and the utilization table lists every worker.
     """
     env = stack_env(tmp_path)
-    segments = [tmp_path / "raindrops.seg", tmp_path / "utilization.seg"]
-    with (
-        bind_tcp() as sock,
-        launch("gunicorn-sync", "e2e_stack:wsgi", sock, workers=3, env=env) as server,
-    ):
+    with launch("gunicorn-sync", "e2e_stack:wsgi", tcp(), workers=3, env=env) as server:
         # Three held requests: every sync worker has served one, so opened both segments.
         warm = [_send(server.connect(20), f"/hold?gate=warm&id={i}") for i in range(3)]
         assert len(set(_pids(tmp_path, "pid", 3))) == 3
@@ -366,6 +358,8 @@ def test_segments_removed_then_worker_respawned_keeps_one_table(tmp_path: Path) 
         for i in range(3):
             (tmp_path / f"pid-{i}").unlink()
         before = server.worker_pids()
+        segments = list(server_segments(tmp_path).values())
+        assert len(segments) == 3  # raindrops, utilization, latency
         for segment in segments:
             os.unlink(segment)
         victim = before[0]
@@ -396,8 +390,8 @@ def test_segments_removed_then_worker_respawned_keeps_one_table(tmp_path: Path) 
         # Whichever worker answers, the table lists every live worker: all have served.
         answers = [{w["pid"] for w in settled_utilization(server)["workers"]} for _ in range(6)]
         assert answers == [live] * 6
-        # And no second file was made at either path.
-        assert [segment.exists() for segment in segments] == [False, False]
+        # And no second file was made at any of the paths.
+        assert [segment.exists() for segment in segments] == [False, False, False]
 
 
 @pytest.mark.parametrize("why", ["parent is a file", "directory not writable"])
@@ -414,12 +408,11 @@ def test_unusable_utilization_segment_is_a_clear_startup_error(why: str, tmp_pat
         error = f"SegmentError: [Errno 13] cannot create segment: Permission denied: '{segment}'"
     env = stack_env(tmp_path, PROCESS_UTILIZATION_SEGMENT=str(segment))
     with (
-        bind_tcp() as sock,
         pytest.raises(ServerStartError) as info,
         launch(
             "gunicorn-sync",
             "e2e_stack:wsgi",
-            sock,
+            tcp(),
             workers=1,
             env=env,
             startup_timeout=20,
@@ -435,7 +428,7 @@ def test_unusable_utilization_segment_is_a_clear_startup_error(why: str, tmp_pat
 def test_netlink_unavailable_still_serves_calling_and_writing(kind: str, tmp_path: Path) -> None:
     """With netlink refused the endpoint still serves the gauges and names what is missing."""
     env = stack_env(tmp_path, E2E_BREAK_NETLINK="1")
-    with bind_tcp() as sock, launch(kind, app_for(kind), sock, workers=2, env=env) as server:
+    with launch(kind, app_for(kind), tcp(), workers=2, env=env) as server:
         conn = _send(server.connect(20), "/hold?gate=hold&id=0")
         try:
             _pids(tmp_path, "pid", 1)

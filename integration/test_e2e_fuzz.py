@@ -31,7 +31,7 @@ from process_utilization.asgi import ProcessUtilization as AsgiProcessUtilizatio
 from raindrops_asgi import RaindropsMiddleware as AsgiRaindrops
 from raindrops_asgi.watcher import Watcher as AsgiWatcher
 from raindrops_core import ConfigError as RdConfigError
-from servers import bind_tcp, launch
+from servers import bind_tcp, launch, tcp
 
 with warnings.catch_warnings():
     # WebOb 1.8 imports the stdlib ``cgi`` module, deprecated since Python 3.11: not ours.
@@ -397,7 +397,7 @@ def test_hostile_requests_against_a_real_server(kind: str, tmp_path: Path) -> No
         "RAINDROPS_SEGMENT": str(tmp_path / "raindrops.seg"),
         "PROCESS_UTILIZATION_SEGMENT": str(tmp_path / "utilization.seg"),
     }
-    with bind_tcp() as sock, launch(kind, app, sock, workers=2, env=env) as server:
+    with launch(kind, app, tcp(), workers=2, env=env) as server:
         for raw in HOSTILE:
             head = raw if b"\r\n\r\n" in raw else raw + b"Connection: close\r\n\r\n"
             if b"\r\n\r\n" in raw:
@@ -451,14 +451,14 @@ def _raw_exchange(server: Any, raw: bytes) -> bytes:
 @pytest.mark.skipif(sys.platform != "linux", reason="needs Linux")
 def test_hostile_requests_against_a_real_watcher(tmp_path: Path) -> None:
     """Hostile requests to the Watcher under gunicorn gthread: no 5xx, no traceback, escaped."""
-    with bind_tcp() as sock, bind_tcp() as watched:
+    with bind_tcp() as watched:
         env = {
             "WATCH_LISTENERS": f"127.0.0.1:{watched.getsockname()[1]},127.0.0.1:1",
             "WATCH_DELAY": "0.05",
             "WATCH_TAIL_MAX": "0.3",
         }
         with launch(
-            "gunicorn-gthread", "watcher_apps:wsgi_watcher", sock, workers=1, env=env
+            "gunicorn-gthread", "watcher_apps:wsgi_watcher", tcp(), workers=1, env=env
         ) as server:
             for raw in WATCHER_HOSTILE:
                 data = _raw_exchange(server, raw)

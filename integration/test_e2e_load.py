@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from loadgen import run_load
-from servers import bind_tcp, launch
+from servers import launch, tcp
 from test_e2e_matrix import EXTRA, address, app_for, settled_utilization, stack_env, wait_idle
 
 pytestmark = [
@@ -88,11 +88,10 @@ def test_big_load_no_failures_idle_after_no_rss_growth(
 ) -> None:
     """20,000 mixed requests at 100 connections: none fails, gauges idle, all counted, RSS flat."""
     with (
-        bind_tcp("127.0.0.1") as sock,
         launch(
             kind,
             app_for(kind),
-            sock,
+            tcp("127.0.0.1"),
             workers=workers,
             threads=4,
             extra=EXTRA.get(kind, ()),

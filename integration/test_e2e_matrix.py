@@ -1,18 +1,21 @@
 """Every server kind on every transport, raindrops and process-utilization stacked.
 
-Each case starts a server running ``apps/e2e_stack.py`` on 127.0.0.1 (``tcp4``),
-::1 (``tcp6``) or a Unix socket (``unix``), sends a small mixed load (plain,
-slow and streamed responses), and checks that no request failed, that
-``calling``, ``writing`` and the listener's ``active``/``queued`` are back to
-idle, and that the utilization endpoint lists every worker that served, has
-nothing in flight, and counted exactly the requests the test sent.
+Each case starts a server running ``apps/e2e_stack.py`` with its own command
+line binding 127.0.0.1 (``tcp4``), ::1 (``tcp6``) or a Unix socket
+(``unix``), or serving a socket the test bound (``fd``); no segment is
+configured, so every worker finds the shared state by itself. It sends a
+small mixed load (plain, slow and streamed responses), and checks that no
+request failed, that ``calling``, ``writing`` and the listener's
+``active``/``queued`` are back to idle, and that the utilization endpoint
+lists every worker that served, has nothing in flight, and counted exactly
+the requests the test sent.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import socket
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +23,7 @@ from typing import Any
 
 import pytest
 from loadgen import run_load
-from servers import ASGI_KINDS, Server, bind_tcp, bind_unix, launch, wait_until
+from servers import ASGI_KINDS, Bind, Server, bind_tcp, fd, launch, tcp, unix, wait_until
 
 pytestmark = [
     pytest.mark.linux,
@@ -36,7 +39,12 @@ WORKERS = {
     "hypercorn": 2,
 }
 #: Transport ids (plain words, usable in node ids and ``-k``) and each one's address.
-TRANSPORTS = {"tcp4": "127.0.0.1", "tcp6": "::1", "unix": "app.sock in the test's tmp_path"}
+TRANSPORTS = {
+    "tcp4": "127.0.0.1 (--host/--port, -b HOST:PORT)",
+    "tcp6": "::1",
+    "unix": "app.sock in the test's tmp_path (--uds, -b unix:)",
+    "fd": "a socket on 127.0.0.1 the test bound (--fd, -b fd://)",
+}
 TARGETS = [
     ("/hello", b"hello from "),
     ("/slow?ms=20", b"slept 20\n"),
@@ -55,13 +63,16 @@ def app_for(kind: str) -> str:
 
 
 def stack_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """Segments for both middlewares in ``tmp_path``, so spawned workers share them."""
-    return {
-        "RAINDROPS_SEGMENT": str(tmp_path / "raindrops.seg"),
-        "PROCESS_UTILIZATION_SEGMENT": str(tmp_path / "utilization.seg"),
-        "RD_GATE_DIR": str(tmp_path),
-        **extra,
-    }
+    """No segment named: the workers find their server's; its directory is under ``tmp_path``."""
+    shm = tmp_path / "shm"
+    shm.mkdir(exist_ok=True)
+    return {"RAINDROPS_SHM_DIR": str(shm), "RD_GATE_DIR": str(tmp_path), **extra}
+
+
+def server_segments(tmp_path: Path) -> dict[str, Path]:
+    """The segments the server's workers found for themselves, by name (``raindrops``, ...)."""
+    directory = tmp_path / "shm" / f"raindrops-{os.geteuid()}"
+    return {entry.rsplit("-", 1)[0]: directory / entry for entry in sorted(os.listdir(directory))}
 
 
 def stats(server: Server) -> dict[str, int]:
@@ -130,20 +141,19 @@ def settled_utilization(server: Server, timeout: float = 5.0) -> dict[str, Any]:
 
 def address(server: Server) -> tuple[int, object]:
     """``(family, address)`` of the server's listener, for the load generator."""
-    name = server.sock.getsockname()
-    family = server.sock.family
-    return family, (name if family == socket.AF_UNIX else name[:2])
+    return server.family, server.address
 
 
 @contextlib.contextmanager
-def listener(transport: str, tmp_path: Path) -> Iterator[socket.socket]:
-    """A listening socket for ``transport``: ``tcp4`` (127.0.0.1), ``tcp6`` (::1) or ``unix``."""
-    if transport == "unix":
-        with bind_unix(str(tmp_path / "app.sock")) as sock:
-            yield sock
+def listener(transport: str, tmp_path: Path) -> Iterator[Bind]:
+    """The address for ``transport``: the server binds it, or serves the test's socket (``fd``)."""
+    if transport == "fd":
+        with bind_tcp("127.0.0.1") as sock:
+            yield fd(sock)
+    elif transport == "unix":
+        yield unix(tmp_path / "app.sock")
     else:
-        with bind_tcp(TRANSPORTS[transport]) as sock:
-            yield sock
+        yield tcp("::1" if transport == "tcp6" else "127.0.0.1")
 
 
 @pytest.mark.parametrize("transport", sorted(TRANSPORTS))
@@ -152,11 +162,11 @@ def test_small_load_then_idle_everywhere(kind: str, transport: str, tmp_path: Pa
     """400 mixed requests at 40 connections all succeed and every gauge returns to idle."""
     workers = WORKERS[kind]
     with (
-        listener(transport, tmp_path) as sock,
+        listener(transport, tmp_path) as bind,
         launch(
             kind,
             app_for(kind),
-            sock,
+            bind,
             workers=workers,
             threads=4,
             extra=EXTRA.get(kind, ()),
@@ -181,3 +191,8 @@ def test_small_load_then_idle_everywhere(kind: str, transport: str, tmp_path: Pa
         assert doc["total"]["in_flight"] == 0
         assert doc["total"]["requests_total"] - before == 400 + 8
         assert sum(w["requests_total"] for w in doc["workers"]) == doc["total"]["requests_total"]
+        # Every worker joined the server's own segments, found by itself: one of each.
+        assert "in its own memory" not in server.log()
+        names = sorted(os.listdir(tmp_path / "shm" / f"raindrops-{os.geteuid()}"))
+        assert [n.rsplit("-", 1)[0] for n in names] == ["latency", "raindrops", "utilization"]
+        assert len({n.rsplit("-", 1)[1] for n in names}) == 1

@@ -25,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from servers import ASGI_KINDS, Server, bind_tcp, launch, wait_until
+from servers import ASGI_KINDS, Server, launch, tcp, wait_until
 
 pytestmark = [
     pytest.mark.linux,
@@ -197,21 +197,20 @@ def test_every_worker_shows_its_busy_fraction(kind: str, preload: bool, tmp_path
 
     The load is repeated (at most ROUNDS times) until one round was served
     by every worker, so each worker's figure is checked against real work.
-    With ``--preload`` the anonymous scoreboard made in the master is shared
-    by inheritance and read through the endpoint; otherwise every worker
-    opens the segment named by the environment and the test reads the file.
+    With ``--preload`` (the middleware built in the master, before the
+    sockets exist) every worker finds the server's own segment at its first
+    request and the test reads it through the endpoint; otherwise every
+    worker opens the segment named by the environment and the test reads
+    the file.
     """
     (tmp_path / "pu_app.py").write_text(APP)
     segment = str(tmp_path / "utilization.seg")
     app = "pu_app:asgi" if kind in ASGI_KINDS else "pu_app:wsgi"
     env = {} if preload else {"PROCESS_UTILIZATION_SEGMENT": segment}
     extra = ["--preload"] if preload else []
-    with (
-        bind_tcp() as sock,
-        launch(
-            kind, app, sock, workers=2, threads=4, env=env, app_dir=tmp_path, extra=extra
-        ) as srv,
-    ):
+    with launch(
+        kind, app, tcp(), workers=2, threads=4, env=env, app_dir=tmp_path, extra=extra
+    ) as srv:
         read = (lambda: _busy_from_endpoint(srv)) if preload else (lambda: _busy_by_pid(segment))
         rounds: list[set[int]] = []
         for _ in range(ROUNDS):
@@ -269,10 +268,7 @@ def test_file_wrapper_body_keeps_gunicorns_sendfile_path(kind: str, tmp_path: Pa
     marks.mkdir()
     segment = str(tmp_path / "utilization.seg")
     env = {"PROCESS_UTILIZATION_SEGMENT": segment, "PU_MARKS": str(marks)}
-    with (
-        bind_tcp() as sock,
-        launch(kind, "pu_app:wsgi", sock, workers=1, env=env, app_dir=tmp_path) as srv,
-    ):
+    with launch(kind, "pu_app:wsgi", tcp(), workers=1, env=env, app_dir=tmp_path) as srv:
         status, _, body = srv.get("/file")
         # Only sendfile() on the descriptor sends these bytes (read() lies).
         assert (status, body) == (200, b"bytes sent by sendfile\n")

@@ -1,9 +1,11 @@
 """The raindrops endpoint under real servers: held requests, streams, queues, SIGKILL.
 
-Each test binds its own listener, starts a server on it running
-``apps/raindrops_app.py``, holds requests inside the app (the app waits for
-a gate file the test creates), and checks ``/_raindrops`` against what the
-test itself did.
+Each test starts a server with its own command line binding a loopback
+port (or a Unix path) and running ``apps/raindrops_app.py``, holds requests
+inside the app (the app waits for a gate file the test creates), and checks
+``/_raindrops`` against what the test itself did. No segment is configured
+unless a test says so: the workers find their server's by themselves (in a
+server directory under the test's ``tmp_path``).
 """
 
 from __future__ import annotations
@@ -13,12 +15,21 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from raindrops_core import InheritedListener, default_segment_path
-from servers import ASGI_KINDS, Server, bind_tcp, bind_unix, launch, listener_name, wait_until
+from servers import (
+    ASGI_KINDS,
+    Server,
+    bind_tcp,
+    free_port,
+    launch,
+    listener_name,
+    tcp,
+    unix,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.linux, pytest.mark.timeout(120)]
 
@@ -77,25 +88,16 @@ def _read_until(conn: socket.socket, marker: bytes) -> bytes:
     return data
 
 
-def _default_segment(sock: socket.socket) -> str:
-    """The default segment path of a server listening on ``sock``."""
-    inherited = InheritedListener(
-        sock.fileno(), listener_name(sock), os.fstat(sock.fileno()).st_ino
-    )
-    path = default_segment_path([inherited])
-    assert path is not None
-    return path
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """Gates in ``tmp_path``; the server's segment directory under it, not in /dev/shm."""
+    shm = tmp_path / "shm"
+    shm.mkdir(exist_ok=True)
+    return {"RD_GATE_DIR": str(tmp_path), "RAINDROPS_SHM_DIR": str(shm), **extra}
 
 
-@contextlib.contextmanager
-def _segment_cleanup(sock: socket.socket) -> Iterator[str]:
-    """The default segment path of a server on ``sock``; removed afterwards."""
-    path = _default_segment(sock)
-    try:
-        yield path
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+def _segments(tmp_path: Path) -> list[str]:
+    """The files in the server's segment directory."""
+    return sorted(os.listdir(tmp_path / "shm" / f"raindrops-{os.geteuid()}"))
 
 
 def _wait_for(read: Callable[[], object], expected: object, timeout: float = 10.0) -> None:
@@ -154,85 +156,75 @@ def _exercise(server: Server, gates: Path, held: int, extra: socket.socket | Non
 def test_gauges_and_queues_under_every_server(kind: str, tmp_path: Path) -> None:
     """calling, writing, active and queued match the requests and connections the test made."""
     workers, held = KINDS[kind]
-    with (
-        bind_tcp("127.0.0.1") as sock,
-        bind_tcp("127.0.0.1") as extra,
-        _segment_cleanup(sock) as segment,
-    ):
-        env = {
-            "RD_GATE_DIR": str(tmp_path),
-            "RD_LISTENERS": f"{listener_name(sock)},{listener_name(extra)}",
-        }
-        with launch(kind, _app(kind), sock, workers=workers, threads=4, env=env) as server:
+    with bind_tcp("127.0.0.1") as extra:
+        # RD_LISTENERS names the server's own listener (its port picked now, so
+        # it can be named) and one nobody accepts on.
+        bind = tcp("127.0.0.1", free_port())
+        env = _env(tmp_path, RD_LISTENERS=f"{bind.name},{listener_name(extra)}")
+        with launch(kind, _app(kind), bind, workers=workers, threads=4, env=env) as server:
             _exercise(server, tmp_path, held, extra)
-            # Every worker shares the default segment named after the listener.
-            assert os.path.exists(segment)
+            assert [n.rsplit("-", 1)[0] for n in _segments(tmp_path)] == ["raindrops"]
 
 
 def test_preloaded_app_built_before_fork(tmp_path: Path) -> None:
     """With gunicorn --preload (middleware built in the master) every worker still adds up."""
-    with bind_tcp("127.0.0.1") as sock, _segment_cleanup(sock) as segment:
-        env = {"RD_GATE_DIR": str(tmp_path)}
-        with launch(
-            "gunicorn-sync", "raindrops_app:wsgi", sock, workers=4, extra=["--preload"], env=env
-        ) as server:
-            _exercise(server, tmp_path, 3, None)
-            assert os.path.exists(segment)
+    env = _env(tmp_path)
+    with launch(
+        "gunicorn-sync", "raindrops_app:wsgi", tcp(), workers=4, extra=["--preload"], env=env
+    ) as server:
+        _exercise(server, tmp_path, 3, None)
+        assert [n.rsplit("-", 1)[0] for n in _segments(tmp_path)] == ["raindrops"]
 
 
 @pytest.mark.parametrize("kind", ["gunicorn-sync", "uvicorn", "hypercorn"])
 def test_listeners_are_discovered_from_inherited_sockets(kind: str, tmp_path: Path) -> None:
     """With no listener named, each worker reports the socket it inherited from the server."""
-    with bind_tcp("127.0.0.1") as sock, _segment_cleanup(sock):
-        env = {"RD_GATE_DIR": str(tmp_path)}
-        with launch(kind, _app(kind), sock, workers=2, env=env) as server:
-            wait_until(lambda: _gauges(server) == (0, 0, 1, 0))
-            assert len(_stats(server)) == 4  # exactly the inherited listener's two lines
+    with launch(kind, _app(kind), tcp(), workers=2, env=_env(tmp_path)) as server:
+        wait_until(lambda: _gauges(server) == (0, 0, 1, 0))
+        assert len(_stats(server)) == 4  # exactly the inherited listener's two lines
 
 
 def test_unix_socket_bind(tmp_path: Path) -> None:
     """On a Unix-socket bind the endpoint counts requests and the socket's queue."""
     gates = tmp_path / "gates"
     gates.mkdir()
-    with bind_unix(str(tmp_path / "app.sock")) as sock:
-        segment = str(tmp_path / "board")
-        env = {"RD_GATE_DIR": str(gates), "RAINDROPS_SEGMENT": segment}
-        with launch("gunicorn-sync", "raindrops_app:wsgi", sock, workers=3, env=env) as server:
-            assert server.name == str(tmp_path / "app.sock")
-            _exercise(server, gates, 2, None)
-            assert os.path.exists(segment)
+    segment = str(tmp_path / "board")
+    env = {"RD_GATE_DIR": str(gates), "RAINDROPS_SEGMENT": segment}
+    bind = unix(tmp_path / "app.sock")
+    with launch("gunicorn-sync", "raindrops_app:wsgi", bind, workers=3, env=env) as server:
+        assert server.name == str(tmp_path / "app.sock")
+        _exercise(server, gates, 2, None)
+        assert os.path.exists(segment)
 
 
 def test_sigkilled_worker_stops_counting(tmp_path: Path) -> None:
     """SIGKILL a worker holding a request: within about a second calling drops by one."""
-    with bind_tcp("127.0.0.1") as sock, _segment_cleanup(sock):
-        env = {"RD_GATE_DIR": str(tmp_path)}
-        with launch("gunicorn-sync", "raindrops_app:wsgi", sock, workers=4, env=env) as server:
-            conns = [_send(server, f"/hold?gate=hold&id={i}") for i in range(3)]
-            try:
-                wait_until(lambda: len(list(tmp_path.glob("pid-*"))) == 3, timeout=15)
-                assert _stats(server)["calling"] == 3
-                victim = int((tmp_path / "pid-0").read_text())
-                assert victim in server.worker_pids()
-                os.kill(victim, signal.SIGKILL)
-                wait_until(lambda: _stats(server)["calling"] == 2, timeout=1.5)
-            finally:
-                (tmp_path / "hold").touch()
-                for c in conns:
-                    with contextlib.suppress(OSError):
-                        _read_all(c)
-            wait_until(lambda: _stats(server)["calling"] == 0)
+    env = _env(tmp_path)
+    with launch("gunicorn-sync", "raindrops_app:wsgi", tcp(), workers=4, env=env) as server:
+        conns = [_send(server, f"/hold?gate=hold&id={i}") for i in range(3)]
+        try:
+            wait_until(lambda: len(list(tmp_path.glob("pid-*"))) == 3, timeout=15)
+            assert _stats(server)["calling"] == 3
+            victim = int((tmp_path / "pid-0").read_text())
+            assert victim in server.worker_pids()
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda: _stats(server)["calling"] == 2, timeout=1.5)
+        finally:
+            (tmp_path / "hold").touch()
+            for c in conns:
+                with contextlib.suppress(OSError):
+                    _read_all(c)
+        wait_until(lambda: _stats(server)["calling"] == 0)
 
 
 def test_file_wrapper_keeps_gunicorns_sendfile_path(tmp_path: Path) -> None:
     """A wsgi.file_wrapper body is sent by sendfile() (the file's bytes, not read()'s)."""
-    with bind_tcp("127.0.0.1") as sock, _segment_cleanup(sock):
-        env = {"RD_GATE_DIR": str(tmp_path)}
-        with launch("gunicorn-sync", "raindrops_app:wsgi", sock, workers=2, env=env) as server:
-            status, _, body = server.get("/file")
-            assert (status, body) == (200, b"bytes sent by sendfile\n")
-            wait_until(lambda: _stats(server)["writing"] == 0)
-            assert _stats(server)["calling"] == 0
+    env = _env(tmp_path)
+    with launch("gunicorn-sync", "raindrops_app:wsgi", tcp(), workers=2, env=env) as server:
+        status, _, body = server.get("/file")
+        assert (status, body) == (200, b"bytes sent by sendfile\n")
+        wait_until(lambda: _stats(server)["writing"] == 0)
+        assert _stats(server)["calling"] == 0
 
 
 def test_queued_while_every_sync_worker_is_busy(tmp_path: Path) -> None:
@@ -243,9 +235,10 @@ def test_queued_while_every_sync_worker_is_busy(tmp_path: Path) -> None:
     the queue.  The stats are therefore read through a second gunicorn
     dedicated to them, on its own listener, sharing the busy server's
     counters (the same ``RAINDROPS_SEGMENT``) and reporting both listeners
-    by name.  Why the numbers are exact: every held request is inside the
-    app (each worker wrote its pid file, and each worker is a different
-    process), a sync worker accepts nothing while it holds a request, so
+    by name (their ports picked before the start, so they can be named).
+    Why the numbers are exact: every held request is inside the app (each
+    worker wrote its pid file, and each worker is a different process), a
+    sync worker accepts nothing while it holds a request, so
     each of the K connections opened afterwards stays in the busy listener's
     accept queue until the test releases the workers; the held connections
     are the busy listener's only accepted ones; and the stats request's own
@@ -255,61 +248,60 @@ def test_queued_while_every_sync_worker_is_busy(tmp_path: Path) -> None:
     workers, waiting = 3, 4
     gates = tmp_path / "gates"
     gates.mkdir()
-    with bind_tcp("127.0.0.1") as busy_sock, bind_tcp("127.0.0.1") as stats_sock:
-        busy_name, stats_name = listener_name(busy_sock), listener_name(stats_sock)
-        env = {
-            "RD_GATE_DIR": str(gates),
-            "RAINDROPS_SEGMENT": str(tmp_path / "board"),
-            "RD_LISTENERS": f"{busy_name},{stats_name}",
-        }
-        app = "raindrops_app:wsgi"
-        with (
-            launch("gunicorn-sync", app, busy_sock, workers=workers, env=env) as busy,
-            launch("gunicorn-sync", app, stats_sock, workers=1, env=env) as stats,
-        ):
+    busy_bind, stats_bind = tcp("127.0.0.1", free_port()), tcp("127.0.0.1", free_port())
+    busy_name, stats_name = busy_bind.name, stats_bind.name
+    env = {
+        "RD_GATE_DIR": str(gates),
+        "RAINDROPS_SEGMENT": str(tmp_path / "board"),
+        "RD_LISTENERS": f"{busy_name},{stats_name}",
+    }
+    app = "raindrops_app:wsgi"
+    with (
+        launch("gunicorn-sync", app, busy_bind, workers=workers, env=env) as busy,
+        launch("gunicorn-sync", app, stats_bind, workers=1, env=env) as stats,
+    ):
 
-            def gauges(calling: int, busy_active: int, queued: int) -> dict[str, int]:
-                return {
-                    "calling": calling,
-                    "writing": 0,
-                    f"{busy_name} active": busy_active,
-                    f"{busy_name} queued": queued,
-                    f"{stats_name} active": 1,  # the stats request's own connection
-                    f"{stats_name} queued": 0,
-                }
+        def gauges(calling: int, busy_active: int, queued: int) -> dict[str, int]:
+            return {
+                "calling": calling,
+                "writing": 0,
+                f"{busy_name} active": busy_active,
+                f"{busy_name} queued": queued,
+                f"{stats_name} active": 1,  # the stats request's own connection
+                f"{stats_name} queued": 0,
+            }
 
-            _wait_for(lambda: _stats(stats), gauges(0, 0, 0))
-            held = [_send(busy, f"/hold?gate=hold&id={i}") for i in range(workers)]
-            waiting_conns: list[socket.socket] = []
-            try:
-                wait_until(lambda: len(list(gates.glob("pid-*"))) == workers, timeout=15)
-                pids = {int(p.read_text()) for p in gates.glob("pid-*")}
-                assert pids == set(busy.worker_pids())
-                waiting_conns = [busy.connect(timeout=20) for _ in range(waiting)]
-                _wait_for(lambda: _stats(stats), gauges(workers, workers, waiting))
-            finally:
-                for conn in waiting_conns:
-                    conn.close()
-                (gates / "hold").touch()
-                bodies = [_read_all(c) for c in held]
-            assert all(b.endswith(b"released\n") for b in bodies), bodies
-            _wait_for(lambda: _stats(stats), gauges(0, 0, 0))
+        _wait_for(lambda: _stats(stats), gauges(0, 0, 0))
+        held = [_send(busy, f"/hold?gate=hold&id={i}") for i in range(workers)]
+        waiting_conns: list[socket.socket] = []
+        try:
+            wait_until(lambda: len(list(gates.glob("pid-*"))) == workers, timeout=15)
+            pids = {int(p.read_text()) for p in gates.glob("pid-*")}
+            assert pids == set(busy.worker_pids())
+            waiting_conns = [busy.connect(timeout=20) for _ in range(waiting)]
+            _wait_for(lambda: _stats(stats), gauges(workers, workers, waiting))
+        finally:
+            for conn in waiting_conns:
+                conn.close()
+            (gates / "hold").touch()
+            bodies = [_read_all(c) for c in held]
+        assert all(b.endswith(b"released\n") for b in bodies), bodies
+        _wait_for(lambda: _stats(stats), gauges(0, 0, 0))
 
 
 def test_a_server_start_sweeps_stale_default_segments(tmp_path: Path) -> None:
-    """The worker creating a new default segment removes one named after a closed socket."""
+    """The worker creating a new default segment removes an old one named after a closed socket."""
     with socket.socket() as gone:
         gone.bind(("127.0.0.1", 0))
         gone.listen(1)
-        stale = Path(_default_segment(gone))
+        inode = os.fstat(gone.fileno()).st_ino
+    env = _env(tmp_path)
+    directory = tmp_path / "shm" / f"raindrops-{os.geteuid()}"
+    directory.mkdir(mode=0o700)
+    stale = directory / f"raindrops-{inode}"
     stale.write_bytes(b"left by a server that stopped")
-    try:
-        with bind_tcp("127.0.0.1") as sock, _segment_cleanup(sock) as segment:
-            env = {"RD_GATE_DIR": str(tmp_path)}
-            with launch("gunicorn-sync", "raindrops_app:wsgi", sock, workers=2, env=env) as server:
-                wait_until(lambda: not stale.exists(), timeout=30)
-                assert os.path.exists(segment)
-                assert _stats(server)["calling"] == 0
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
+    os.utime(stale, (0, 0))  # long ago: past the sweep's grace
+    with launch("gunicorn-sync", "raindrops_app:wsgi", tcp(), workers=2, env=env) as server:
+        wait_until(lambda: not stale.exists(), timeout=30)
+        assert [n.rsplit("-", 1)[0] for n in _segments(tmp_path)] == ["raindrops"]
+        assert _stats(server)["calling"] == 0

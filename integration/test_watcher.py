@@ -12,14 +12,13 @@ import json
 import os
 import re
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
-from servers import Server, bind_tcp, launch, listener_name, wait_until
+from servers import Server, bind_tcp, free_port, launch, listener_name, tcp, wait_until
 
 pytestmark = [pytest.mark.linux, pytest.mark.slow]
 
@@ -71,13 +70,15 @@ def tail_streams(server: Server) -> int:
 )
 def test_watcher_sees_the_queue_and_tails_it(kind: str, app: str) -> None:
     """queued/<L>.txt and the tail stream report the connections the test holds queued."""
-    with held_queue(HELD) as held, bind_tcp("127.0.0.1") as sock:
+    # The server's own port is picked now, so the Watcher can be told to watch it.
+    bind = tcp("127.0.0.1", free_port())
+    with held_queue(HELD) as held:
         name = listener_name(held)
-        env = {"WATCH_LISTENERS": f"{name},{listener_name(sock)}", "WATCH_DELAY": "0.1"}
+        env = {"WATCH_LISTENERS": f"{name},{bind.name}", "WATCH_DELAY": "0.1"}
         # One worker, so every request (and the tail stream) meets the same sampler;
         # uvicorn runs a single worker in its own process, with no child to wait for.
         single = kind == "uvicorn"
-        with launch(kind, app, sock, workers=1, env=env, wait_workers=not single) as server:
+        with launch(kind, app, bind, workers=1, env=env, wait_workers=not single) as server:
             url = quote(name, safe="")
 
             def current() -> str | None:
@@ -114,30 +115,26 @@ def test_gthread_tail_ends_when_a_silent_client_leaves() -> None:
     ``gunicorn.socket`` does, and the stream's subscription goes away (no
     ``tail_max_seconds`` here).
     """
-    with bind_tcp("127.0.0.1") as sock:
-        env = {
-            "WATCH_LISTENERS": listener_name(sock),
-            "WATCH_DELAY": "0.1",
-            "WATCH_TAIL_MAX": "none",
-        }
-        with launch(
-            "gunicorn-gthread", "watcher_apps:wsgi_watcher", sock, workers=1, env=env
-        ) as srv:
-            url = quote(listener_name(sock), safe="")
-            conn = srv.connect(10.0)
-            try:
-                conn.sendall(
-                    f"GET /tail/{url}.txt?queued_min=999 HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-                )
-                head = b""
-                while b"\r\n\r\n" not in head and (chunk := conn.recv(4096)):
-                    head += chunk
-                assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
-                wait_until(lambda: tail_streams(srv) == 1, timeout=10)
-            finally:
-                conn.close()
-            wait_until(lambda: tail_streams(srv) == 0, timeout=10)
-            assert srv.proc.poll() is None
+    bind = tcp("127.0.0.1", free_port())
+    env = {
+        "WATCH_LISTENERS": bind.name,
+        "WATCH_DELAY": "0.1",
+        "WATCH_TAIL_MAX": "none",
+    }
+    with launch("gunicorn-gthread", "watcher_apps:wsgi_watcher", bind, workers=1, env=env) as srv:
+        url = quote(bind.name, safe="")
+        conn = srv.connect(10.0)
+        try:
+            conn.sendall(f"GET /tail/{url}.txt?queued_min=999 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head = b""
+            while b"\r\n\r\n" not in head and (chunk := conn.recv(4096)):
+                head += chunk
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+            wait_until(lambda: tail_streams(srv) == 1, timeout=10)
+        finally:
+            conn.close()
+        wait_until(lambda: tail_streams(srv) == 0, timeout=10)
+        assert srv.proc.poll() is None
 
 
 def request_pair(server: Server, path: str) -> list[tuple[int, dict[str, str]]]:
@@ -182,16 +179,6 @@ def until_every_worker(server: Server, path: str, workers: int) -> list[dict[str
     raise AssertionError(f"only workers {sorted(seen)} answered {len(answers)} requests")
 
 
-def default_ldr_segments(sock: socket.socket) -> list[Path]:
-    """The default LastDataRecv segments named after ``sock``'s inode (``raindrops-ldr-*``)."""
-    inode = os.fstat(sock.fileno()).st_ino
-    found: list[Path] = []
-    for folder in {Path("/dev/shm"), Path(tempfile.gettempdir())}:
-        if folder.is_dir():
-            found += sorted(folder.glob(f"raindrops-ldr-{os.getuid()}-{inode}"))
-    return found
-
-
 @pytest.mark.parametrize("segment", ["named", "default"])
 @pytest.mark.parametrize(
     ("kind", "app"),
@@ -204,22 +191,22 @@ def test_last_data_recv_one_sample_per_request_across_workers(
 
     ``named``: ``LDR_SEGMENT`` given; ``default``: nothing given, so forked
     (gunicorn) or spawned (uvicorn) workers must agree on the segment named
-    after the listener they inherited.
+    after the server's socket (in a server directory under ``tmp_path``).
     """
     ready = "/raindrops/last_data_recv"
-    env = {"LDR_SEGMENT": str(tmp_path / "ldr.seg")} if segment == "named" else {"LDR_SEGMENT": ""}
-    with bind_tcp("127.0.0.1") as sock:
-        try:
-            with launch(kind, app, sock, workers=2, ready_path=ready, env=env) as srv:
-                before = int(srv.get(ready)[1]["x-count"])
-                served = until_every_worker(srv, "/", 2)
-                reports = until_every_worker(srv, ready, 2)
-                assert {h["x-count"] for h in reports} == {str(before + len(served))}
-                if segment == "default":
-                    assert len(default_ldr_segments(sock)) == 1
-        finally:
-            for path in default_ldr_segments(sock):
-                path.unlink()
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    env = {"RAINDROPS_SHM_DIR": str(shm)}
+    env["LDR_SEGMENT"] = str(tmp_path / "ldr.seg") if segment == "named" else ""
+    with launch(kind, app, tcp(), workers=2, ready_path=ready, env=env) as srv:
+        before = int(srv.get(ready)[1]["x-count"])
+        served = until_every_worker(srv, "/", 2)
+        reports = until_every_worker(srv, ready, 2)
+        assert {h["x-count"] for h in reports} == {str(before + len(served))}
+        assert all("x-raindrops-unavailable" not in h for h in reports)
+        if segment == "default":
+            files = os.listdir(shm / f"raindrops-{os.geteuid()}")
+            assert [f.rsplit("-", 1)[0] for f in files] == ["ldr"], files
 
 
 DEFER_CONF = """\

@@ -12,9 +12,11 @@ Routes of the inner app (WSGI ``wsgi`` and ASGI ``asgi`` alike):
 - ``/rss``: this worker's resident set size in kB (from ``/proc/self/status``).
 
 ``/_raindrops`` is the raindrops endpoint, ``/_utilization`` the process-utilization one.
+With ``E2E_STARTUP_JITTER=1`` the ASGI app's lifespan startup sleeps up to 1 s
+(a random time per worker), so workers start listening at different moments.
 With ``E2E_BREAK_NETLINK=1`` every netlink query of raindrops-core raises
 ``PermissionError`` in the worker, as under a seccomp filter or a container
-without netlink.
+without netlink (through the state's public ``kernel=`` seam).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,28 +32,28 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import raindrops_core._state as _rd_state
 from process_utilization import ProcessUtilization
 from process_utilization.asgi import ProcessUtilization as AsgiProcessUtilization
 from raindrops_asgi import RaindropsMiddleware as AsgiRaindrops
+from raindrops_core import RaindropsState
+from raindrops_core.adapter import Kernel
 from raindrops_wsgi import RaindropsMiddleware as WsgiRaindrops
 
 # As an operator would: the libraries' warnings go to the server's stderr.
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-if os.environ.get("E2E_BREAK_NETLINK") == "1":
 
-    def _refuse(*args: object, **kwargs: object) -> Any:
-        raise PermissionError(1, "netlink refused by the test")
+def _refuse(*args: object, **kwargs: object) -> Any:
+    raise PermissionError(1, "netlink refused by the test")
 
-    # The WSGI endpoint's queries, the overflow counters, the ASGI endpoint's socket.
-    for _name in (
-        "tcp_listener_stats",
-        "unix_listener_stats",
-        "listen_overflows",
-        "AsyncDiagSocket",
-    ):
-        setattr(_rd_state, _name, _refuse)
+
+# Netlink refused, as under a seccomp filter or a container without it: the
+# blocking and the asyncio sockets, and the overflow counters.
+KERNEL = (
+    Kernel(diag=_refuse, adiag=_refuse, listen_overflows=_refuse)
+    if os.environ.get("E2E_BREAK_NETLINK") == "1"
+    else None
+)
 
 GATES = Path(os.environ.get("RD_GATE_DIR", tempfile.gettempdir()))
 WAIT_LIMIT = 20.0
@@ -130,6 +133,9 @@ async def _inner_asgi(scope: Any, receive: Any, send: Any) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if os.environ.get("E2E_STARTUP_JITTER") == "1":
+                    # Workers finish starting (and listen()) at different moments.
+                    await asyncio.sleep(random.uniform(0.0, 1.0))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
@@ -170,5 +176,11 @@ async def _inner_asgi(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-wsgi = WsgiRaindrops(ProcessUtilization(_inner_wsgi, stats_path="/_utilization"))
-asgi = AsgiRaindrops(AsgiProcessUtilization(_inner_asgi, stats_path="/_utilization"))
+wsgi = WsgiRaindrops(
+    ProcessUtilization(_inner_wsgi, stats_path="/_utilization"),
+    state=RaindropsState(kernel=KERNEL),
+)
+asgi = AsgiRaindrops(
+    AsgiProcessUtilization(_inner_asgi, stats_path="/_utilization"),
+    state=RaindropsState(kernel=KERNEL),
+)

@@ -1,10 +1,27 @@
-"""Shared fixtures: a settable clock, and the ``linux`` marker's skip."""
+"""Shared fixtures: a settable clock, private scoreboards, and the ``linux`` marker's skip."""
 
 from __future__ import annotations
 
 import sys
 
 import pytest
+from process_utilization import SEGMENT_ENV
+from shm_counters import SERVER_DIR_ENV
+
+
+@pytest.fixture(autouse=True)
+def _private_scoreboards(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Every middleware a test builds keeps its rows in anonymous memory, unless it says so.
+
+    The default (the server's own segment, found from its sockets) has
+    tests of its own, which delete ``$PROCESS_UTILIZATION_SEGMENT``; the
+    server segment directory is a temp one, never the real ``/dev/shm``.
+    """
+    monkeypatch.setenv(SEGMENT_ENV, "anonymous")
+    monkeypatch.setenv(SERVER_DIR_ENV, str(tmp_path_factory.mktemp("shm")))
+
 
 #: What ``FakeClock.wall`` adds to the monotonic reading: a wall-clock epoch.
 EPOCH = 1_700_000_000.0

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import raindrops_core._state as state_module
 from linux_inet_diag import ListenOverflows, UnavailableError
 from raindrops_asgi import ConfigError, RaindropsMiddleware
-from raindrops_core import ANONYMOUS, RaindropsState, Steps
+from raindrops_core import ANONYMOUS, RaindropsState
+from raindrops_core.adapter import Kernel, Steps
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
@@ -107,7 +107,7 @@ def test_endpoint_formats_head_and_access() -> None:
     assert (denied.status_code, denied.content) == (
         403,
         b"403 Forbidden: client 192.0.2.9 is not in the allow-list (loopback only by default); "
-        b"to allow more, pass allow=['10.0.0.0/8', ...] or allow=ALLOW_ALL to the middleware\n",
+        b"to allow more, pass allow=['10.0.0.0/8', ...] or allow=ALLOW_ALL\n",
     )
 
 
@@ -295,7 +295,7 @@ def _unavailable(*args: object, **kwargs: object) -> None:
     ],
 )
 def test_unavailable_header_names_what_is_missing(
-    monkeypatch: pytest.MonkeyPatch, query: str, broken: tuple[str, ...], header: str | None
+    query: str, broken: tuple[str, ...], header: str | None
 ) -> None:
     """x-raindrops-unavailable names the parts this answer lacks (GET and HEAD); else absent."""
 
@@ -313,9 +313,9 @@ def test_unavailable_header_names_what_is_missing(
             _unavailable()
         return ListenOverflows(listen_overflows=1, listen_drops=2)
 
-    monkeypatch.setattr(state_module, "AsyncDiagSocket", Diag)
-    monkeypatch.setattr(state_module, "listen_overflows", read)
-    mw = _middleware(Starlette(), listeners=["127.0.0.1:9"])
+    kernel = Kernel(adiag=Diag, listen_overflows=read)  # type: ignore[arg-type]
+    state = RaindropsState(listeners=["127.0.0.1:9"], segment=ANONYMOUS, kernel=kernel)
+    mw = RaindropsMiddleware(Starlette(), state=state)
     with TestClient(mw, client=LOCAL) as client:
         answers = [client.get(f"/_raindrops{query}"), client.head(f"/_raindrops{query}")]
     for resp in answers:

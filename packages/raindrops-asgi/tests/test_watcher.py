@@ -34,6 +34,7 @@ class Feed:
 
 
 def scope(path: str, method: str = "GET", query: bytes = b"", **extra: Any) -> dict[str, Any]:
+    """An HTTP scope from a loopback client (the Watcher answers no one else by default)."""
     return {
         "type": "http",
         "method": method,
@@ -41,6 +42,8 @@ def scope(path: str, method: str = "GET", query: bytes = b"", **extra: Any) -> d
         "root_path": extra.pop("root_path", ""),
         "query_string": query,
         "headers": extra.pop("headers", [(b"host", b"testserver")]),
+        "client": extra.pop("client", ("127.0.0.1", 50000)),
+        "server": extra.pop("server", ("127.0.0.1", 8000)),
         **extra,
     }
 

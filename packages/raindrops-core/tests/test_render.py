@@ -62,6 +62,7 @@ def test_prometheus_exposition_has_every_gauge_and_counter() -> None:
     assert _samples(render_prometheus(SNAP)) == [
         "raindrops_calling 2.0",
         "raindrops_writing 1.0",
+        "raindrops_shared 1.0",
         "raindrops_listeners_available 1.0",
         'raindrops_listener_active{listener="127.0.0.1:8080"} 3.0',
         'raindrops_listener_active{listener="/tmp/app.sock"} 1.0',

@@ -17,23 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import raindrops_core._segments as segments_module
 import raindrops_core._state as state_module
 from linux_inet_diag import ListenOverflows, UnavailableError
-from raindrops_core import (
-    ANONYMOUS,
-    SEGMENT_ENV,
-    ConfigError,
-    Format,
-    InheritedListener,
-    RaindropsState,
-    Steps,
-    app_path,
-    default_segment,
-    default_segment_path,
-    sweep_stale_segments,
-    unavailable_header,
-)
+from raindrops_core import ANONYMOUS, SEGMENT_ENV, ConfigError, Format, RaindropsState
+from raindrops_core.adapter import SEGMENT_NAME, Kernel, Steps, app_path, unavailable_header
+from shm_counters import SERVER_DIR_ENV, InheritedListener
 
 
 def _wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -113,110 +101,13 @@ def test_duplicate_listeners_are_reported_once_tcp_first() -> None:
 # -- where the scoreboard lives ----------------------------------------------
 
 
-def test_default_segment_path_is_derived_from_the_listener_inode() -> None:
-    """Workers holding the same listening socket derive the same path; none gives None."""
-    uid = os.getuid()
-    found = [InheritedListener(5, "[::]:80", 900), InheritedListener(3, "0.0.0.0:80", 700)]
-    path = default_segment_path(found)
-    assert path is not None
-    assert os.path.basename(path) == f"raindrops-{uid}-700"
-    ldr = default_segment_path(found, prefix="raindrops-ldr")
-    assert ldr == os.path.join(os.path.dirname(path), f"raindrops-ldr-{uid}-700")
-    assert default_segment_path([]) is None
-
-
 @pytest.fixture
 def shm_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Default segments go to a temp directory: no test sweeps the real /dev/shm."""
+    """Server segments go to a temp directory ($RAINDROPS_SHM_DIR): never the real /dev/shm."""
     where = tmp_path / "shm"
     where.mkdir()
-    monkeypatch.setattr(segments_module, "_shm_dir", lambda: str(where))
-    return where
-
-
-def _closed_listener_inode(family: int = socket.AF_INET) -> int:
-    with socket.socket(family) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(1)
-        return os.fstat(sock.fileno()).st_ino
-
-
-@pytest.mark.linux
-def test_sweep_removes_segments_of_closed_sockets_only(
-    shm_dir: Path, listener: socket.socket, tmp_path: Path
-) -> None:
-    """Segments named after a closed socket go; live listeners', other uids' and names stay."""
-    uid = os.getuid()
-    dead = _closed_listener_inode()
-    live_tcp = os.fstat(listener.fileno()).st_ino
-    unix = socket.socket(socket.AF_UNIX)
-    try:
-        unix.bind(str(tmp_path / "u.sock"))
-        unix.listen(1)
-        live_unix = os.fstat(unix.fileno()).st_ino
-        names = [
-            f"raindrops-{uid}-{dead}",
-            f"raindrops-ldr-{uid}-{dead}",
-            f"raindrops-{uid}-{live_tcp}",
-            f"raindrops-ldr-{uid}-{live_unix}",
-            f"raindrops-{uid + 1}-{dead}",
-            f"raindrops-{uid}-{dead}.bak",
-            f"myapp-{uid}-{dead}",
-        ]
-        for name in names:
-            (shm_dir / name).write_bytes(b"x")
-        removed = sweep_stale_segments(directory=str(shm_dir))
-    finally:
-        unix.close()
-    assert removed == [
-        str(shm_dir / f"raindrops-{uid}-{dead}"),
-        str(shm_dir / f"raindrops-ldr-{uid}-{dead}"),
-    ]
-    assert sorted(os.listdir(shm_dir)) == sorted(names[2:])
-
-
-def test_sweep_never_removes_the_kept_file_nor_anything_without_listeners(
-    shm_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``keep`` survives a sweep; if the listeners cannot be read, nothing is removed."""
-    uid = os.getuid()
-    for name in (f"raindrops-{uid}-11", f"raindrops-{uid}-12"):
-        (shm_dir / name).write_bytes(b"x")
-    keep = str(shm_dir / f"raindrops-{uid}-11")
-    monkeypatch.setattr(segments_module, "inet_diag_records", _unavailable)
-    assert sweep_stale_segments(keep, directory=str(shm_dir)) == []
-    assert sweep_stale_segments(keep, directory=str(shm_dir), live=[]) == [
-        str(shm_dir / f"raindrops-{uid}-12")
-    ]
-    assert os.listdir(shm_dir) == [f"raindrops-{uid}-11"]
-
-
-def _join_sweep() -> None:
-    sweeper = segments_module._sweeper
-    if sweeper is not None:
-        sweeper.join(timeout=30)
-
-
-@pytest.mark.linux
-def test_creating_a_new_default_segment_sweeps_stale_ones(
-    shm_dir: Path, listener: socket.socket
-) -> None:
-    """The process that creates the default segment sweeps; one opening it again does not."""
-    uid = os.getuid()
-    stale = shm_dir / f"raindrops-{uid}-{_closed_listener_inode()}"
-    stale.write_bytes(b"x")
-    segments_module._sweeper = None
-    state = RaindropsState(listeners=[])
-    state.prepare()
-    _join_sweep()
-    mine = shm_dir / f"raindrops-{uid}-{os.fstat(listener.fileno()).st_ino}"
-    assert state.segment_path == str(mine)
-    assert sorted(os.listdir(shm_dir)) == [mine.name]
-    stale.write_bytes(b"x")
-    segments_module._sweeper = None
-    assert default_segment() == str(mine)  # exists already: no sweep
-    assert segments_module._sweeper is None
-    assert stale.exists()
+    monkeypatch.setenv(SERVER_DIR_ENV, str(where))
+    return where / f"raindrops-{os.geteuid()}"
 
 
 def test_env_var_names_the_segment_created_0600(
@@ -230,25 +121,69 @@ def test_env_var_names_the_segment_created_0600(
     state.board  # noqa: B018 - opens the segment
     assert state.segment_path == str(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert state.unshared is None
 
 
+@pytest.mark.linux
 def test_default_segment_under_a_server_listener(listener: socket.socket, shm_dir: Path) -> None:
-    """With no option, a process holding a listener shares a segment named after it."""
-    expected = default_segment_path(
-        [InheritedListener(listener.fileno(), _name(listener), os.fstat(listener.fileno()).st_ino)]
-    )
-    assert expected is not None
+    """With no option, a process holding a listener shares a segment named after its inode."""
     state = RaindropsState(listeners=[])
     state.board  # noqa: B018 - opens the segment
-    _join_sweep()
-    assert state.segment_path == expected
-    assert os.path.exists(expected)
+    expected = shm_dir / f"{SEGMENT_NAME}-{os.fstat(listener.fileno()).st_ino}"
+    assert state.segment_path == str(expected)
+    assert expected.is_file()
+    assert state.unshared is None
+    assert "shared" not in state.snapshot().unavailable
+
+
+def test_no_server_socket_counts_privately_and_says_so(
+    shm_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No server socket: one warning saying why and how to share; every output says so."""
+    state = RaindropsState(listeners=[], kernel=Kernel(listen_overflows=lambda: OVERFLOWS))
+    with caplog.at_level(logging.WARNING, logger="raindrops_core._state"):
+        state.prepare().incr_calling()
+        state.snapshot()
+        state.respond("GET", "127.0.0.1", None, "")
+    assert state.segment_path is None
+    assert state.counts() == (1, 0)
+    [record] = caplog.records
+    reason = state.unshared
+    assert reason is not None
+    assert reason.startswith("found no listening socket inherited from a server among the ")
+    assert record.getMessage() == (
+        f"raindrops: {reason}; this process counts calling/writing in its own memory, so its "
+        "figures miss every other worker. To share them, name one segment for every worker: "
+        "RaindropsMiddleware(app, segment='/dev/shm/NAME') or $RAINDROPS_SEGMENT"
+    )
+    text = state.respond("GET", "127.0.0.1", None, "")
+    assert (text.body, dict(text.headers)["X-Raindrops-Unavailable"]) == (
+        b"calling: 1\nwriting: 0\n",
+        "shared",
+    )
+    doc = json.loads(state.respond("GET", "127.0.0.1", "application/json", "").body)
+    assert doc["unavailable"] == {"shared": reason}
+    prom = state.respond("GET", "127.0.0.1", None, "format=prometheus").body.decode()
+    assert "\nraindrops_shared 0.0\n" in prom
+    assert prom.endswith(f"# shared unavailable: {reason}\n")
+    assert not shm_dir.exists() or os.listdir(shm_dir) == []
+
+
+def test_an_explicit_anonymous_segment_is_not_a_fallback(caplog: pytest.LogCaptureFixture) -> None:
+    """segment='anonymous' is a choice: nothing logged, nothing marked unavailable."""
+    state = RaindropsState(listeners=[], segment=ANONYMOUS)
+    with caplog.at_level(logging.WARNING):
+        state.prepare()
+        snap = state.snapshot(overflows=False)
+    assert (caplog.records, dict(snap.unavailable), state.unshared) == ([], {}, None)
+    prom = state.respond("GET", "127.0.0.1", None, "format=prometheus").body
+    assert b"\nraindrops_shared 1.0\n" in prom
 
 
 def test_unusable_segment_warns_and_counts_in_anonymous_memory(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A segment that cannot be created logs one warning; counting still works."""
+    """A segment that cannot be created logs one warning; counting still works, marked private."""
     path = tmp_path / "missing-dir" / "board"
     state = RaindropsState(listeners=[], segment=path)
     with caplog.at_level(logging.WARNING, logger="raindrops_core._state"):
@@ -259,6 +194,48 @@ def test_unusable_segment_warns_and_counts_in_anonymous_memory(
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
         f"raindrops: cannot use the shared segment {path}"
     ]
+    assert state.unshared == (
+        f"cannot use the shared segment {path} ([Errno 2] cannot create segment: "
+        f"No such file or directory: '{path}')"
+    )
+
+
+@pytest.mark.linux
+@pytest.mark.skipif(os.geteuid() != 0, reason="making another user's directory needs root")
+def test_another_users_segment_directory_is_refused_and_said(
+    listener: socket.socket, shm_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A per-user directory made first by another user is never used: private, and said."""
+    shm_dir.mkdir()
+    shm_dir.chmod(0o777)
+    os.chown(shm_dir, 65534, 65534)
+    state = RaindropsState(listeners=[])
+    with caplog.at_level(logging.WARNING, logger="raindrops_core._state"):
+        state.prepare()
+    assert state.segment_path is None
+    assert state.unshared == (
+        f"[Errno 1] the segment directory is a directory owned by uid 65534 (nobody) with "
+        "mode 0o777; it must be a directory owned by uid 0 (root) with no group or other "
+        f"write permission (0700): '{shm_dir}'"
+    )
+    assert os.listdir(shm_dir) == []
+
+
+@pytest.mark.linux
+def test_startup_waits_for_a_server_socket(shm_dir: Path) -> None:
+    """At startup with no server socket yet, nothing is decided; the first request decides."""
+    state = RaindropsState(listeners=[])
+    assert state.startup() is None
+    assert (state.steps, state.row, state.unshared) == (None, None, None)
+    with socket.socket(socket.AF_INET) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        steps = state.startup()
+        assert steps is not None
+        assert steps is state.steps
+        assert state.segment_path == str(shm_dir / f"raindrops-{os.fstat(sock.fileno()).st_ino}")
+    explicit = RaindropsState(listeners=[], segment=ANONYMOUS)
+    assert explicit.startup() is explicit.steps is not None
 
 
 # -- across processes --------------------------------------------------------
@@ -401,16 +378,49 @@ def test_snapshot_counts_queued_and_active_connections(listener: socket.socket) 
             s.close()
 
 
-def _unavailable(*args: object, **kwargs: object) -> None:
+def _unavailable(*args: object, **kwargs: object) -> Any:
     raise UnavailableError(errno.ENOSYS, "netlink sock_diag needs Linux")
+
+
+class _Diag:
+    """A netlink socket stand-in: its queries answer ``answer(names)`` (blocking)."""
+
+    def __init__(self, answer: Any = _unavailable) -> None:
+        self.answer = answer
+
+    def tcp_listener_stats(self, names: list[str]) -> Any:
+        return self.answer(names)
+
+    def unix_listener_stats(self, names: list[str]) -> Any:
+        return self.answer(names)
+
+    def close(self) -> None:
+        return None
+
+
+class _AsyncDiag(_Diag):
+    """The same on an event loop."""
+
+    async def tcp_listener_stats(self, names: list[str]) -> Any:  # type: ignore[override]
+        return self.answer(names)
+
+    async def unix_listener_stats(self, names: list[str]) -> Any:  # type: ignore[override]
+        return self.answer(names)
+
+
+def _kernel(answer: Any = _unavailable, overflows: Any = _unavailable) -> Kernel:
+    """A kernel whose listener queries answer ``answer(names)``, overflows ``overflows()``."""
+    return Kernel(
+        diag=lambda: _Diag(answer),  # type: ignore[arg-type, return-value]
+        adiag=lambda: _AsyncDiag(answer),  # type: ignore[arg-type, return-value]
+        listen_overflows=overflows,
+    )
 
 
 def test_no_listener_means_no_netlink_query(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without listeners the snapshot holds only the gauges and asks the kernel nothing."""
-    monkeypatch.setattr(state_module, "tcp_listener_stats", _unavailable)
-    monkeypatch.setattr(state_module, "unix_listener_stats", _unavailable)
     monkeypatch.setattr(state_module, "discover_listeners", lambda: ())
-    state = RaindropsState(segment=ANONYMOUS)
+    state = RaindropsState(segment=ANONYMOUS, kernel=_kernel())
     snap = state.snapshot()
     assert (snap.calling, snap.writing, dict(snap.listeners)) == (0, 0, {})
     assert "listeners" not in snap.unavailable
@@ -419,11 +429,13 @@ def test_no_listener_means_no_netlink_query(monkeypatch: pytest.MonkeyPatch) -> 
 OVERFLOWS = ListenOverflows(listen_overflows=7, listen_drops=9)
 
 
-def test_netlink_failure_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_netlink_failure_is_reported_not_raised() -> None:
     """A failing listener query leaves calling/writing and names the missing part."""
-    monkeypatch.setattr(state_module, "tcp_listener_stats", _unavailable)
-    monkeypatch.setattr(state_module, "listen_overflows", lambda: OVERFLOWS)
-    state = RaindropsState(listeners=["127.0.0.1:9", "/run/x.sock"], segment=ANONYMOUS)
+    state = RaindropsState(
+        listeners=["127.0.0.1:9", "/run/x.sock"],
+        segment=ANONYMOUS,
+        kernel=_kernel(overflows=lambda: OVERFLOWS),
+    )
     state.claim().incr_writing()
     reply = state.respond("GET", "127.0.0.1", None, "")
     assert reply.body == b"calling: 0\nwriting: 1\n"
@@ -449,22 +461,12 @@ def test_netlink_failure_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch)
     ],
 )
 def test_unavailable_header_names_the_missing_parts(
-    monkeypatch: pytest.MonkeyPatch, broken: tuple[str, ...], query: str, header: str | None
+    broken: tuple[str, ...], query: str, header: str | None
 ) -> None:
     """X-Raindrops-Unavailable lists what this answer lacks, in a fixed order; else absent."""
-    listeners_broken = "listeners" in broken
-
-    class Diag:
-        async def tcp_listener_stats(self, names: list[str]) -> dict[str, Any]:
-            if listeners_broken:
-                _unavailable()
-            return {}
-
-        def close(self) -> None:
-            return None
 
     def tcp(names: list[str]) -> dict[str, Any]:
-        if listeners_broken:
+        if "listeners" in broken:
             _unavailable()
         return {}
 
@@ -473,10 +475,9 @@ def test_unavailable_header_names_the_missing_parts(
             _unavailable()
         return OVERFLOWS
 
-    monkeypatch.setattr(state_module, "tcp_listener_stats", tcp)
-    monkeypatch.setattr(state_module, "AsyncDiagSocket", Diag)
-    monkeypatch.setattr(state_module, "listen_overflows", overflows)
-    state = RaindropsState(listeners=["127.0.0.1:9"], segment=ANONYMOUS)
+    state = RaindropsState(
+        listeners=["127.0.0.1:9"], segment=ANONYMOUS, kernel=_kernel(tcp, overflows)
+    )
     for reply in (
         state.respond("GET", "127.0.0.1", None, query),
         state.respond("HEAD", "127.0.0.1", None, query),
@@ -495,7 +496,7 @@ def test_unavailable_header_value_order() -> None:
     )
 
 
-def test_text_answer_does_not_read_the_overflow_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_text_answer_does_not_read_the_overflow_counters() -> None:
     """The raindrops text skips /proc/net/netstat; JSON and Prometheus read it once each."""
     calls: list[int] = []
 
@@ -503,8 +504,7 @@ def test_text_answer_does_not_read_the_overflow_counters(monkeypatch: pytest.Mon
         calls.append(1)
         return OVERFLOWS
 
-    monkeypatch.setattr(state_module, "listen_overflows", counted)
-    state = RaindropsState(listeners=[], segment=ANONYMOUS)
+    state = RaindropsState(listeners=[], segment=ANONYMOUS, kernel=_kernel(overflows=counted))
     state.respond("GET", "127.0.0.1", "text/plain", "")
     asyncio.run(state.arespond("GET", "127.0.0.1", None, ""))
     assert calls == []
@@ -539,20 +539,14 @@ def test_async_path_does_no_blocking_io_on_the_loop(monkeypatch: pytest.MonkeyPa
         note("open")
         return original_open(self)
 
-    class Diag:
-        async def tcp_listener_stats(self, names: list[str]) -> dict[str, Any]:
-            note("netlink")
-            return {}
-
-        def close(self) -> None:
-            return None
+    def netlink(names: list[str]) -> dict[str, Any]:
+        note("netlink")
+        return {}
 
     monkeypatch.setattr(state_module, "discover_listeners", discover)
-    monkeypatch.setattr(state_module, "listen_overflows", overflows)
-    monkeypatch.setattr(state_module, "AsyncDiagSocket", Diag)
     monkeypatch.setattr(RaindropsState, "counts", counts)
     monkeypatch.setattr(RaindropsState, "_open_board", open_board)
-    state = RaindropsState(segment=ANONYMOUS)
+    state = RaindropsState(segment=ANONYMOUS, kernel=_kernel(netlink, overflows))
 
     async def main() -> int:
         await state.arespond("GET", "127.0.0.1", None, "format=json")
@@ -568,18 +562,10 @@ def test_async_path_does_no_blocking_io_on_the_loop(monkeypatch: pytest.MonkeyPa
     assert state.listener_names() == ("127.0.0.1:9",)
 
 
-def test_async_snapshot_failure_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_async_snapshot_failure_is_reported_not_raised() -> None:
     """The async snapshot reports a failing query the same way."""
-
-    class FailingAsync:
-        async def tcp_listener_stats(self, addrs: object) -> None:
-            _unavailable()
-
-        def close(self) -> None:
-            return None
-
-    monkeypatch.setattr(state_module, "AsyncDiagSocket", FailingAsync)
-    state = RaindropsState(listeners=["127.0.0.1:9"], segment=ANONYMOUS)
+    kernel = _kernel(overflows=lambda: OVERFLOWS)
+    state = RaindropsState(listeners=["127.0.0.1:9"], segment=ANONYMOUS, kernel=kernel)
     snap = asyncio.run(state.asnapshot())
     assert (dict(snap.listeners), dict(snap.unavailable)) == (
         {},
@@ -608,11 +594,15 @@ def test_endpoint_refuses_clients_outside_the_allow_list() -> None:
     reply = state.respond("GET", "192.0.2.1", None, "")
     body = (
         b"403 Forbidden: client 192.0.2.1 is not in the allow-list (loopback only by default); "
-        b"to allow more, pass allow=['10.0.0.0/8', ...] or allow=ALLOW_ALL to the middleware\n"
+        b"to allow more, pass allow=['10.0.0.0/8', ...] or allow=ALLOW_ALL\n"
     )
     assert (reply.status_line, reply.headers, reply.body) == (
         "403 Forbidden",
-        (("Content-Type", "text/plain"), ("Content-Length", str(len(body)))),
+        (
+            ("Content-Type", "text/plain"),
+            ("Content-Length", str(len(body))),
+            ("X-Content-Type-Options", "nosniff"),
+        ),
         body,
     )
 
@@ -620,10 +610,10 @@ def test_endpoint_refuses_clients_outside_the_allow_list() -> None:
 def test_endpoint_rejects_an_unknown_format_with_400() -> None:
     """``?format=xml`` is a 400 naming the allowed formats; HEAD gets no body."""
     state = RaindropsState(listeners=[], segment=ANONYMOUS)
-    reply = state.respond("GET", None, None, "format=xml")
+    reply = state.respond("GET", "127.0.0.1", None, "format=xml")
     assert reply.status == 400
     assert reply.body.startswith(b"400 Bad Request: unknown format 'xml'; allowed: json")
-    head = state.respond("HEAD", None, None, "format=xml")
+    head = state.respond("HEAD", "127.0.0.1", None, "format=xml")
     assert (head.status, head.body, head.headers) == (400, b"", reply.headers)
 
 

@@ -14,7 +14,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import pytest
-from raindrops_core import ConfigError, Reply
+from raindrops_core import ConfigError
+from raindrops_core.adapter import Reply
 from raindrops_core.watcher import (
     Aggregate,
     LastDataRecvCore,
@@ -32,6 +33,8 @@ from raindrops_core.watcher import (
 )
 
 L = "127.0.0.1:8080"
+#: The peer every request here comes from: a loopback client, whom the Watcher answers.
+LOCAL = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -341,7 +344,7 @@ def core_with(seq: Sequence[tuple[int, int]], clock: Clock | None = None) -> Wat
 def test_queued_txt_headers_and_body() -> None:
     """GET /queued/<L>.txt: the Ruby Watcher's headers, in its order and spelling, and its body."""
     core = core_with([(1, 0), (2, 4), (1, 4), (0, 2)])
-    reply = core.handle("GET", "/queued/127.0.0.1:8080.txt", "")
+    reply = core.handle("GET", "/queued/127.0.0.1:8080.txt", "", peer=LOCAL)
     assert isinstance(reply, Reply)
     assert reply.status == 200
     assert list(reply.headers) == [
@@ -366,7 +369,7 @@ def test_queued_txt_headers_and_body() -> None:
 def test_headers_before_any_sample_as_ruby_spells_them() -> None:
     """With no sample yet: X-Count 0, empty min/max, NaN mean and std dev, peaks at the reset."""
     core = core_with([])
-    reply = core.handle("GET", "/active/127.0.0.1:8080.txt", "")
+    reply = core.handle("GET", "/active/127.0.0.1:8080.txt", "", peer=LOCAL)
     assert isinstance(reply, Reply)
     h = headers(reply)
     assert (h["X-Count"], h["X-Min"], h["X-Max"], h["X-Mean"], h["X-Std-Dev"]) == (
@@ -380,7 +383,7 @@ def test_headers_before_any_sample_as_ruby_spells_them() -> None:
 def test_active_json_and_html() -> None:
     """The .json variant carries the same numbers; the .html page is Ruby's table plus SVG."""
     core = core_with([(1, 0), (3, 0)])
-    reply = core.handle("GET", "/active/127.0.0.1:8080.json", "")
+    reply = core.handle("GET", "/active/127.0.0.1:8080.json", "", peer=LOCAL)
     assert isinstance(reply, Reply)
     doc = json.loads(reply.body)
     assert (doc["listener"], doc["kind"], doc["count"], doc["max"], doc["mean"]) == (
@@ -389,7 +392,7 @@ def test_active_json_and_html() -> None:
     assert doc["std_dev"] == math.sqrt(2.0)
     assert doc["buckets"] == [{"low": 1, "high": 2, "count": 1}, {"low": 2, "high": 4, "count": 1}]
     assert [v for _, v in doc["history"]] == [1, 3]
-    page = core.handle("GET", "/active/127.0.0.1:8080.html", "", base="/w")
+    page = core.handle("GET", "/active/127.0.0.1:8080.html", "", base="/w", peer=LOCAL)
     assert isinstance(page, Reply)
     text = page.body.decode()
     h = headers(page)
@@ -409,7 +412,7 @@ def test_index_lists_listeners_with_links() -> None:
     core = WatcherCore(None, clock=clock, fetch=fixed({}), delay=1.0)
     core.engine.record({"b:2": Stats(1, 1)})
     core.engine.record({L: Stats(5, 7), "10.0.0.1:9": Stats(0, 0)}, at=1_000_010.0)
-    reply = core.handle("GET", "/", "", base="/mon")
+    reply = core.handle("GET", "/", "", base="/mon", peer=LOCAL)
     assert isinstance(reply, Reply)
     text = reply.body.decode()
     assert '<a href="/mon/queued/127.0.0.1%3A8080.html">7</a>' in text
@@ -422,7 +425,7 @@ def test_index_lists_listeners_with_links() -> None:
     h = headers(reply)
     assert (h["Last-Modified"], h["Expires"]) == (http_date(1_000_010.0), http_date(1_000_011.0))
     assert h["Content-Type"] == "text/html"
-    doc = json.loads(core.handle("GET", "/index.json", "").body)  # type: ignore[union-attr]
+    doc = json.loads(core.handle("GET", "/index.json", "", peer=LOCAL).body)  # type: ignore[union-attr]
     assert doc["listeners"] == {
         "10.0.0.1:9": {"active": 0, "queued": 0},
         L: {"active": 5, "queued": 7},
@@ -436,7 +439,7 @@ def test_names_are_escaped_in_html() -> None:
     core = WatcherCore(None, clock=clock, fetch=fixed({}))
     core.engine.record({evil: Stats(1, 1)})
     for path in ("/", f"/active/{evil}.html"):
-        reply = core.handle("GET", path, "")
+        reply = core.handle("GET", path, "", peer=LOCAL)
         assert isinstance(reply, Reply)
         text = reply.body.decode()
         assert "<b>" not in text
@@ -461,7 +464,7 @@ def test_names_are_escaped_in_html() -> None:
 )
 def test_errors(method: str, path: str, status: int) -> None:
     """As in Ruby: GET/HEAD/POST route (else 404, never 500); other methods 405, with Allow."""
-    reply = core_with([(1, 1)]).handle(method, path, "")
+    reply = core_with([(1, 1)]).handle(method, path, "", peer=LOCAL)
     assert isinstance(reply, Reply)
     h = headers(reply)
     assert reply.status == status
@@ -474,16 +477,18 @@ def test_errors(method: str, path: str, status: int) -> None:
 def test_reset_redirects() -> None:
     """POST /reset/<L> clears it and answers 302 to the same-host Referer or the index."""
     core = core_with([(1, 1)])
-    reply = core.handle("POST", "/reset/127.0.0.1:8080", "", base="/w")
+    reply = core.handle("POST", "/reset/127.0.0.1:8080", "", base="/w", peer=LOCAL)
     assert isinstance(reply, Reply)
     assert (reply.status, headers(reply)["Location"], reply.body) == (
         302, "/w/", b"Redirecting to /w/",
     )  # fmt: skip
     assert core.engine.report(L).active.count == 0  # type: ignore[union-attr]
     back = "http://h:1/w/queued/x.html"
-    reply = core.handle("POST", "/reset/127.0.0.1:8080", "", referer=back, host="h:1")
+    reply = core.handle("POST", "/reset/127.0.0.1:8080", "", referer=back, host="h:1", peer=LOCAL)
     assert headers(reply)["Location"] == back  # type: ignore[union-attr]
-    reply = core.handle("POST", "/reset/127.0.0.1:8080", "", referer="http://evil/", host="h:1")
+    reply = core.handle(
+        "POST", "/reset/127.0.0.1:8080", "", referer="http://evil/", host="h:1", peer=LOCAL
+    )
     assert headers(reply)["Location"] == "/"  # type: ignore[union-attr]
 
 
@@ -491,11 +496,11 @@ def test_serve_waits_for_the_next_round_after_a_reset() -> None:
     """serve() redirects after a reset only once a new round came in, as Ruby's reset! did."""
     core = WatcherCore([L], clock=Clock(), fetch=fixed({L: (2, 3)}), delay=3600)
     try:
-        assert core.serve("GET", "/", "").status == 200  # type: ignore[union-attr]
+        assert core.serve("GET", "/", "", peer=LOCAL).status == 200  # type: ignore[union-attr]
         assert (core.engine.thread_running, core.engine.rounds) == (True, 1)
         feeder = threading.Timer(0.05, core.engine.record, ({L: Stats(4, 5)},))
         feeder.start()
-        reply = core.serve("POST", "/reset/127.0.0.1:8080", "")
+        reply = core.serve("POST", "/reset/127.0.0.1:8080", "", peer=LOCAL)
         feeder.join()
     finally:
         core.engine.stop_thread()
@@ -508,7 +513,7 @@ def test_serve_waits_for_the_next_round_after_a_reset() -> None:
 def test_tail_plan_and_thresholds() -> None:
     """Tail lines need active >= active_min and queued >= queued_min, read as Ruby's to_i."""
     core = core_with([(1, 1)])
-    plan = core.handle("GET", "/tail/127.0.0.1:8080.txt", "active_min=2&queued_min=1")
+    plan = core.handle("GET", "/tail/127.0.0.1:8080.txt", "active_min=2&queued_min=1", peer=LOCAL)
     assert isinstance(plan, TailPlan)
     assert (plan.active_min, plan.queued_min, plan.as_json) == (2, 1, False)
     assert plan.headers == (
@@ -527,7 +532,7 @@ def test_tail_plan_and_thresholds() -> None:
         ("active_min=1_000", 1000),
         ("active_min=", 0),
     ]:
-        got = core.handle("GET", "/tail/127.0.0.1:8080.txt", query)
+        got = core.handle("GET", "/tail/127.0.0.1:8080.txt", query, peer=LOCAL)
         assert isinstance(got, TailPlan)
         assert got.active_min == wanted
 
@@ -548,7 +553,7 @@ def test_tail_generator_streams_and_unsubscribes() -> None:
     """The sync tail yields one line per qualifying round and unsubscribes on close."""
     clock = Clock(0.0)
     core = WatcherCore([L], clock=clock, fetch=fixed({}), delay=0.05)
-    plan = core.handle("GET", "/tail/127.0.0.1:8080.txt", "queued_min=1")
+    plan = core.handle("GET", "/tail/127.0.0.1:8080.txt", "queued_min=1", peer=LOCAL)
     assert isinstance(plan, TailPlan)
     gen = core.tail(plan, lambda: False)
     feeder = feed_later(core.engine, clock, (0, 2, 3))
@@ -564,7 +569,7 @@ def test_tail_ends_when_the_probe_says_the_client_left() -> None:
     """With thresholds never met the sync tail still ends once gone() turns true."""
     clock = Clock(0.0)
     core = WatcherCore([L], clock=clock, fetch=fixed({}), delay=0.05)
-    plan = core.handle("GET", "/tail/127.0.0.1:8080.txt", "queued_min=999")
+    plan = core.handle("GET", "/tail/127.0.0.1:8080.txt", "queued_min=999", peer=LOCAL)
     assert isinstance(plan, TailPlan)
     asked: list[int] = []
 
@@ -584,7 +589,7 @@ def test_tail_without_probe_has_a_bounded_lifetime(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(http, "UNPROBED_TAIL_SECONDS", 0.2)
     core = WatcherCore([L], clock=Clock(), fetch=fixed({}), delay=0.05)
-    plan = core.handle("GET", "/tail/127.0.0.1:8080.txt", "queued_min=999")
+    plan = core.handle("GET", "/tail/127.0.0.1:8080.txt", "queued_min=999", peer=LOCAL)
     assert isinstance(plan, TailPlan)
     assert (plan.max_seconds, list(core.tail(plan)), core.engine.subscribers) == (None, [], 0)
 
@@ -592,7 +597,7 @@ def test_tail_without_probe_has_a_bounded_lifetime(monkeypatch: pytest.MonkeyPat
 def test_tail_max_seconds_ends_stream() -> None:
     """With tail_max_seconds the stream ends by itself and leaves no subscription."""
     core = WatcherCore([L], clock=Clock(), fetch=fixed({}), delay=0.05, tail_max_seconds=0.2)
-    plan = core.handle("GET", "/tail/127.0.0.1:8080.txt", "")
+    plan = core.handle("GET", "/tail/127.0.0.1:8080.txt", "", peer=LOCAL)
     assert isinstance(plan, TailPlan)
     assert list(core.tail(plan, lambda: False)) == []
     assert core.engine.subscribers == 0
@@ -601,7 +606,7 @@ def test_tail_max_seconds_ends_stream() -> None:
 def test_async_tail_streams() -> None:
     """The async tail yields lines fed from another thread and unsubscribes on aclose."""
     core = WatcherCore([L], clock=Clock(0.0), fetch=fixed({}), delay=0.05)
-    plan = core.handle("GET", "/tail/127.0.0.1:8080.json", "")
+    plan = core.handle("GET", "/tail/127.0.0.1:8080.json", "", peer=LOCAL)
     assert isinstance(plan, TailPlan)
     assert plan.headers[0] == ("Content-Type", "application/x-ndjson")
 

@@ -10,7 +10,10 @@ about two minutes.  Prints Markdown tables, then the targets table:
      minimal body proxy;
    - raindrops: ``RaindropsMiddleware``;
    - prometheus_client: two multiprocess ``Gauge``s (``livesum``) doing the
-     same job, with the same body proxy.
+     same job, with the same body proxy;
+   - the floor with the guard that ends ``writing`` for a body never closed:
+     a ``__del__`` as the middleware's proxy has, and ``weakref.finalize``,
+     the alternative it was measured against.
 2. The endpoint's own latency with 2 listeners and 1,000 connections.
 3. gunicorn throughput with and without the middleware (Linux; skipped if
    gunicorn is missing): both servers run side by side, and an
@@ -38,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -47,6 +51,8 @@ ROUNDS = 7
 REQUESTS = 20_000
 FLOOR = "floor (4 bare cffi atomics + body proxy)"
 FLOOR_OWN = "same floor on shm-counters' own calls (GIL kept)"
+FLOOR_DEL = "floor + __del__ guard (the proxy ends writing if never closed)"
+FLOOR_FINALIZE = "floor + weakref.finalize guard (the alternative)"
 OURS = "raindrops RaindropsMiddleware"
 PROM = "prometheus_client multiprocess Gauge x2"
 # Targets (issue 4): cost vs floor at most, prometheus_client/ours at least,
@@ -139,7 +145,15 @@ def _standard_atomics() -> tuple[Any, Any, Any] | None:
     return module.lib.inc, module.lib.dec, cast
 
 
-def _floor_app(standard: bool = True) -> Callable[..., Iterable[bytes]] | None:
+def _floor_app(
+    standard: bool = True, guard: str | None = None
+) -> Callable[..., Iterable[bytes]] | None:
+    """The floor; ``guard`` adds what ends ``writing`` for a body never closed.
+
+    ``"del"``: a ``__del__`` as the middleware's proxy has (a slot stored
+    per request, a check when collected); ``"finalize"``: a
+    ``weakref.finalize`` per body, cancelled by ``close()``.
+    """
     from shm_counters import Scoreboard
     from shm_counters._native import lib
 
@@ -168,12 +182,50 @@ def _floor_app(standard: bool = True) -> Callable[..., Iterable[bytes]] | None:
         def close(self) -> None:
             dec(writing)
 
+    epoch = 0
+
+    class DelBody:
+        __slots__ = ("body", "done", "epoch")
+
+        def __init__(self, body: Iterable[bytes]) -> None:
+            self.body = body
+            self.done: bool = True
+            self.epoch = epoch
+
+        def __iter__(self) -> Any:
+            return iter(self.body)
+
+        def close(self) -> None:
+            if self.done:
+                self.done = False
+                dec(writing)
+
+        def __del__(self) -> None:
+            if self.done and self.epoch == epoch:
+                self.done = False
+                dec(writing)
+
+    class FinalizedBody:
+        __slots__ = ("__weakref__", "body", "final")
+
+        def __init__(self, body: Iterable[bytes]) -> None:
+            self.body = body
+            self.final = weakref.finalize(self, dec, writing)
+
+        def __iter__(self) -> Any:
+            return iter(self.body)
+
+        def close(self) -> None:
+            self.final()
+
+    proxy = {None: Body, "del": DelBody, "finalize": FinalizedBody}[guard]
+
     def floor(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         inc(calling)
         body = _app(environ, start_response)
         dec(calling)
         inc(writing)
-        return Body(body)
+        return proxy(body)
 
     _KEEP.append(board)
     return floor
@@ -220,6 +272,8 @@ def _in_process_apps(tmp: str) -> dict[str, Callable[..., Iterable[bytes]]]:
         "bare": _app,
         FLOOR: _floor_app(standard=True),
         FLOOR_OWN: _floor_app(standard=False),
+        FLOOR_DEL: _floor_app(standard=True, guard="del"),
+        FLOOR_FINALIZE: _floor_app(standard=True, guard="finalize"),
         OURS: middleware,
         PROM: _prometheus_app(tmp),
     }

@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
-import raindrops_core._state as state_module
 from linux_inet_diag import ListenOverflows, UnavailableError
 from raindrops_core import ANONYMOUS, RaindropsState
+from raindrops_core.adapter import Kernel
 from raindrops_wsgi import ConfigError, RaindropsMiddleware
 from webob import Request
 
@@ -252,23 +252,27 @@ def _unavailable(*args: object, **kwargs: object) -> None:
     ],
 )
 def test_unavailable_header_names_what_is_missing(
-    monkeypatch: pytest.MonkeyPatch, query: str, broken: tuple[str, ...], header: str | None
+    query: str, broken: tuple[str, ...], header: str | None
 ) -> None:
     """X-Raindrops-Unavailable names the parts this answer lacks (GET and HEAD); else absent."""
 
-    def tcp(names: list[str]) -> dict[str, Any]:
-        if "listeners" in broken:
-            _unavailable()
-        return {}
+    class Diag:
+        def tcp_listener_stats(self, names: list[str]) -> dict[str, Any]:
+            if "listeners" in broken:
+                _unavailable()
+            return {}
+
+        def close(self) -> None:
+            return None
 
     def read() -> ListenOverflows:
         if "overflows" in broken:
             _unavailable()
         return ListenOverflows(listen_overflows=1, listen_drops=2)
 
-    monkeypatch.setattr(state_module, "tcp_listener_stats", tcp)
-    monkeypatch.setattr(state_module, "listen_overflows", read)
-    mw = _middleware(listeners=["127.0.0.1:9"])
+    kernel = Kernel(diag=Diag, listen_overflows=read)  # type: ignore[arg-type]
+    state = RaindropsState(listeners=["127.0.0.1:9"], segment=ANONYMOUS, kernel=kernel)
+    mw = RaindropsMiddleware(_hello, state=state)
     for method in ("GET", "HEAD"):
         req = Request.blank(f"/_raindrops{query}", method=method, remote_addr="127.0.0.1")
         resp = req.get_response(mw)
@@ -298,5 +302,5 @@ def test_forbidden_body_says_how_to_allow_more() -> None:
     assert (resp.status_int, resp.body) == (
         403,
         b"403 Forbidden: client 192.0.2.1 is not in the allow-list (loopback only by default); "
-        b"to allow more, pass allow=['10.0.0.0/8', ...] or allow=ALLOW_ALL to the middleware\n",
+        b"to allow more, pass allow=['10.0.0.0/8', ...] or allow=ALLOW_ALL\n",
     )

@@ -19,6 +19,12 @@ from webob import Request
 L = "127.0.0.1:8080"
 
 
+def blank(path: str, **kw: Any) -> Request:
+    """``Request.blank`` from a loopback client (the Watcher answers no one else by default)."""
+    kw.setdefault("remote_addr", "127.0.0.1")
+    return Request.blank(path, **kw)
+
+
 @dataclass(frozen=True)
 class Stats:
     active: int
@@ -49,7 +55,7 @@ def watcher() -> Iterator[Watcher]:
 def test_index_starts_one_sampler(watcher: Watcher) -> None:
     """The first request starts the sampler once; GET / lists the listener's current counts."""
     for _ in range(3):
-        resp = Request.blank("/").get_response(watcher)
+        resp = blank("/").get_response(watcher)
     assert (resp.status_int, resp.headers["Content-Type"]) == (200, "text/html")
     assert '<a href="/active/127.0.0.1%3A8080.html">1</a>' in resp.text
     assert '<a href="/queued/127.0.0.1%3A8080.html">2</a>' in resp.text
@@ -59,9 +65,9 @@ def test_index_starts_one_sampler(watcher: Watcher) -> None:
 
 def test_queued_txt_headers(watcher: Watcher) -> None:
     """GET /queued/<escaped L>.txt answers the X-* headers and the text histogram."""
-    Request.blank("/").get_response(watcher)
+    blank("/").get_response(watcher)
     watcher.engine.record({L: Stats(0, 6)})
-    resp = Request.blank("/queued/127.0.0.1%3A8080.txt").get_response(watcher)
+    resp = blank("/queued/127.0.0.1%3A8080.txt").get_response(watcher)
     assert (resp.status_int, resp.headers["Content-Type"]) == (200, "text/plain")
     assert resp.headers["X-Count"] == "2"
     assert (resp.headers["X-Min"], resp.headers["X-Max"], resp.headers["X-Mean"]) == (
@@ -77,8 +83,8 @@ def test_queued_txt_headers(watcher: Watcher) -> None:
 
 def test_head_has_headers_no_body(watcher: Watcher) -> None:
     """HEAD answers GET's status and headers with an empty body."""
-    get = Request.blank("/active/127.0.0.1%3A8080.html").get_response(watcher)
-    head = Request.blank("/active/127.0.0.1%3A8080.html", method="HEAD").get_response(watcher)
+    get = blank("/active/127.0.0.1%3A8080.html").get_response(watcher)
+    head = blank("/active/127.0.0.1%3A8080.html", method="HEAD").get_response(watcher)
     assert (head.status_int, head.body) == (200, b"")
     assert head.headers["Content-Length"] == str(len(get.body))
     assert head.headers["X-Count"] == get.headers["X-Count"]
@@ -86,7 +92,7 @@ def test_head_has_headers_no_body(watcher: Watcher) -> None:
 
 def test_json_variant(watcher: Watcher) -> None:
     """GET /active/<L>.json answers the statistics as JSON."""
-    resp = Request.blank("/active/127.0.0.1%3A8080.json").get_response(watcher)
+    resp = blank("/active/127.0.0.1%3A8080.json").get_response(watcher)
     doc = json.loads(resp.body)
     assert (resp.content_type, doc["count"], doc["current"]) == ("application/json", 1, 1)
 
@@ -103,15 +109,15 @@ def test_json_variant(watcher: Watcher) -> None:
 )
 def test_errors(watcher: Watcher, method: str, path: str, status: int) -> None:
     """Unknown or malformed names are 404 and methods other than GET/HEAD/POST 405, never 500."""
-    resp = Request.blank(path, method=method).get_response(watcher)
+    resp = blank(path, method=method).get_response(watcher)
     assert resp.status_int == status
     assert resp.headers.get("Allow") == ("GET, HEAD, POST" if status == 405 else None)
 
 
 def test_reset_redirects_under_prefix(watcher: Watcher) -> None:
     """POST /reset/<L> under a mount point clears the listener, awaits a round, 302s back."""
-    Request.blank("/").get_response(watcher)
-    req = Request.blank("/mon/reset/127.0.0.1%3A8080", method="POST")
+    blank("/").get_response(watcher)
+    req = blank("/mon/reset/127.0.0.1%3A8080", method="POST")
     req.script_name, req.path_info = "/mon", "/reset/127.0.0.1:8080"
     feeder = threading.Timer(0.05, watcher.engine.record, ({L: Stats(0, 9)},))
     feeder.start()
@@ -126,8 +132,8 @@ def test_reset_redirects_under_prefix(watcher: Watcher) -> None:
 
 def test_tail_streams_lines_and_closes(watcher: Watcher) -> None:
     """The tail body yields a line per qualifying sample; closing it drops the subscription."""
-    Request.blank("/").get_response(watcher)
-    env = Request.blank("/tail/127.0.0.1%3A8080.txt?queued_min=3").environ
+    blank("/").get_response(watcher)
+    env = blank("/tail/127.0.0.1%3A8080.txt?queued_min=3").environ
     started: list[Any] = []
     body = watcher(env, lambda status, headers: started.append((status, headers)))
     assert started == [
@@ -157,11 +163,11 @@ def test_tail_streams_lines_and_closes(watcher: Watcher) -> None:
 
 def test_close_stops_sampler(watcher: Watcher) -> None:
     """close() stops the sampler thread; the next request starts a new one."""
-    Request.blank("/").get_response(watcher)
+    blank("/").get_response(watcher)
     assert watcher.engine.thread_running
     watcher.close()
     assert not watcher.engine.thread_running
-    Request.blank("/").get_response(watcher)
+    blank("/").get_response(watcher)
     assert watcher.engine.thread_running
 
 
@@ -177,12 +183,12 @@ def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
 @pytest.mark.linux
 def test_tail_ends_when_the_gunicorn_socket_client_leaves(watcher: Watcher) -> None:
     """With thresholds unmet the tail ends once the client behind gunicorn.socket closed."""
-    Request.blank("/").get_response(watcher)
+    blank("/").get_response(watcher)
     with socket.create_server(("127.0.0.1", 0)) as srv:
         client = socket.create_connection(srv.getsockname())
         conn, _ = srv.accept()
         with client, conn:
-            env = Request.blank("/tail/127.0.0.1%3A8080.txt?queued_min=999").environ
+            env = blank("/tail/127.0.0.1%3A8080.txt?queued_min=999").environ
             env["gunicorn.socket"] = conn
             body = watcher(env, lambda status, headers: None)
             got: list[bytes] = []
@@ -220,7 +226,7 @@ def test_last_data_recv_records_first_request_per_connection() -> None:
                     # The kernel is the oracle: the value recorded lies between
                     # tcpi_last_data_recv read just before and just after.
                     before = TcpInfo.from_socket(conn).last_data_recv
-                env = Request.blank("/").environ
+                env = blank("/").environ
                 env["gunicorn.socket"] = conn
                 assert Request(env).get_response(app).body == b"hi\n"
                 if n == 0:
@@ -231,15 +237,15 @@ def test_last_data_recv_records_first_request_per_connection() -> None:
     assert snap.count == 1
     assert before > 0
     assert before <= snap.min <= after
-    report = Request.blank("/raindrops/last_data_recv").get_response(app)
+    report = blank("/raindrops/last_data_recv").get_response(app)
     assert (report.headers["X-Count"], "X-Min" in report.headers) == ("1", False)
 
 
 def test_last_data_recv_without_socket_not_recorded() -> None:
     """Requests without a client socket pass through and are not recorded."""
     app = LastDataRecv(hello, segment="anonymous")
-    assert Request.blank("/x").get_response(app).body == b"hi\n"
-    report = Request.blank("/raindrops/last_data_recv").get_response(app)
+    assert blank("/x").get_response(app).body == b"hi\n"
+    report = blank("/raindrops/last_data_recv").get_response(app)
     assert (report.status_int, report.headers["X-Count"]) == (200, "0")
     assert report.headers["Content-Type"] == "text/plain"
     assert (report.body, "X-Min" in report.headers) == (b"Empty histogram", False)
@@ -263,13 +269,13 @@ def test_last_data_recv_json_any_method_and_no_app() -> None:
     app = LastDataRecv(None, histogram=Fake())
     app.core.record(4)
     app.core.record(6)
-    resp = Request.blank("/raindrops/last_data_recv.json").get_response(app)
+    resp = blank("/raindrops/last_data_recv.json").get_response(app)
     assert (json.loads(resp.body)["count"], resp.headers["X-Mean"]) == (2, "5")
-    post = Request.blank("/raindrops/last_data_recv", method="POST").get_response(app)
+    post = blank("/raindrops/last_data_recv", method="POST").get_response(app)
     assert (post.status_int, post.headers["X-Count"]) == (200, "2")
-    head = Request.blank("/raindrops/last_data_recv", method="HEAD").get_response(app)
+    head = blank("/raindrops/last_data_recv", method="HEAD").get_response(app)
     assert (head.status_int, head.body, head.headers["X-Std-Dev"]) == (200, b"", "1")
-    other = Request.blank("/other").get_response(app)
+    other = blank("/other").get_response(app)
     assert (other.status_int, other.body) == (404, b"Not Found")
 
 

@@ -356,7 +356,8 @@ def test_anonymous_memory_the_system_refuses_is_a_segment_error() -> None:
     got = _in_child_with_limit(
         resource.RLIMIT_AS, 32 * mib, lambda: Scoreboard(2**20, ["a", "b", "c"])
     )
-    nbytes = 2**20 * (-(-5 * 8 // CACHE_LINE_SIZE) * CACHE_LINE_SIZE)
+    rows = 2**20 * (-(-5 * 8 // CACHE_LINE_SIZE) * CACHE_LINE_SIZE)
+    nbytes = rows + PAGE_SIZE  # one more line (the reclaimed counter), page-rounded
     assert got == (
         f"{errno.ENOMEM} [Errno {errno.ENOMEM}] cannot map a scoreboard of 1048576 rows"
         f" of 3 fields ({nbytes} bytes) of anonymous shared memory: Cannot allocate memory"

@@ -104,6 +104,16 @@ def test_non_int_value() -> None:
         Histogram().record(1.5)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("value", [True, False])
+def test_bool_value_raises_and_records_nothing(value: bool) -> None:
+    """``record(True)`` raises TypeError, as the README says, instead of recording a 1."""
+    h = Histogram(log2_buckets=4)
+    with pytest.raises(TypeError) as info:
+        h.record(value)
+    assert str(info.value) == "value must be an int, not bool"
+    assert (h.snapshot().count, h.snapshot().sum) == (0, 0)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

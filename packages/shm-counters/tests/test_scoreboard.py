@@ -36,20 +36,22 @@ SPAWN = multiprocessing.get_context("spawn")
 FIELDS = ["calling", "writing"]
 
 
-def _hold(board: Scoreboard, calls: int, ready: Any, done: Any) -> None:
-    """Child: claim a row, count, report (index, pid, values), wait."""
+def _hold(board: Scoreboard, calls: int, ready: Any, done: Any, release: bool = False) -> None:
+    """Child: claim a row, count, report (index, pid, values), wait; release it if told."""
     row = board.claim()
     row.incr_calling(calls)
     row.incr_writing()
     ready.put((row.index, row.pid, row.to_dict()))
     done.wait(30)
+    if release:
+        row.release()
 
 
 def _start_holder(
-    board: Scoreboard, calls: int
+    board: Scoreboard, calls: int, *, release: bool = False
 ) -> tuple[Any, Any, tuple[int, int, dict[str, int]]]:
     ready, done = FORK.Queue(), FORK.Event()
-    p = FORK.Process(target=_hold, args=(board, calls, ready, done))
+    p = FORK.Process(target=_hold, args=(board, calls, ready, done, release))
     p.start()
     info = ready.get(timeout=30)
     return p, done, info
@@ -546,3 +548,47 @@ def test_concurrent_claims_get_distinct_rows() -> None:
         done.set()
         for p in procs:
             p.join(30)
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_reclaimed_counts_each_dead_owner_once(named: bool, shm_path: str) -> None:
+    """Rows taken back from dead owners (claim or reap) are counted once each, for everyone."""
+    path = shm_path if named else None
+    board = Scoreboard(2, FIELDS, path=path)
+    other = Scoreboard(2, FIELDS, path=shm_path) if named else board
+    assert (board.reclaimed, other.reclaimed) == (0, 0)
+    # A dead owner's row taken by claim() (the only row left).
+    board.claim()
+    p, _done, (_, pid, _) = _start_holder(board, 1)
+    os.kill(pid, signal.SIGKILL)
+    p.join(30)
+    q, done, _ = _start_holder(board, 1)
+    try:
+        assert (board.reclaimed, other.reclaimed) == (1, 1)
+    finally:
+        done.set()
+        q.join(30)
+    # The holder exited without releasing its row: reap() frees and counts it.
+    assert board.reap() == 1
+    assert board.reap() == 0
+    assert (board.reclaimed, other.reclaimed) == (2, 2)
+    # A released row is not a death.
+    r, done, _ = _start_holder(board, 1, release=True)
+    done.set()
+    r.join(30)
+    assert board.reap() == 0
+    assert board.reclaimed == 2
+    if named:
+        with open(shm_path, "rb") as f:
+            assert int.from_bytes(f.read(56)[48:56], "little") == 2
+
+
+def test_attach_reads_rows_and_fields_from_the_header(shm_path: str) -> None:
+    """A reader that did not make the scoreboard attaches by path alone and sees the rows."""
+    board = Scoreboard(5, ["calling", "writing"], path=shm_path)
+    board.claim().incr_writing(3)
+    other = Scoreboard.attach(shm_path)
+    assert (other.slots, other.fields) == (5, ("calling", "writing"))
+    assert other.totals() == {"calling": 0, "writing": 3}
+    with pytest.raises(SegmentError, match="no segment to attach to"):
+        Scoreboard.attach(shm_path + ".missing")

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import shm_counters._server
 from shm_counters import (
     SERVER_DIR_ENV,
     InheritedListener,
@@ -367,7 +366,7 @@ def test_listening_inodes_lists_tcp_and_unix_listeners_only(
 def test_sweep_removes_old_files_of_closed_sockets_only(
     base: Path, listeners: list[socket.socket]
 ) -> None:
-    """Old files named after closed sockets go; live, young, kept and other files stay."""
+    """Old files named after closed sockets go; live listeners', kept and other files stay."""
     directory = Path(server_directory())
     dead = _closed_inode()
     names = {
@@ -384,10 +383,10 @@ def test_sweep_removes_old_files_of_closed_sockets_only(
     for name in names:
         (directory / name).write_bytes(b"x")
     (directory / f"link-{dead}").symlink_to(directory / f"kept-{dead}")
-    # Judged an hour from now, every file is old (ctime cannot be set back).
-    removed = sweep_server_segments(
-        str(directory), keep=str(directory / f"kept-{dead}"), grace=600, now=time.time() + 3600
-    )
+    old = time.time() - 3600
+    for name in names:
+        os.utime(directory / name, (old, old))
+    removed = sweep_server_segments(str(directory), keep=str(directory / f"kept-{dead}"), grace=600)
     gone = sorted(str(directory / n) for n, goes in names.items() if goes)
     assert sorted(removed) == gone
     assert sorted(os.listdir(directory)) == sorted(
@@ -417,14 +416,13 @@ def test_sweep_leaves_another_users_file(base: Path) -> None:
 
 
 def test_a_new_server_segment_sweeps_in_the_background(
-    base: Path, listeners: list[socket.socket], monkeypatch: pytest.MonkeyPatch
+    base: Path, listeners: list[socket.socket]
 ) -> None:
     """Finding a path that does not exist yet starts a sweep that removes stale files."""
     directory = Path(server_directory())
     stale = directory / f"raindrops-{_closed_inode()}"
     stale.write_bytes(b"x")
-    # The file is young (its ctime is now and cannot be set back): no grace here.
-    monkeypatch.setattr(shm_counters._server, "SWEEP_GRACE", 0.0)
+    os.utime(stale, (0, 0))
     found = server_segment("raindrops")
     deadline = time.monotonic() + 10
     while stale.exists() and time.monotonic() < deadline:

@@ -36,6 +36,7 @@ from ._errors import (
     TcpInfoLengthError,
     UnavailableError,
 )
+from ._escape import escape_name
 from ._netstat import ListenOverflows, listen_overflows
 from ._records import SocketRecord
 from ._stats import ListenStats
@@ -61,6 +62,7 @@ __all__ = [
     "TcpState",
     "UnavailableError",
     "available",
+    "escape_name",
     "inet_diag_records",
     "listen_overflows",
     "parse_address",

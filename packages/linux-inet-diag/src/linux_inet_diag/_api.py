@@ -62,6 +62,22 @@ def available() -> bool:
     return _platform.AVAILABLE
 
 
+#: errno values that mean "this process may not", not "this system cannot".
+_REFUSED = frozenset({errno.EPERM, errno.EACCES})
+
+
+def _unavailable(e: OSError, call: str) -> UnavailableError:
+    """The UnavailableError for a failed ``call``, saying whether it was refused or missing."""
+    if e.errno in _REFUSED:
+        return UnavailableError(
+            e.errno,
+            f"{_WHAT} was refused: {call} failed with {e.strerror} (the kernel has netlink, "
+            "but this process may not use it: a seccomp filter, a container or "
+            "sandbox policy)",
+        )
+    return UnavailableError(e.errno, f"{_WHAT} is unavailable here: {call} failed: {e.strerror}")
+
+
 def _open() -> socket.socket:
     _platform.require_linux(_WHAT)
     try:
@@ -71,10 +87,12 @@ def _open() -> socket.socket:
             k.NETLINK_SOCK_DIAG,
         )
     except OSError as e:
-        raise UnavailableError(
-            e.errno, f"{_WHAT} is unavailable on this platform: {e.strerror}"
-        ) from e
-    s.bind((0, 0))
+        raise _unavailable(e, "socket(AF_NETLINK, SOCK_RAW, NETLINK_SOCK_DIAG)") from e
+    try:
+        s.bind((0, 0))
+    except OSError as e:
+        s.close()
+        raise _unavailable(e, "bind() of the netlink socket") from e
     return s
 
 

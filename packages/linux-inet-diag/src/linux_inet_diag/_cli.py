@@ -6,6 +6,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -13,20 +14,25 @@ from collections.abc import Callable, Sequence
 from ._address import parse_address
 from ._api import DiagSocket
 from ._errors import LinuxInetDiagError
+from ._escape import escape_name
 from ._stats import ListenStats
 
-__all__ = ["main"]
+__all__ = ["MIN_DELAY", "main"]
+
+#: The shortest -d: each sample walks the kernel's whole socket table, so more
+#: often than this is a busy loop over it (seconds).
+MIN_DELAY = 0.1
 
 
 def _delay(text: str) -> float:
-    """argparse type of -d: a positive, finite number of seconds."""
+    """argparse type of -d: a finite number of seconds, at least MIN_DELAY."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and value > 0):
+    if not (math.isfinite(value) and value >= MIN_DELAY):
         raise argparse.ArgumentTypeError(
-            f"invalid DELAY {text!r}: expected a positive, finite number of seconds"
+            f"invalid DELAY {text!r}: expected a finite number of seconds >= {MIN_DELAY}"
         )
     return value
 
@@ -63,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("addrs", nargs="*", metavar="ADDR", help="listener names")
     p.add_argument(
         "-d", "--delay", type=_delay, default=None, metavar="DELAY",
-        help="repeat every DELAY seconds (a positive number) until interrupted",
+        help=f"repeat every DELAY seconds (at least {MIN_DELAY}) until interrupted",
     )  # fmt: skip
     p.add_argument(
         "-n", "--count", type=_at_least(1, "COUNT"), default=None, metavar="COUNT",
@@ -106,17 +112,44 @@ def _hints(diag: DiagSocket, stats: dict[str, ListenStats]) -> list[str]:
             port = parse_address(n).port
             for wild in (f"0.0.0.0:{port}", f"[::]:{port}"):
                 if wild in every:
-                    hints.append(f"{n}: nothing listens there; did you mean {wild}?")
+                    hints.append(f"{escape_name(n)}: nothing listens there; did you mean {wild}?")
                     break
     return hints
 
 
+def _quiet_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so the exit's flush cannot fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):  # not a real file (captured)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``linux-listener-stats``; returns the exit status."""
+    """Entry point of ``linux-listener-stats``; returns the exit status.
+
+    Listener names are printed through :func:`~linux_inet_diag.escape_name`
+    in the text rows (JSON quotes them itself).  A reader that goes away
+    (``linux-listener-stats -d 1 | head -3``) ends the command quietly,
+    with status 0.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     if args.count is not None and args.count > 1 and args.delay is None:
         parser.error(f"argument -n/--count: {args.count} samples need -d/--delay to repeat")
+    try:
+        return _run(args)
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
+
+
+def _run(args: argparse.Namespace) -> int:
     samples = args.count if args.delay is not None else 1
     try:
         for a in args.addrs:
@@ -142,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         print("timestamp address active queued backlog")
                     for n, s in rows.items():
                         backlog = "-" if s.backlog is None else s.backlog
-                        print(f"{now} {n} {s.active} {s.queued} {backlog}")
+                        print(f"{now} {escape_name(n)} {s.active} {s.queued} {backlog}")
                 if first:
                     for h in _hints(diag, stats):
                         print(h, file=sys.stderr)

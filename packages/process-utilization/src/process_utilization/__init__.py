@@ -19,10 +19,16 @@ from __future__ import annotations
 import logging
 
 from ._board import (
+    DEFAULT_LATENCY_BUCKETS,
     DEFAULT_SLOTS,
     FIELDS,
+    LATENCY_NAME,
+    LATENCY_SUFFIX,
     SEGMENT_ENV,
+    SEGMENT_NAME,
     WorkerStats,
+    cumulative_buckets,
+    latency_edges,
     open_scoreboard,
     render_json,
     render_text,
@@ -35,9 +41,13 @@ from ._prometheus import ProcessUtilizationCollector
 from ._wsgi import ProcessUtilization
 
 __all__ = [
+    "DEFAULT_LATENCY_BUCKETS",
     "DEFAULT_SLOTS",
     "FIELDS",
+    "LATENCY_NAME",
+    "LATENCY_SUFFIX",
     "SEGMENT_ENV",
+    "SEGMENT_NAME",
     "ConfigError",
     "GcStats",
     "MissingExtraError",
@@ -48,6 +58,8 @@ __all__ = [
     "UtilizationCore",
     "UtilizationStats",
     "WorkerStats",
+    "cumulative_buckets",
+    "latency_edges",
     "open_scoreboard",
     "render_json",
     "render_text",

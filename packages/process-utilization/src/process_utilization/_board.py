@@ -39,23 +39,30 @@ Row fields (in the order readers load them):
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from shm_counters import Scoreboard
+from shm_counters import HistogramSnapshot, Scoreboard
 
 from ._errors import ConfigError
 
 __all__ = [
     "ANONYMOUS",
+    "DEFAULT_LATENCY_BUCKETS",
     "DEFAULT_SLOTS",
     "FIELDS",
+    "LATENCY_NAME",
+    "LATENCY_SUFFIX",
     "SEGMENT_ENV",
+    "SEGMENT_NAME",
     "WorkerStats",
     "check_segment",
+    "cumulative_buckets",
+    "latency_edges",
     "open_scoreboard",
     "render_json",
     "render_text",
@@ -79,8 +86,11 @@ FIELDS: tuple[str, ...] = (
     "gc_collections",
 )
 
-#: Environment variable naming the segment file (for spawned workers).
+#: Environment variable naming the segment file (or ``anonymous``).
 SEGMENT_ENV = "PROCESS_UTILIZATION_SEGMENT"
+
+#: The default segment's name in the server's directory (``shm_counters.server_segment``).
+SEGMENT_NAME = "utilization"
 
 #: Rows in a scoreboard the middleware creates itself.
 DEFAULT_SLOTS = 64
@@ -88,18 +98,95 @@ DEFAULT_SLOTS = 64
 #: ``segment="anonymous"``: anonymous shared memory, shared only across fork().
 ANONYMOUS = "anonymous"
 
+#: The request-duration histogram's upper bounds (seconds) unless told:
+#: prometheus_client's default buckets.
+DEFAULT_LATENCY_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
+#: The default histogram's name in the server's directory.
+LATENCY_NAME = "latency"
+#: The histogram beside an explicit ``segment=PATH``: ``PATH + LATENCY_SUFFIX``.
+LATENCY_SUFFIX = ".latency"
+
+_MAX_SECONDS = 2**62 / 1e9
+
+
+def latency_edges(buckets: Sequence[float] | None) -> tuple[int, ...] | None:
+    """The histogram edges (ns) for upper bounds in seconds; ``None`` for ``None``.
+
+    A request of ``d`` ns counts in bucket ``le=b`` when ``d <= b`` (as
+    Prometheus' ``le`` reads), so each edge is ``b`` in ns plus one; the
+    first edge is 0, and a request longer than the last bound counts in
+    ``+Inf`` only. Raises :class:`ConfigError` for anything but a
+    non-empty, strictly increasing sequence of positive finite seconds.
+
+    Example::
+
+        latency_edges([0.1, 1.0])  # (0, 100000001, 1000000001)
+    """
+    if buckets is None:
+        return None
+    allowed = "a non-empty, strictly increasing list of positive seconds like [0.1, 0.5, 1.0]"
+    if isinstance(buckets, (str, bytes)) or not isinstance(buckets, Sequence) or not buckets:
+        raise ConfigError(f"latency_buckets must be {allowed} or None, got {buckets!r}")
+    edges = [0]
+    for b in buckets:
+        if (
+            isinstance(b, bool)
+            or not isinstance(b, (int, float))
+            or not math.isfinite(b)
+            or not 0 < b <= _MAX_SECONDS
+        ):
+            raise ConfigError(f"latency_buckets must be {allowed}, got {buckets!r} ({b!r})")
+        edge = round(b * 1e9) + 1
+        if edge <= edges[-1]:
+            raise ConfigError(f"latency_buckets must be {allowed}, got {buckets!r}")
+        edges.append(edge)
+    return tuple(edges)
+
+
+def cumulative_buckets(snapshot: HistogramSnapshot) -> list[tuple[float, int]]:
+    """Prometheus' view of a latency histogram: ``[(le_seconds, count <= le), ..., (inf, count)]``.
+
+    Example::
+
+        cumulative_buckets(mw.latency.snapshot())  # [(0.005, 3), ..., (inf, 9)]
+    """
+    out: list[tuple[float, int]] = []
+    running = snapshot.outliers_low
+    for _, high, count in snapshot.buckets:
+        running += count
+        out.append(((high - 1) / 1e9, running))
+    out.append((math.inf, snapshot.count))
+    return out
+
 
 def check_segment(segment: object) -> str | None:
-    """The segment path to open, ``None`` for anonymous memory; rejects the rest.
+    """The segment chosen: a path, ``"anonymous"``, or ``None`` (the default); rejects the rest.
 
     ``None`` falls back to ``$PROCESS_UTILIZATION_SEGMENT`` (unset or empty:
-    anonymous). A segment is an absolute path or ``"anonymous"``: a relative
-    path would make a file in whatever directory the server runs in.
+    ``None``, the server's own segment, found by the middleware). A segment
+    is an absolute path or ``"anonymous"`` (memory shared across fork()
+    only): a relative path would make a file in whatever directory the
+    server runs in.
 
     Example::
 
         check_segment("/dev/shm/myapp-utilization")  # '/dev/shm/myapp-utilization'
-        check_segment("anonymous")  # None
+        check_segment("anonymous")  # 'anonymous'
     """
     where = "segment"
     if segment is None:
@@ -113,7 +200,7 @@ def check_segment(segment: object) -> str | None:
     if not isinstance(text, str):
         raise ConfigError(f"{where} must be an absolute path or {ANONYMOUS!r}, got {segment!r}")
     if text == ANONYMOUS:
-        return None
+        return ANONYMOUS
     if not os.path.isabs(text):
         raise ConfigError(
             f"{where} {text!r} is not an absolute path; give one like "
@@ -362,8 +449,13 @@ def _total(rows: Sequence[WorkerStats]) -> dict[str, Any]:
     }
 
 
-def render_json(workers: Iterable[WorkerStats]) -> str:
-    """A JSON object: ``{"workers": [...], "total": {...}}``.
+def render_json(
+    workers: Iterable[WorkerStats], *, unavailable: Mapping[str, str] | None = None
+) -> str:
+    """A JSON object: ``{"workers": [...], "total": {...}, "unavailable": {...}}``.
+
+    ``unavailable`` names what the table lacks: ``{"shared": REASON}`` when
+    the figures are one worker's own only.
 
     Example::
 
@@ -371,6 +463,10 @@ def render_json(workers: Iterable[WorkerStats]) -> str:
     """
     rows = list(workers)
     return json.dumps(
-        {"workers": [w.to_dict() for w in rows], "total": _total(rows)},
+        {
+            "workers": [w.to_dict() for w in rows],
+            "total": _total(rows),
+            "unavailable": dict(unavailable or {}),
+        },
         sort_keys=True,
     )

@@ -20,19 +20,48 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from shm_counters import BusyTimer, Scoreboard, monotonic_ns
+from shm_counters import (
+    BusyTimer,
+    Histogram,
+    Scoreboard,
+    ShmCountersError,
+    monotonic_ns,
+    server_segment,
+)
 
-from ._board import DEFAULT_SLOTS, check_segment, open_scoreboard, render_json
+from ._board import (
+    ANONYMOUS,
+    DEFAULT_LATENCY_BUCKETS,
+    DEFAULT_SLOTS,
+    LATENCY_NAME,
+    LATENCY_SUFFIX,
+    SEGMENT_ENV,
+    SEGMENT_NAME,
+    check_segment,
+    latency_edges,
+    open_scoreboard,
+    render_json,
+)
 from ._board import render_text as _render_text
 from ._board import worker_stats as _worker_stats
 from ._errors import ConfigError
 from ._extras import require
 
-__all__ = ["GcStats", "StatsdClient", "UtilizationCore", "UtilizationStats"]
+__all__ = [
+    "UNAVAILABLE_HEADER",
+    "GcStats",
+    "StatsdClient",
+    "UtilizationCore",
+    "UtilizationStats",
+]
+
+#: The header naming what an answer lacks (``shared``: one worker's figures only),
+#: as raindrops' endpoint sends it.
+UNAVAILABLE_HEADER = "X-Raindrops-Unavailable"
 
 _log = logging.getLogger("process_utilization")
 
@@ -218,12 +247,15 @@ class UtilizationCore:
         "_in_flight",
         "_inside",
         "_join",
+        "_latency",
+        "_latency_edges",
         "_lock",
         "_locked",
         "_next_event",
         "_next_report",
         "_next_title",
         "_now",
+        "_open_lock",
         "_overlapped",
         "_owner",
         "_owns_statsd",
@@ -234,9 +266,11 @@ class UtilizationCore:
         "_row",
         "_row_failed",
         "_row_response",
+        "_scoreboard",
         "_setproctitle",
         "_settle",
         "_shared",
+        "_slots",
         "_start",
         "_started",
         "_statsd",
@@ -247,12 +281,13 @@ class UtilizationCore:
         "_wall_clock",
         "_warned",
         "_window_ns",
+        "latency",
         "report_interval",
         "report_to",
-        "scoreboard",
         "stats_path",
         "total_requests",
         "track_gc",
+        "unshared",
         "window",
     )
 
@@ -277,6 +312,7 @@ class UtilizationCore:
         statsd: StatsdClient | str | None = None,
         statsd_prefix: str | None = None,
         track_gc: bool = False,
+        latency_buckets: Sequence[float] | None = DEFAULT_LATENCY_BUCKETS,
     ) -> None:
         _check_seconds("window", window)
         _check_seconds("report_interval", report_interval, allow_none=True)
@@ -322,9 +358,27 @@ class UtilizationCore:
                 f"got {statsd!r}"
             )
 
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ConfigError(f"slots must be a positive integer, got {slots!r}")
+        self._slots = slots
+        #: Why this worker's figures are its own only (``None``: they are shared).
+        self.unshared: str | None = None
+        self._open_lock = threading.Lock()
+        self._latency_edges = latency_edges(latency_buckets)
+        #: Every worker's request durations (``None`` with ``latency_buckets=None``).
+        self.latency: Histogram | None = None
+        self._latency: Callable[[int], None] | None = None
         if scoreboard is None:
-            scoreboard = open_scoreboard(check_segment(segment), slots=slots)
-        self.scoreboard: Scoreboard = scoreboard
+            chosen = check_segment(segment)
+            # An explicit segment (or "anonymous") is opened now, so a bad one
+            # fails at boot; the default waits for the first request, when
+            # the server's sockets are there to name it.
+            if chosen is not None:
+                scoreboard = open_scoreboard(chosen, slots=slots)
+                self._open_latency(None if chosen == ANONYMOUS else chosen + LATENCY_SUFFIX)
+        else:
+            self._open_latency(None)
+        self._scoreboard: Scoreboard | None = scoreboard
         self._row: Any = None
         self._row_failed = False
         self._private = self._private_timer()
@@ -393,6 +447,13 @@ class UtilizationCore:
         self._title_base = ""
 
     def _after_fork(self) -> None:
+        self._open_lock = threading.Lock()
+        if self.unshared is not None:
+            # The parent (a master that imported the app) found no server:
+            # this child may, so it looks again.
+            self._scoreboard = None
+            self.unshared = None
+            self.latency = self._latency = None
         self._lock = threading.Lock()
         self._locked = 0
         self._inside = False
@@ -430,6 +491,7 @@ class UtilizationCore:
                 close()
         self._statsd = None
         self._statsd_pipeline = None
+        self._latency = None  # the histogram is every worker's: left as it is
         row, self._row = self._row, None
         self._row_failed = True
         self._switch_timer(self._private)  # before release() retires the row's
@@ -454,6 +516,71 @@ class UtilizationCore:
             return time.time()
 
     # -- the scoreboard row ----------------------------------------------------
+
+    @property
+    def scoreboard(self) -> Scoreboard:
+        """The scoreboard every worker of the server shares (opened on first use).
+
+        By default ``<shm>/raindrops-<euid>/utilization-<inode of the server
+        socket>`` (:func:`shm_counters.server_segment`), the same in every
+        worker, forked or spawned. A worker that cannot find or open it
+        uses its own memory: it logs why, once, :attr:`unshared` says so,
+        and so do the stats endpoint and the Prometheus collector.
+        """
+        board = self._scoreboard
+        if board is None:
+            with self._open_lock:
+                board = self._scoreboard
+                if board is None:
+                    board = self._scoreboard = self._open_default()
+        return board
+
+    def _open_latency(self, path: str | None) -> None:
+        """Open the request-duration histogram at ``path`` (``None``: anonymous memory).
+
+        A segment that cannot be used (buckets other than this worker's,
+        another user's file) is said once and replaced by a private one.
+        """
+        edges = self._latency_edges
+        if edges is None:
+            return
+        try:
+            hist = Histogram(edges, path=path)
+        except (ShmCountersError, OSError) as exc:
+            _log.warning(
+                "process_utilization: cannot use the latency histogram %s (%s); this "
+                "worker's request durations are kept in its own memory",
+                path,
+                exc,
+            )
+            hist = Histogram(edges)
+        self.latency = hist
+        self._latency = hist.record
+
+    def _open_default(self) -> Scoreboard:
+        found = server_segment(SEGMENT_NAME)
+        if found.path is not None:
+            try:
+                board = open_scoreboard(found.path, slots=self._slots)
+            except (ShmCountersError, OSError, ValueError) as exc:
+                reason = f"cannot use the shared segment {found.path} ({exc})"
+            else:
+                if self._latency is None:
+                    self._open_latency(server_segment(LATENCY_NAME, found.listeners).path)
+                return board
+        else:
+            reason = found.reason
+        self.unshared = reason
+        _log.warning(
+            "process_utilization: %s; this worker keeps its figures in its own memory, so "
+            "the table misses every other worker. To share them, name one segment for "
+            "every worker: ProcessUtilization(app, segment='/dev/shm/NAME') or $%s",
+            reason,
+            SEGMENT_ENV,
+        )
+        if self._latency is None:
+            self._open_latency(None)
+        return open_scoreboard(None, slots=self._slots)
 
     def _private_timer(self) -> BusyTimer:
         """A busy timer in private memory: the clock of the steps while no row is shared."""
@@ -848,6 +975,9 @@ class UtilizationCore:
                 line = self._periodic(now) if now >= self._next_event else None
             finally:
                 self._inside = False
+        latency = self._latency
+        if latency is not None and now >= started:
+            latency(now - started)  # lock-free, one C call
         if status is not None:
             self._send_statsd(now - started, method, status)
         return line
@@ -872,9 +1002,13 @@ class UtilizationCore:
         """:meth:`_leave_section` for any thread: under the lock, unlocked sections kept out."""
         self._lock_out()
         try:
-            return self._leave_section(started)[1]
+            now, line = self._leave_section(started)
         finally:
             self._unlock()
+        latency = self._latency
+        if latency is not None and now >= started:
+            latency(now - started)
+        return line
 
     def reset_stats(self) -> int | None:
         """Start the clock for one request (the seed's per-request reset).
@@ -1207,8 +1341,14 @@ class UtilizationCore:
     # -- the stats endpoint ------------------------------------------------------------
 
     def render_stats(self, want_json: bool) -> tuple[str, bytes]:
-        """The per-worker table: ``(content_type, body)``."""
+        """The per-worker table: ``(content_type, body)``.
+
+        JSON has ``"unavailable": {"shared": REASON}`` when this worker's
+        figures are its own only (the adapters also send
+        ``X-Raindrops-Unavailable: shared``).
+        """
         workers = _worker_stats(self.scoreboard, clock=self._clock)
         if want_json:
-            return "application/json", render_json(workers).encode()
+            unavailable = {} if self.unshared is None else {"shared": self.unshared}
+            return "application/json", render_json(workers, unavailable=unavailable).encode()
         return "text/plain; charset=utf-8", _render_text(workers).encode()

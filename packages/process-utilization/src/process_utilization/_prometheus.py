@@ -7,16 +7,26 @@ from typing import Any
 
 from shm_counters import Scoreboard
 
-from ._board import response_ns
+from ._board import cumulative_buckets, response_ns
+from ._core import UtilizationCore
+from ._errors import ConfigError
 from ._extras import require
 
 __all__ = ["ProcessUtilizationCollector"]
 
 
-class ProcessUtilizationCollector:
-    """Exposes every worker's row of ``scoreboard`` to prometheus_client.
+def _le(bound: float) -> str:
+    """A bucket bound as Prometheus spells it (``0.005``, ``1.0``, ``+Inf``)."""
+    return "+Inf" if bound == float("inf") else repr(bound)
 
-    Metrics, each labelled ``pid`` and ``worker`` (the row index):
+
+class ProcessUtilizationCollector:
+    """Exposes every worker's row of a scoreboard to prometheus_client.
+
+    ``source`` is the middleware (its scoreboard is looked up at each
+    scrape, so it may be registered before the server has set up) or a
+    :class:`shm_counters.Scoreboard`. Metrics, each labelled ``pid`` and
+    ``worker`` (the row index):
 
     - ``process_utilization_busy_seconds_total`` (counter): seconds with at
       least one request in flight, settled at each request end, so
@@ -27,7 +37,12 @@ class ProcessUtilizationCollector:
     - ``process_utilization_in_flight`` (gauge): requests in flight now;
     - ``process_utilization_gc_seconds_total`` and
       ``process_utilization_gc_collections_total`` (counters), with
-      ``track_gc=True``.
+      ``track_gc=True``;
+    - with the middleware as ``source``, ``process_utilization_shared``
+      (gauge, no labels): 1 if the table is every worker's, 0 if this
+      worker could not join its server's segment; and
+      ``process_utilization_request_duration_seconds`` (histogram, no
+      labels: every worker's requests, from the shared histogram).
 
     Example::
 
@@ -35,12 +50,12 @@ class ProcessUtilizationCollector:
         from process_utilization import ProcessUtilization, ProcessUtilizationCollector
 
         app = ProcessUtilization(app)
-        REGISTRY.register(ProcessUtilizationCollector(app.scoreboard))
+        REGISTRY.register(ProcessUtilizationCollector(app))
     """
 
     def __init__(
         self,
-        scoreboard: Scoreboard,
+        source: Scoreboard | UtilizationCore,
         *,
         namespace: str = "process_utilization",
     ) -> None:
@@ -49,11 +64,21 @@ class ProcessUtilizationCollector:
             feature="ProcessUtilizationCollector",
             extra="prometheus",
         )
-        self.scoreboard = scoreboard
+        if not isinstance(source, (Scoreboard, UtilizationCore)):
+            raise ConfigError(
+                f"ProcessUtilizationCollector takes the middleware or a Scoreboard, got {source!r}"
+            )
+        self.source = source
         self._ns = namespace
 
     def __repr__(self) -> str:
-        return f"<ProcessUtilizationCollector {self.scoreboard!r}>"
+        return f"<ProcessUtilizationCollector {self.source!r}>"
+
+    @property
+    def scoreboard(self) -> Scoreboard:
+        """The scoreboard read at this moment (the middleware's, opened on first use)."""
+        source = self.source
+        return source if isinstance(source, Scoreboard) else source.scoreboard
 
     def describe(self) -> list[Any]:
         """Nothing to describe ahead of time (rows come and go)."""
@@ -82,7 +107,8 @@ class ProcessUtilizationCollector:
         gc_collections = core.CounterMetricFamily(
             f"{ns}_gc_collections", "Garbage collections.", labels=labels
         )
-        for info in self.scoreboard.rows():
+        board = self.scoreboard
+        for info in board.rows():
             v = info.values
             lv = [str(info.pid), str(info.index)]
             busy.add_metric(lv, v["busy_ns"] / 1e9)
@@ -97,3 +123,18 @@ class ProcessUtilizationCollector:
         yield in_flight
         yield gc_seconds
         yield gc_collections
+        if isinstance(self.source, UtilizationCore):
+            yield core.GaugeMetricFamily(
+                f"{ns}_shared",
+                "1 if the table is every worker's, 0 if it is this worker's only.",
+                value=0 if self.source.unshared is not None else 1,
+            )
+            hist = self.source.latency
+            if hist is not None:
+                snap = hist.snapshot()
+                yield core.HistogramMetricFamily(
+                    f"{ns}_request_duration_seconds",
+                    "Time from a request entering the application to its end, every worker.",
+                    buckets=[(_le(le), n) for le, n in cumulative_buckets(snap)],
+                    sum_value=snap.sum / 1e9,
+                )

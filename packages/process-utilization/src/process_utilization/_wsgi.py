@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
-from ._core import UtilizationCore
+from ._core import UNAVAILABLE_HEADER, UtilizationCore
 
 __all__ = ["ProcessUtilization"]
 
@@ -252,12 +252,12 @@ class ProcessUtilization(UtilizationCore):
             _log.warning("process_utilization: stats endpoint failed: %r", exc)
             ctype, body = "text/plain; charset=utf-8", b"stats unavailable\n"
             status = "500 Internal Server Error"
-        start_response(
-            status,
-            [
-                ("Content-Type", ctype),
-                ("Content-Length", str(len(body))),
-                ("Cache-Control", "no-store"),
-            ],
-        )
+        headers = [
+            ("Content-Type", ctype),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+        ]
+        if self.unshared is not None:
+            headers.append((UNAVAILABLE_HEADER, "shared"))
+        start_response(status, headers)
         return [body]

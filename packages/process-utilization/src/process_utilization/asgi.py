@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from threading import get_ident as _get_ident
 from typing import Any, ClassVar
 
-from ._core import UtilizationCore
+from ._core import UNAVAILABLE_HEADER, UtilizationCore
 from ._wsgi import _wants_json
 
 __all__ = ["ProcessUtilization"]
@@ -120,15 +120,12 @@ class ProcessUtilization(UtilizationCore):
         except Exception as exc:
             _log.warning("process_utilization: stats endpoint failed: %r", exc)
             ctype, body, status = "text/plain; charset=utf-8", b"stats unavailable\n", 500
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", ctype.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
-        )
+        headers = [
+            (b"content-type", ctype.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        if self.unshared is not None:
+            headers.append((UNAVAILABLE_HEADER.lower().encode(), b"shared"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

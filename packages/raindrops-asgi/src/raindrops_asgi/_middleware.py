@@ -7,29 +7,36 @@ and one closure, bookkeeping in ``try/finally``.  Everything else is
 
 from __future__ import annotations
 
-import os
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from raindrops_core.adapter import (
+    ASGIApp,
+    Message,
+    Middleware,
+    Peer,
+    Receive,
+    Reply,
+    Scope,
+    Send,
+    app_path,
+)
+from starlette.datastructures import Headers
+from starlette.responses import Response
 
-from raindrops_core import DEFAULT_ALLOW, DEFAULT_PATH, DEFAULT_SLOTS, RaindropsState, app_path
-
-__all__ = ["RaindropsMiddleware"]
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+__all__ = ["RaindropsMiddleware", "send_reply"]
 
 _CALLING, _WRITING, _DONE = 1, 2, 3
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    """The first header ``name`` (lower case) of the request, decoded, or ``None``."""
-    for key, value in scope.get("headers", ()):
-        if bytes(key).lower() == name:
-            return bytes(value).decode("latin-1")
-    return None
+async def send_reply(reply: Reply, scope: Scope, receive: Receive, send: Send) -> None:
+    """Send one of the core's final replies (``HEAD`` already applied) with Starlette.
+
+    The reply's body is sent as it is: the core has already left it empty
+    for ``HEAD``.
+    """
+    response = Response(reply.body, status_code=reply.status)
+    response.raw_headers = [
+        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers
+    ]
+    await response(scope, receive, send)
 
 
 def _is_last(message: Message, trailers: bool) -> bool:
@@ -44,7 +51,7 @@ def _is_last(message: Message, trailers: bool) -> bool:
     return False
 
 
-class RaindropsMiddleware:
+class RaindropsMiddleware(Middleware[ASGIApp]):
     """Pure ASGI middleware: raindrops gauges around ``app``, the stats endpoint at ``path``.
 
     ``calling`` counts HTTP requests from entering ``app`` until it sends
@@ -59,8 +66,9 @@ class RaindropsMiddleware:
     ``HEAD``) answers the snapshot of every worker, read without blocking
     the event loop, and is not counted itself.
 
-    Options are those of :class:`raindrops_core.RaindropsState` (``listeners``,
-    ``segment``, ``allow``, ``slots``), or pass a ready ``state``.
+    ``RaindropsMiddleware(app, *, path="/_raindrops", listeners=None,
+    segment=None, allow=DEFAULT_ALLOW, slots=256, state=None)``: the options
+    of :class:`raindrops_core.RaindropsState`, or a ready ``state``.
 
     Example::
 
@@ -71,34 +79,13 @@ class RaindropsMiddleware:
         # uvicorn --workers 4 app:app ; curl http://127.0.0.1:8000/_raindrops
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        path: str = DEFAULT_PATH,
-        listeners: Iterable[str] | None = None,
-        segment: str | os.PathLike[str] | None = None,
-        allow: Iterable[str] = DEFAULT_ALLOW,
-        slots: int = DEFAULT_SLOTS,
-        state: RaindropsState | None = None,
-    ) -> None:
-        self.app = app
-        if state is None:
-            state = RaindropsState(
-                path=path, listeners=listeners, segment=segment, allow=allow, slots=slots
-            )
-        self.state = state
-        self._path = state.path
-
-    def __repr__(self) -> str:
-        return f"RaindropsMiddleware({self.app!r}, state={self.state!r})"
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http":
             if kind == "lifespan" and self.state.steps is None:
-                # At startup, in a thread: the scoreboard, the row, the listeners.
-                await self.state.aprepare()
+                # At startup, in a thread: the scoreboard, the row, the listeners
+                # (or, where the server has no socket yet, at the first request).
+                await self.state.astartup()
             await self.app(scope, receive, send)
             return
         path = scope["path"]
@@ -141,13 +128,11 @@ class RaindropsMiddleware:
                 steps.decr_writing()
 
     async def _endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = scope.get("client")
+        """Read off the loop, reply with the core's final answer."""
         reply = await self.state.arespond(
             scope.get("method", "GET"),
-            str(client[0]) if client else None,
-            _header(scope, b"accept"),
+            Peer.from_asgi(scope),
+            Headers(scope=scope).get("accept"),
             bytes(scope.get("query_string", b"")).decode("latin-1"),
         )
-        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await send({"type": "http.response.body", "body": reply.body})
+        await send_reply(reply, scope, receive, send)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
-from raindrops_core import Reply
+from raindrops_core import DEFAULT_ALLOW, AccessList
+from raindrops_core.adapter import Peer, Reply
 from raindrops_core.watcher import (
     DEFAULT_DELAY,
     DEFAULT_HISTORY,
@@ -40,10 +42,30 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def _lossless_path(scope: Scope) -> str:
+    """``scope["path"]``, or the same path from ``raw_path`` where the server lost bytes.
+
+    Servers decode the path as UTF-8 with replacement (``%E9`` becomes
+    U+FFFD); listener names keep a byte that is not UTF-8 as a
+    ``surrogateescape`` code point.  When ``raw_path`` decoded that way reads
+    as ``path`` once its own bad bytes are replaced, it is the same path,
+    losslessly, and is used (so ``/queued/%2Ftmp%2Fcaf%E9.sock.txt`` finds
+    ``/tmp/caf\\xe9.sock``).
+    """
+    path = scope.get("path", "") or ""
+    raw = scope.get("raw_path")
+    if "\ufffd" not in path or not isinstance(raw, (bytes, bytearray)):
+        return str(path)
+    exact = unquote_to_bytes(bytes(raw)).decode("utf-8", "surrogateescape")
+    if exact.encode("utf-8", "surrogateescape").decode("utf-8", "replace") == path:
+        return exact
+    return str(path)
+
+
 def _path_below_root(scope: Scope) -> tuple[str, str]:
     """``(base, path)``: the mount point and the path below it, both decoded."""
     root = scope.get("root_path", "") or ""
-    path = scope.get("path", "") or ""
+    path = _lossless_path(scope)
     if root and path.startswith(root):
         path = path[len(root) :]
     return root, path
@@ -87,6 +109,13 @@ class Watcher:
     URL-escaped listener name (``0.0.0.0%3A80``).  ``afetch``/``fetch`` and
     ``clock`` replace the netlink query and the wall clock (tests).
 
+    ``allow`` is who may use it, as for the stats endpoint (loopback and
+    local Unix-socket peers by default; networks or a
+    :class:`raindrops_core.AccessList`): the pages list every listener of
+    the machine, other users' included.  A reset from another site's page
+    (a cross-site form) is refused; see
+    :func:`raindrops_core.watcher.cross_origin_refusal`.
+
     Example::
 
         # watcher.py, served with: uvicorn watcher:app
@@ -105,6 +134,7 @@ class Watcher:
         afetch: AsyncFetch | None = None,
         fetch: Any = None,
         clock: Callable[[], float] | None = None,
+        allow: Iterable[str] | AccessList = DEFAULT_ALLOW,
     ) -> None:
         kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
         self.core = WatcherCore(
@@ -114,6 +144,7 @@ class Watcher:
             fetch=fetch,
             afetch=afetch,
             tail_max_seconds=tail_max_seconds,
+            allow=allow,
             **kwargs,
         )
         self.engine = self.core.engine
@@ -145,6 +176,9 @@ class Watcher:
             base=base,
             referer=_header(scope, b"referer"),
             host=_header(scope, b"host"),
+            peer=Peer.from_asgi(scope),
+            origin=_header(scope, b"origin"),
+            fetch_site=_header(scope, b"sec-fetch-site"),
         )
         if isinstance(answer, Reply):
             await _send_reply(answer, send, head=method == "HEAD")

@@ -1,9 +1,12 @@
 """raindrops-core: the framework-neutral core of the raindrops stats endpoint.
 
 The shared ``calling``/``writing`` gauges (a shm-counters scoreboard, one row
-per worker), listener discovery, the :class:`Snapshot` and its renderers:
-the Ruby original's plain text, JSON and Prometheus.  The WSGI and ASGI
-middleware (raindrops-wsgi, raindrops-asgi) are thin adapters over it.
+per worker), one :class:`Snapshot` of them and of the listeners' queues, and
+its renderers: the Ruby original's plain text, JSON and Prometheus.  The WSGI
+and ASGI middleware (raindrops-wsgi, raindrops-asgi) are thin adapters over
+it; what adapter authors need beyond this page is in
+:mod:`raindrops_core.adapter`, the Watcher's engines in
+:mod:`raindrops_core.watcher`.
 
 Example::
 
@@ -16,33 +19,12 @@ Example::
 from __future__ import annotations
 
 from ._access import ALLOW_ALL, DEFAULT_ALLOW, AccessList
-from ._discover import InheritedListener, discover_listeners, socket_name
-from ._errors import ConfigError, FormatError, RaindropsError
-from ._prometheus import RaindropsCollector, render_prometheus
+from ._errors import ConfigError, FormatError, RaindropsError, TailStreamsFullError
+from ._prometheus import RaindropsCollector, SnapshotSource, render_prometheus
 from ._render import render_json, render_text
-from ._segments import (
-    LDR_PREFIX,
-    SEGMENT_PREFIX,
-    default_segment,
-    default_segment_path,
-    listening_inodes,
-    sweep_stale_segments,
-)
 from ._snapshot import CONTENT_TYPES, Format, Snapshot, negotiate
-from ._state import (
-    ANONYMOUS,
-    DEFAULT_PATH,
-    DEFAULT_SLOTS,
-    FIELDS,
-    SEGMENT_ENV,
-    UNAVAILABLE_HEADER,
-    UNAVAILABLE_PARTS,
-    RaindropsState,
-    Reply,
-    Steps,
-    app_path,
-    unavailable_header,
-)
+from ._state import DEFAULT_PATH, DEFAULT_SLOTS, SEGMENT_ENV, RaindropsState
+from ._validate import ANONYMOUS
 
 __version__ = "0.1.0"
 
@@ -53,33 +35,19 @@ __all__ = [
     "DEFAULT_ALLOW",
     "DEFAULT_PATH",
     "DEFAULT_SLOTS",
-    "FIELDS",
-    "LDR_PREFIX",
     "SEGMENT_ENV",
-    "SEGMENT_PREFIX",
-    "UNAVAILABLE_HEADER",
-    "UNAVAILABLE_PARTS",
     "AccessList",
     "ConfigError",
     "Format",
     "FormatError",
-    "InheritedListener",
     "RaindropsCollector",
     "RaindropsError",
     "RaindropsState",
-    "Reply",
     "Snapshot",
-    "Steps",
-    "app_path",
-    "default_segment",
-    "default_segment_path",
-    "discover_listeners",
-    "listening_inodes",
+    "SnapshotSource",
+    "TailStreamsFullError",
     "negotiate",
     "render_json",
     "render_prometheus",
     "render_text",
-    "socket_name",
-    "sweep_stale_segments",
-    "unavailable_header",
 ]

@@ -6,7 +6,7 @@ that matches the fault, so ``except ValueError`` works as well.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "FormatError", "RaindropsError"]
+__all__ = ["ConfigError", "FormatError", "RaindropsError", "TailStreamsFullError"]
 
 
 class RaindropsError(Exception):
@@ -23,3 +23,7 @@ class ConfigError(RaindropsError, ValueError):
 
 class FormatError(RaindropsError, ValueError):
     """An unknown ``?format=`` value asked of the stats endpoint (answered 400)."""
+
+
+class TailStreamsFullError(RaindropsError, RuntimeError):
+    """A Watcher engine already has its most tail streams open (the Watcher answers 503)."""

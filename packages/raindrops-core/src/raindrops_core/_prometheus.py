@@ -8,18 +8,17 @@ own registry.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
+from linux_inet_diag import escape_name
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest as _generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as _generate_openmetrics
 
+from ._errors import ConfigError
 from ._snapshot import Snapshot
 
-if TYPE_CHECKING:
-    from ._state import RaindropsState
-
-__all__ = ["RaindropsCollector", "render_prometheus"]
+__all__ = ["RaindropsCollector", "SnapshotSource", "render_prometheus"]
 
 # Typed views: prometheus_client annotates these loosely (or not at all),
 # and they only call ``.collect()`` on what they are given.
@@ -38,6 +37,12 @@ def _metrics(snapshot: Snapshot, namespace: str) -> Iterator[Metric]:
         f"{ns}writing",
         "Responses whose body is still being sent, on every worker.",
         value=snapshot.writing,
+    )
+    yield GaugeMetricFamily(
+        f"{ns}shared",
+        "1 if calling/writing are shared by every worker of the server, "
+        "0 if they are this process's only.",
+        value=0 if "shared" in snapshot.unavailable else 1,
     )
     available = "listeners" not in snapshot.unavailable
     yield GaugeMetricFamily(
@@ -62,10 +67,11 @@ def _metrics(snapshot: Snapshot, namespace: str) -> Iterator[Metric]:
             labels=["listener"],
         )
         for name, stats in snapshot.listeners.items():
-            active.add_metric([name], stats.active)
-            queued.add_metric([name], stats.queued)
+            label = [escape_name(name)]  # as the text spells it; always valid UTF-8
+            active.add_metric(label, stats.active)
+            queued.add_metric(label, stats.queued)
             if stats.backlog is not None:  # None: nothing listens there (yet)
-                backlog.add_metric([name], stats.backlog)
+                backlog.add_metric(label, stats.backlog)
         yield from (active, queued, backlog)
     if snapshot.overflows is not None:
         yield CounterMetricFamily(
@@ -80,14 +86,26 @@ def _metrics(snapshot: Snapshot, namespace: str) -> Iterator[Metric]:
         )
 
 
+@runtime_checkable
+class SnapshotSource(Protocol):
+    """What a :class:`RaindropsCollector` reads: anything that takes a snapshot now."""
+
+    def snapshot(self) -> Snapshot:
+        """The stats at this moment (blocking)."""
+        ...
+
+
 class RaindropsCollector:
     """A prometheus_client collector of raindrops snapshots.
 
-    ``source`` is a :class:`RaindropsState` (the middleware's ``.state``) or
-    any callable returning a :class:`Snapshot`.  Metrics: ``raindrops_calling``,
-    ``raindrops_writing``, ``raindrops_listener_active``/``_queued``/``_backlog``
-    (label ``listener``), ``raindrops_listeners_available`` and, when
-    readable, ``raindrops_listen_overflows_total``/``raindrops_listen_drops_total``.
+    ``source`` is anything with a ``snapshot()`` method (a
+    :class:`SnapshotSource`: the middleware's ``.state``, a
+    :class:`RaindropsState`) or any callable returning a :class:`Snapshot`.
+    Metrics: ``raindrops_calling``, ``raindrops_writing``,
+    ``raindrops_shared`` (0 when the gauges are this process's only),
+    ``raindrops_listener_active``/``_queued``/``_backlog`` (label
+    ``listener``), ``raindrops_listeners_available`` and, when readable,
+    ``raindrops_listen_overflows_total``/``raindrops_listen_drops_total``.
     :meth:`collect` blocks while it reads them.
 
     Example::
@@ -99,12 +117,19 @@ class RaindropsCollector:
 
     def __init__(
         self,
-        source: RaindropsState | Callable[[], Snapshot],
+        source: SnapshotSource | Callable[[], Snapshot],
         *,
         namespace: str = "raindrops",
     ) -> None:
-        snapshot = getattr(source, "snapshot", None)
-        self._snapshot: Callable[[], Snapshot] = snapshot if callable(snapshot) else source  # type: ignore[assignment]
+        if isinstance(source, SnapshotSource):
+            self._snapshot: Callable[[], Snapshot] = source.snapshot
+        elif callable(source):
+            self._snapshot = source
+        else:
+            raise ConfigError(
+                "RaindropsCollector needs the middleware's state (anything with snapshot()) "
+                f"or a callable returning a Snapshot, not {source!r}"
+            )
         self._namespace = namespace
 
     def __repr__(self) -> str:
@@ -147,6 +172,10 @@ def render_prometheus(
     In the Prometheus text format, a part that could not be read adds a
     comment such as ``# listeners unavailable: ...`` at the end (OpenMetrics
     has no comments: ``raindrops_listeners_available 0`` says it there too).
+    The ``listener`` label is the name as the raindrops text spells it
+    (:func:`linux_inet_diag.escape_name`: control characters and bytes that
+    are not UTF-8 as ``\\xHH``), so the exposition is always UTF-8 and
+    never carries a terminal escape; prometheus_client then quotes it.
 
     Example::
 
@@ -161,7 +190,7 @@ def render_prometheus(
         return generate_openmetrics(fixed)
     body = generate_latest(fixed)
     notes = "".join(
-        f"# {part} unavailable: {' '.join(reason.split())}\n"
+        f"# {part} unavailable: {escape_name(' '.join(reason.split()))}\n"
         for part, reason in snapshot.unavailable.items()
     )
     return body + notes.encode()

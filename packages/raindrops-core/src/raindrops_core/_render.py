@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from linux_inet_diag import escape_name
+
 from ._snapshot import Snapshot
 
 __all__ = ["render_json", "render_text"]
@@ -14,7 +16,10 @@ def render_text(snapshot: Snapshot) -> bytes:
 
     ``calling`` and ``writing`` first, then two lines per listener.  A part
     that could not be read (listeners off Linux) is left out, so every line
-    present keeps the original format.
+    present keeps the original format.  Listener names are written through
+    :func:`linux_inet_diag.escape_name`: a Unix socket's name is whatever
+    bytes its owner chose, and a newline in it would forge a line (a
+    non-UTF-8 path is written ``\\xHH``, never raising).
 
     Example::
 
@@ -28,8 +33,9 @@ def render_text(snapshot: Snapshot) -> bytes:
     """
     lines = [f"calling: {snapshot.calling}\n", f"writing: {snapshot.writing}\n"]
     for name, stats in snapshot.listeners.items():
-        lines.append(f"{name} active: {stats.active}\n")
-        lines.append(f"{name} queued: {stats.queued}\n")
+        shown = escape_name(name)
+        lines.append(f"{shown} active: {stats.active}\n")
+        lines.append(f"{shown} queued: {stats.queued}\n")
     return "".join(lines).encode()
 
 
@@ -38,7 +44,10 @@ def render_json(snapshot: Snapshot) -> bytes:
 
     ``{"calling": N, "writing": N, "listeners": {NAME: {"active", "queued",
     "backlog"}}, "listen_overflows": {"listen_overflows", "listen_drops"} or
-    null, "unavailable": {PART: REASON}}``, followed by a newline.
+    null, "unavailable": {PART: REASON}}``, followed by a newline.  Names
+    are the listeners' own, JSON-escaped (ASCII only: control characters as
+    ``\\u001b``, an undecodable byte as its ``surrogateescape`` code point,
+    ``\\udce9``).
 
     Example::
 

@@ -11,7 +11,22 @@ from linux_inet_diag import ListenOverflows, ListenStats
 
 from ._errors import FormatError
 
-__all__ = ["CONTENT_TYPES", "Format", "Snapshot", "negotiate"]
+__all__ = [
+    "CONTENT_TYPES",
+    "UNAVAILABLE_HEADER",
+    "UNAVAILABLE_PARTS",
+    "Format",
+    "Snapshot",
+    "negotiate",
+    "unavailable_header",
+]
+
+#: The response header naming the parts of the stats that could not be read.
+UNAVAILABLE_HEADER = "X-Raindrops-Unavailable"
+#: The parts a snapshot may lack, in the order the header lists them: ``shared``
+#: (the gauges are this process's only: it could not join its server's
+#: segment), ``listeners`` and ``overflows`` (the kernel's figures).
+UNAVAILABLE_PARTS: tuple[str, str, str] = ("shared", "listeners", "overflows")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,3 +144,18 @@ def negotiate(accept: str | None, query: str | None = None) -> Format:
         if choices:
             return max(choices)[2]
     return Format.TEXT
+
+
+def unavailable_header(unavailable: Mapping[str, str]) -> str:
+    """The ``X-Raindrops-Unavailable`` value: missing parts, comma+space separated, or ``""``.
+
+    Known parts in the order of :data:`UNAVAILABLE_PARTS`, then any other.
+
+    Example::
+
+        >>> unavailable_header({"overflows": "ENOENT", "listeners": "EPERM"})
+        'listeners, overflows'
+    """
+    parts = [part for part in UNAVAILABLE_PARTS if part in unavailable]
+    parts += [part for part in unavailable if part not in UNAVAILABLE_PARTS]
+    return ", ".join(parts)

@@ -9,35 +9,46 @@ to answer lives here, once.
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from linux_inet_diag import (
-    AddressError,
     AsyncDiagSocket,
+    DiagSocket,
     LinuxInetDiagError,
     ListenOverflows,
     ListenStats,
-    listen_overflows,
-    parse_address,
-    tcp_listener_stats,
-    unix_listener_stats,
 )
-from shm_counters import Scoreboard, ScoreboardFullError, ShmCountersError
+from shm_counters import (
+    InheritedListener,
+    Scoreboard,
+    ScoreboardFullError,
+    ShmCountersError,
+    discover_listeners,
+    server_segment,
+)
 
-from ._access import DEFAULT_ALLOW, AccessList
-from ._discover import InheritedListener, discover_listeners
+from ._access import DEFAULT_ALLOW, AccessList, Peer
 from ._errors import ConfigError, FormatError
+from ._http import Reply, plain
 from ._prometheus import render_prometheus
+from ._reads import Kernel, arun, listener_stats_steps, run
 from ._render import render_json, render_text
-from ._segments import SEGMENT_PREFIX, default_segment
-from ._snapshot import CONTENT_TYPES, Format, Snapshot, negotiate
+from ._snapshot import (
+    CONTENT_TYPES,
+    UNAVAILABLE_HEADER,
+    UNAVAILABLE_PARTS,
+    Format,
+    Snapshot,
+    negotiate,
+    unavailable_header,
+)
+from ._validate import ANONYMOUS, check_listeners, check_path, check_segment, split_names
 
 if TYPE_CHECKING:
     from shm_counters import ScoreboardRow
@@ -48,12 +59,11 @@ __all__ = [
     "DEFAULT_SLOTS",
     "FIELDS",
     "SEGMENT_ENV",
+    "SEGMENT_NAME",
     "UNAVAILABLE_HEADER",
     "UNAVAILABLE_PARTS",
     "RaindropsState",
-    "Reply",
     "Steps",
-    "app_path",
     "unavailable_header",
 ]
 
@@ -64,36 +74,12 @@ logger.addHandler(logging.NullHandler())
 DEFAULT_PATH = "/_raindrops"
 #: The environment variable naming the segment (a path, or ``anonymous``).
 SEGMENT_ENV = "RAINDROPS_SEGMENT"
-#: ``segment=ANONYMOUS``: counters in anonymous memory, shared only across fork().
-ANONYMOUS = "anonymous"
+#: The default segment's name in the server's directory (``shm_counters.server_segment``).
+SEGMENT_NAME = "raindrops"
 #: Scoreboard rows by default: at most this many live worker processes.
 DEFAULT_SLOTS = 256
 #: The scoreboard's fields, one row per worker process.
 FIELDS: tuple[str, str] = ("calling", "writing")
-#: The response header naming the parts of the stats that could not be read.
-UNAVAILABLE_HEADER = "X-Raindrops-Unavailable"
-#: The parts a snapshot may lack, in the order the header lists them.
-UNAVAILABLE_PARTS: tuple[str, str] = ("listeners", "overflows")
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """The endpoint's answer, framework-neutral: status, headers, body.
-
-    Example::
-
-        >>> Reply(200, (("Content-Type", "text/plain"),), b"calling: 0\\n").status_line
-        '200 OK'
-    """
-
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-
-    @property
-    def status_line(self) -> str:
-        """``"200 OK"``: the WSGI status string."""
-        return f"{self.status} {http.HTTPStatus(self.status).phrase}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,79 +102,6 @@ class Steps:
     decr_calling: Callable[[], int]
     incr_writing: Callable[[], int]
     decr_writing: Callable[[], int]
-
-
-def app_path(path: str, root_path: str) -> str:
-    """The path below the mount point: ``path`` without its ``root_path`` prefix.
-
-    For ASGI, where ``scope["path"]`` includes ``scope["root_path"]`` (the
-    app mounted with Starlette's ``Mount("/ops", app)``, or served behind
-    ``uvicorn --root-path /ops``): the path the app routes on.  The prefix
-    is removed only on a segment boundary (``/ops`` from ``/ops/x``, not from
-    ``/opsx``), and a path not below ``root_path`` (a server that already
-    strips it) is returned as it is.
-
-    Example::
-
-        >>> app_path("/ops/_raindrops", "/ops"), app_path("/_raindrops", "/ops")
-        ('/_raindrops', '/_raindrops')
-    """
-    if not root_path or not path.startswith(root_path):
-        return path
-    rest = path[len(root_path) :]
-    if rest and rest[0] != "/":
-        return path
-    return rest
-
-
-def _check_segment(segment: str | os.PathLike[str] | None) -> str | None:
-    if segment is None:
-        segment = os.environ.get(SEGMENT_ENV) or None
-        where = f"${SEGMENT_ENV}"
-    else:
-        where = "segment"
-    if segment is None:
-        return None
-    if not isinstance(segment, (str, os.PathLike)):
-        raise ConfigError(f"{where} must be a path or {ANONYMOUS!r}, not {segment!r}")
-    text = os.fspath(segment)
-    if text == ANONYMOUS:
-        return ANONYMOUS
-    if not os.path.isabs(text):
-        raise ConfigError(
-            f"{where} {text!r} is not an absolute path; give one like "
-            f"'/dev/shm/myapp.raindrops', or {ANONYMOUS!r}"
-        )
-    return text
-
-
-def _check_listeners(listeners: Iterable[str] | None) -> tuple[str, ...] | None:
-    if listeners is None:
-        return None
-    if isinstance(listeners, (str, bytes)):
-        raise ConfigError(f"listeners must be a list of names, not the single string {listeners!r}")
-    names: list[str] = []
-    for name in listeners:
-        if not isinstance(name, str):
-            raise ConfigError(f"listener {name!r} is not a string like '127.0.0.1:8080'")
-        try:
-            parse_address(name)
-        except AddressError as exc:
-            # The AddressError already lists every accepted form.
-            raise ConfigError(f"malformed listener {name!r}: {exc}") from exc
-        if name not in names:
-            names.append(name)
-    return tuple(names)
-
-
-def _check_path(path: str) -> str:
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise ConfigError(f"path must be a string starting with '/', not {path!r}")
-    return path
-
-
-def _is_unix(name: str) -> bool:
-    return name.startswith(("/", "@"))
 
 
 _STATES: weakref.WeakSet[RaindropsState] = weakref.WeakSet()
@@ -215,24 +128,32 @@ class RaindropsState:
       (mode 0600) by whichever process comes first, opened by the others;
       or ``"anonymous"``: anonymous memory, shared only by processes forked
       after it was made (gunicorn ``--preload``).
-    - By default: ``/dev/shm/raindrops-<uid>-<inode of the listening
-      socket>``, a path every worker of one server derives alike, forked
-      (gunicorn) or spawned (uvicorn ``--workers``); anonymous memory when
-      the process inherited no listener.  The process that creates it sweeps
-      away the stale ones of servers that have stopped.
+    - By default: ``/dev/shm/raindrops-<euid>/raindrops-<inode of the
+      server socket>`` (:func:`shm_counters.server_segment`), a path every
+      worker of one server derives alike, forked (gunicorn) or spawned
+      (uvicorn/hypercorn ``--workers``), whatever the order they start in.
+      A process that finds no server socket (an app called in-process) or
+      cannot use the segment counts in its own memory: it logs why, once,
+      and every snapshot says so (``unavailable["shared"]``, the
+      ``X-Raindrops-Unavailable: shared`` header, ``raindrops_shared 0``).
 
     :meth:`prepare` opens the scoreboard, claims this process's row and binds
     its four :class:`Steps`, once per process (at its first request, after
-    any fork; ASGI: at lifespan startup, in a thread).  If the scoreboard
-    cannot be opened, a warning is logged and this process counts in
-    anonymous memory: serving never fails.
+    any fork; ASGI: at lifespan startup, in a thread, when the server's
+    sockets are already there).  If the scoreboard cannot be opened, a
+    warning is logged and this process counts in anonymous memory: serving
+    never fails.
 
     ``listeners`` lists the names to report (``"127.0.0.1:8080"``,
     ``"[::1]:8080"``, ``"/run/app.sock"``); malformed ones raise
     :class:`ConfigError` here.  By default, the listening sockets the worker
     inherited from its server are found among its file descriptors, once.
+    ``kernel`` replaces where the kernel's figures come from (tests; see
+    :class:`raindrops_core.adapter.Kernel`).
     ``allow`` lists the client networks that may read the endpoint
-    (loopback only by default; :data:`ALLOW_ALL` for everyone).
+    (loopback and local Unix peers by default; :data:`ALLOW_ALL` for every
+    address), or is a ready :class:`AccessList`; requests are decided by
+    its rule (:meth:`AccessList.refusal`).
 
     Example::
 
@@ -250,27 +171,33 @@ class RaindropsState:
         path: str = DEFAULT_PATH,
         listeners: Iterable[str] | None = None,
         segment: str | os.PathLike[str] | None = None,
-        allow: Iterable[str] = DEFAULT_ALLOW,
+        allow: Iterable[str] | AccessList = DEFAULT_ALLOW,
         slots: int = DEFAULT_SLOTS,
         liveness_ttl: float = 0.5,
+        kernel: Kernel | None = None,
     ) -> None:
-        self.path = _check_path(path)
-        self.listeners = _check_listeners(listeners)
-        self.segment = _check_segment(segment)
+        self.path = check_path(path)
+        self.listeners = check_listeners(listeners)
+        self.segment = check_segment(segment, SEGMENT_ENV)
         self.access = AccessList.parse(allow)
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ConfigError(f"slots must be an int >= 1, not {slots!r}")
         self.slots = slots
         self.liveness_ttl = liveness_ttl
+        #: Where the kernel's figures come from (:class:`raindrops_core.adapter.Kernel`).
+        self.kernel = Kernel() if kernel is None else kernel
         #: This process's bound steps once prepared (``None`` before, and after fork).
         self.steps: Steps | None = None
         #: This process's scoreboard row once claimed (``None`` before, and after fork).
         self.row: ScoreboardRow | None = None
         self._board: Scoreboard | None = None
         self._board_path: str | None = None
+        #: Why this process's gauges are its own only (``None``: they are shared).
+        self.unshared: str | None = None
         self._found: tuple[InheritedListener, ...] | None = None
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._diag = threading.local()  # one blocking DiagSocket per thread, reused
         self._warned: set[str] = set()
         _STATES.add(self)
 
@@ -288,6 +215,7 @@ class RaindropsState:
         self.row = None
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._diag = threading.local()
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         if key not in self._warned:
@@ -309,11 +237,30 @@ class RaindropsState:
                 self._found = found
         return found
 
+    def _private_board(self, reason: str) -> Scoreboard:
+        """Anonymous memory for a process that cannot share: say why, once, and keep it."""
+        self.unshared = reason
+        self._warn_once(
+            "segment",
+            "raindrops: %s; this process counts calling/writing in its own memory, so its "
+            "figures miss every other worker. To share them, name one segment for every "
+            "worker: RaindropsMiddleware(app, segment='/dev/shm/NAME') or $%s",
+            reason,
+            SEGMENT_ENV,
+        )
+        self._board_path = None
+        return Scoreboard(self.slots, FIELDS, liveness_ttl=self.liveness_ttl)
+
     def _open_board(self) -> Scoreboard:
         path = self.segment
         if path is None:
-            path = default_segment(SEGMENT_PREFIX, self.inherited())
-        if path is None or path == ANONYMOUS:
+            found = server_segment(SEGMENT_NAME, self._found or None)
+            if found.listeners and self._found is None:
+                self._found = found.listeners
+            if found.path is None:
+                return self._private_board(found.reason)
+            path = found.path
+        if path == ANONYMOUS:
             self._board_path = None
             return Scoreboard(self.slots, FIELDS, liveness_ttl=self.liveness_ttl)
         try:
@@ -326,15 +273,7 @@ class RaindropsState:
                 liveness_ttl=self.liveness_ttl,
             )
         except (ShmCountersError, OSError) as exc:
-            self._warn_once(
-                "segment",
-                "raindrops: cannot use the shared segment %s (%s); this process counts "
-                "in its own anonymous memory, so totals miss other workers",
-                path,
-                exc,
-            )
-            self._board_path = None
-            return Scoreboard(self.slots, FIELDS, liveness_ttl=self.liveness_ttl)
+            return self._private_board(f"cannot use the shared segment {path} ({exc})")
         self._board_path = path
         return board
 
@@ -365,6 +304,7 @@ class RaindropsState:
                 try:
                     self.row = board.claim()
                 except ScoreboardFullError as exc:
+                    self.unshared = f"{exc}; raise slots= above {self.slots}"
                     self._warn_once(
                         "full",
                         "raindrops: %s; this worker counts in private memory "
@@ -403,6 +343,27 @@ class RaindropsState:
             return steps
         return await asyncio.get_running_loop().run_in_executor(None, self.prepare)
 
+    def startup(self) -> Steps | None:
+        """:meth:`prepare` at server startup, if this process can already find its server.
+
+        A server that creates its sockets after the app's startup (uvicorn
+        or hypercorn running one process, with no ``--workers``) has none to
+        find yet: the default segment is then left for the first request,
+        when the socket it came through is there. With ``segment=`` given,
+        or the server's sockets found, this is :meth:`prepare`.
+        """
+        if self.steps is not None:
+            return self.steps
+        if self.segment is None and not self.inherited():
+            return None
+        return self.prepare()
+
+    async def astartup(self) -> Steps | None:
+        """:meth:`startup` for an event loop (ASGI lifespan): in a thread."""
+        if self.steps is not None:
+            return self.steps
+        return await asyncio.get_running_loop().run_in_executor(None, self.startup)
+
     # -- snapshot ------------------------------------------------------------
 
     def listener_names(self) -> tuple[str, ...]:
@@ -410,8 +371,8 @@ class RaindropsState:
         names = self.listeners
         if names is None:
             names = tuple(listener.name for listener in self.inherited())
-        tcp = tuple(n for n in names if not _is_unix(n))
-        return tcp + tuple(n for n in names if _is_unix(n))
+        tcp, unix = split_names(names)
+        return (*tcp, *unix)
 
     def counts(self) -> tuple[int, int]:
         """``(calling, writing)`` summed over every live worker's row."""
@@ -429,7 +390,7 @@ class RaindropsState:
 
     def _overflows(self) -> tuple[ListenOverflows | None, str | None]:
         try:
-            return listen_overflows(), None
+            return self.kernel.listen_overflows(), None
         except (LinuxInetDiagError, OSError) as exc:
             return None, self._failed("overflows", exc)
 
@@ -438,6 +399,60 @@ class RaindropsState:
         calling, writing = self.counts()
         over, reason = self._overflows() if overflows else (None, None)
         return calling, writing, over, reason
+
+    def _unavailable(self, failure: str | None, over_failure: str | None) -> dict[str, str]:
+        missing: dict[str, str] = {}
+        if self.unshared is not None:
+            missing["shared"] = self.unshared
+        if failure is not None:
+            missing["listeners"] = failure
+        if over_failure is not None:
+            missing["overflows"] = over_failure
+        return missing
+
+    def _blocking_diag(self) -> DiagSocket:
+        diag: DiagSocket | None = getattr(self._diag, "sock", None)
+        if diag is None:
+            diag = self._diag.sock = self.kernel.diag()
+        return diag
+
+    def _listeners_read(self, names: tuple[str, ...]) -> tuple[dict[str, ListenStats], str | None]:
+        """Every name's queues (blocking), or the reason they could not be read."""
+        if not names:
+            return {}, None
+        try:
+            return run(listener_stats_steps(names), self._blocking_diag()), None
+        except (LinuxInetDiagError, OSError) as exc:
+            return {}, self._failed("listeners", exc)
+
+    async def _alisteners_read(
+        self, names: tuple[str, ...]
+    ) -> tuple[dict[str, ListenStats], str | None]:
+        """:meth:`_listeners_read` on the running loop, never blocking it.
+
+        One socket per query: it belongs to the running loop, and a query is
+        one ``socket()`` call away from nothing.
+        """
+        if not names:
+            return {}, None
+        diag: AsyncDiagSocket | None = None
+        try:
+            diag = self.kernel.adiag()
+            return await arun(listener_stats_steps(names), diag), None
+        except (LinuxInetDiagError, OSError) as exc:
+            return {}, self._failed("listeners", exc)
+        finally:
+            if diag is not None:
+                diag.close()
+
+    def _assemble(
+        self,
+        read: tuple[dict[str, ListenStats], str | None],
+        local: tuple[int, int, ListenOverflows | None, str | None],
+    ) -> Snapshot:
+        listeners, failure = read
+        calling, writing, over, over_failure = local
+        return Snapshot(calling, writing, listeners, over, self._unavailable(failure, over_failure))
 
     def snapshot(self, *, overflows: bool = True) -> Snapshot:
         """Read the gauges and every listener's queues now (blocking netlink query).
@@ -450,24 +465,8 @@ class RaindropsState:
             >>> state.snapshot()  # doctest: +SKIP
             Snapshot(calling=1, writing=0, listeners={'127.0.0.1:8080': ListenStats(...)}, ...)
         """
-        names = self.listener_names()
-        listeners: dict[str, ListenStats] = {}
-        failure: str | None = None
-        if names:
-            tcp = [n for n in names if not _is_unix(n)]
-            unix = [n for n in names if _is_unix(n)]
-            # linux_inet_diag's default DiagSocket: one per thread, reused,
-            # reopened after fork.
-            try:
-                if tcp:
-                    listeners.update(tcp_listener_stats(tcp))
-                if unix:
-                    listeners.update(unix_listener_stats(unix))
-            except (LinuxInetDiagError, OSError) as exc:
-                listeners = {}
-                failure = self._failed("listeners", exc)
-        calling, writing, over, over_failure = self._local(overflows)
-        return _snapshot(calling, writing, listeners, failure, over, over_failure)
+        read = self._listeners_read(self.listener_names())
+        return self._assemble(read, self._local(overflows))
 
     async def asnapshot(self, *, overflows: bool = True) -> Snapshot:
         """:meth:`snapshot` for an event loop: nothing blocking runs on the loop.
@@ -478,59 +477,36 @@ class RaindropsState:
         thread, concurrently with it.
         """
         loop = asyncio.get_running_loop()
-        names = self.listeners
-        if names is None:
-            found = self._found
-            if found is None:
-                found = await loop.run_in_executor(None, self.inherited)
-            names = tuple(listener.name for listener in found)
+        if self.listeners is None and self._found is None:
+            await loop.run_in_executor(None, self.inherited)
         local = loop.run_in_executor(None, self._local, overflows)
-        listeners: dict[str, ListenStats] = {}
-        failure: str | None = None
         try:
-            tcp = [n for n in names if not _is_unix(n)]
-            unix = [n for n in names if _is_unix(n)]
-            if tcp or unix:
-                # One socket per query: it belongs to the running loop, and a
-                # query is one socket() call away from nothing.
-                diag: AsyncDiagSocket | None = None
-                try:
-                    diag = AsyncDiagSocket()
-                    if tcp:
-                        listeners.update(await diag.tcp_listener_stats(tcp))
-                    if unix:
-                        listeners.update(await diag.unix_listener_stats(unix))
-                except (LinuxInetDiagError, OSError) as exc:
-                    listeners = {}
-                    failure = self._failed("listeners", exc)
-                finally:
-                    if diag is not None:
-                        diag.close()
+            read = await self._alisteners_read(self.listener_names())
         finally:
-            calling, writing, over, over_failure = await local
-        return _snapshot(calling, writing, listeners, failure, over, over_failure)
+            got = await local
+        return self._assemble(read, got)
 
     # -- the endpoint --------------------------------------------------------
 
     def preflight(
-        self, client: str | None, accept: str | None, query: str | None
+        self, client: Peer | str | None, accept: str | None, query: str | None
     ) -> Reply | Format:
         """Refuse (403) or reject (400) a request to the endpoint, or pick its format.
 
-        ``client`` is the peer's IP address (``None``/``""`` for a Unix
-        socket), ``accept`` the ``Accept`` header, ``query`` the raw query string.
+        ``client`` is the request's :class:`Peer` (``Peer.from_wsgi(environ)``,
+        ``Peer.from_asgi(scope)``), or a bare IP address (a direct TCP
+        client), or ``None`` (no address: refused); ``accept`` the ``Accept``
+        header, ``query`` the raw query string.  Both error answers are
+        ``text/plain`` with ``X-Content-Type-Options: nosniff`` (the 400
+        quotes the ``format`` asked for).
         """
-        if not self.access.allows(client):
-            return _plain(
-                403,
-                f"403 Forbidden: client {client} is not in the allow-list (loopback only "
-                "by default); to allow more, pass allow=['10.0.0.0/8', ...] or "
-                "allow=ALLOW_ALL to the middleware\n",
-            )
+        reason = self.access.refusal(client)
+        if reason is not None:
+            return plain(403, f"403 Forbidden: {reason}\n")
         try:
             return negotiate(accept, query)
         except FormatError as exc:
-            return _plain(400, f"400 Bad Request: {exc}\n")
+            return plain(400, f"400 Bad Request: {exc}\n")
 
     def reply(self, snapshot: Snapshot, fmt: Format, *, head: bool = False) -> Reply:
         """The 200 answer rendering ``snapshot`` as ``fmt`` (no body for ``HEAD``).
@@ -555,7 +531,7 @@ class RaindropsState:
         return Reply(200, headers, b"" if head else body)
 
     def respond(
-        self, method: str, client: str | None, accept: str | None, query: str | None
+        self, method: str, client: Peer | str | None, accept: str | None, query: str | None
     ) -> Reply:
         """The whole endpoint, blocking: access, format, snapshot, rendering.
 
@@ -566,56 +542,16 @@ class RaindropsState:
         """
         decided = self.preflight(client, accept, query)
         if isinstance(decided, Reply):
-            return _headless(decided) if method == "HEAD" else decided
+            return decided.for_method(method)
         snap = self.snapshot(overflows=decided is not Format.TEXT)
         return self.reply(snap, decided, head=method == "HEAD")
 
     async def arespond(
-        self, method: str, client: str | None, accept: str | None, query: str | None
+        self, method: str, client: Peer | str | None, accept: str | None, query: str | None
     ) -> Reply:
         """:meth:`respond` for an event loop: nothing blocking runs on the loop."""
         decided = self.preflight(client, accept, query)
         if isinstance(decided, Reply):
-            return _headless(decided) if method == "HEAD" else decided
+            return decided.for_method(method)
         snap = await self.asnapshot(overflows=decided is not Format.TEXT)
         return self.reply(snap, decided, head=method == "HEAD")
-
-
-def unavailable_header(unavailable: Mapping[str, str]) -> str:
-    """The ``X-Raindrops-Unavailable`` value: missing parts, comma+space separated, or ``""``.
-
-    Known parts in the order of :data:`UNAVAILABLE_PARTS`, then any other.
-
-    Example::
-
-        >>> unavailable_header({"overflows": "ENOENT", "listeners": "EPERM"})
-        'listeners, overflows'
-    """
-    parts = [part for part in UNAVAILABLE_PARTS if part in unavailable]
-    parts += [part for part in unavailable if part not in UNAVAILABLE_PARTS]
-    return ", ".join(parts)
-
-
-def _snapshot(
-    calling: int,
-    writing: int,
-    listeners: dict[str, ListenStats],
-    failure: str | None,
-    overflows: ListenOverflows | None,
-    overflows_failure: str | None,
-) -> Snapshot:
-    unavailable: dict[str, str] = {}
-    if failure is not None:
-        unavailable["listeners"] = failure
-    if overflows_failure is not None:
-        unavailable["overflows"] = overflows_failure
-    return Snapshot(calling, writing, listeners, overflows, unavailable)
-
-
-def _plain(status: int, text: str) -> Reply:
-    body = text.encode()
-    return Reply(status, (("Content-Type", "text/plain"), ("Content-Length", str(len(body)))), body)
-
-
-def _headless(reply: Reply) -> Reply:
-    return Reply(reply.status, reply.headers, b"")

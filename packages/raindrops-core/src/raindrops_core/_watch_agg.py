@@ -22,13 +22,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ._errors import ConfigError
-from ._state import _check_listeners, _is_unix
+from ._errors import ConfigError, TailStreamsFullError
+from ._validate import check_listeners, split_names
 
 __all__ = [
+    "ABSENT_ROUNDS",
     "DEFAULT_DELAY",
     "DEFAULT_HISTORY",
     "LOG2_BUCKETS",
+    "MAX_LISTENERS",
+    "MAX_TAIL_STREAMS",
     "Aggregate",
     "AggregateStats",
     "AsyncFetch",
@@ -48,6 +51,15 @@ logger.addHandler(logging.NullHandler())
 DEFAULT_DELAY = 1.0
 #: Recent samples kept per listener for the history chart.
 DEFAULT_HISTORY = 300
+#: Watching every listener (``listeners=None``): one absent from this many
+#: sample rounds in a row is forgotten (a minute at the default delay).  Any
+#: user can make and close listeners (abstract Unix sockets) by the thousand.
+ABSENT_ROUNDS = 60
+#: Watching every listener: at most this many are kept; a new one beyond it
+#: pushes out the one absent longest, or is not watched while all are present.
+MAX_LISTENERS = 1024
+#: Tail streams open at once in one process, at most (each holds a bounded queue).
+MAX_TAIL_STREAMS = 64
 #: Buckets of the log2 histogram, as the Ruby ``aggregate`` gem's: bucket k holds
 #: [2**k, 2**(k+1)); samples below 1 are low outliers, from 2**127 on high ones.
 LOG2_BUCKETS = 128
@@ -248,12 +260,14 @@ class ListenerReport:
 
 
 class _Listener:
-    __slots__ = ("active", "history", "queued")
+    __slots__ = ("active", "history", "queued", "seen")
 
-    def __init__(self, at: float, history: int) -> None:
+    def __init__(self, at: float, history: int, seen: int = 0) -> None:
         self.active = Aggregate(reset_at=at)
         self.queued = Aggregate(reset_at=at)
         self.history: deque[Sample] = deque(maxlen=history)
+        #: The number of the last sample round this listener was in.
+        self.seen = seen
 
     def reset(self, at: float) -> None:
         self.active.reset(at)
@@ -331,8 +345,7 @@ class _SyncDiag:
             out.update(tcp_listener_stats(None, sock=self._sock))
             out.update(unix_listener_stats(None, sock=self._sock))
             return out
-        tcp = [n for n in names if not _is_unix(n)]
-        unix = [n for n in names if _is_unix(n)]
+        tcp, unix = split_names(names)
         if tcp:
             out.update(tcp_listener_stats(tcp, sock=self._sock))
         if unix:
@@ -353,8 +366,7 @@ async def _async_diag(names: Sequence[str] | None) -> Mapping[str, StatsLike]:
     sock = AsyncDiagSocket()
     try:
         out: dict[str, StatsLike] = {}
-        tcp = None if names is None else [n for n in names if not _is_unix(n)]
-        unix = None if names is None else [n for n in names if _is_unix(n)]
+        tcp, unix = (None, None) if names is None else split_names(names)
         if tcp is None or tcp:
             out.update(await sock.tcp_listener_stats(tcp))
         if unix is None or unix:
@@ -381,7 +393,15 @@ class WatcherEngine:
 
     ``listeners``: names to watch (``"127.0.0.1:8080"``, ``"[::1]:8080"``,
     ``"/path.sock"``), checked here (:class:`ConfigError`), or ``None`` for
-    every listener on the machine (new ones join as they appear).
+    every listener on the machine (new ones join as they appear).  With
+    ``None`` memory stays bounded whatever other users do: a listener
+    absent from ``absent_rounds`` sample rounds in a row is forgotten
+    (:data:`ABSENT_ROUNDS`), and at most ``max_listeners`` are kept
+    (:data:`MAX_LISTENERS`; a new one beyond pushes out the one absent
+    longest, or is not watched while every kept one is present:
+    :attr:`unwatched` counts those of the last round).  Named listeners are
+    always kept.  ``max_tail_streams`` bounds the open tail subscriptions
+    (:data:`MAX_TAIL_STREAMS`).
     ``history``: recent samples kept per listener.  ``clock`` gives the
     wall-clock time of samples and resets (seconds since the epoch).
     ``fetch``/``afetch`` read the stats (defaults: netlink through
@@ -409,11 +429,19 @@ class WatcherEngine:
         fetch: Fetch | None = None,
         afetch: AsyncFetch | None = None,
         tail_queue: int = 64,
+        absent_rounds: int = ABSENT_ROUNDS,
+        max_listeners: int = MAX_LISTENERS,
+        max_tail_streams: int = MAX_TAIL_STREAMS,
     ) -> None:
-        self.listeners = _check_listeners(listeners)
+        self.listeners = check_listeners(listeners)
         self.delay = float(_check_positive("delay", delay))
         self.history = int(_check_positive("history", history, integer=True))
         self.tail_queue = int(_check_positive("tail_queue", tail_queue, integer=True))
+        self.absent_rounds = int(_check_positive("absent_rounds", absent_rounds, integer=True))
+        self.max_listeners = int(_check_positive("max_listeners", max_listeners, integer=True))
+        self.max_tail_streams = int(
+            _check_positive("max_tail_streams", max_tail_streams, integer=True)
+        )
         self.clock = clock
         self._sync_diag: _SyncDiag | None = None
         if fetch is None:
@@ -431,6 +459,8 @@ class WatcherEngine:
             self._listeners[name] = _Listener(started, self.history)
         self._updated_at: float | None = None
         self._current: dict[str, tuple[int, int]] = {}
+        self._recorded = 0  # sample rounds recorded, under _lock
+        self._unwatched = 0
         self.last_error: str | None = None
         self._subs: set[Subscription] = set()
         self._sampled = threading.Event()
@@ -451,18 +481,33 @@ class WatcherEngine:
     def record(self, stats: Mapping[str, StatsLike], at: float | None = None) -> None:
         """Add one sample round (``{name: stats}``) taken at ``at`` (default: now).
 
-        Names outside an explicit ``listeners`` list are ignored.
+        Names outside an explicit ``listeners`` list are ignored.  Watching
+        every listener, this is where the absent are forgotten and the
+        number kept is capped (see the class).
         """
         if at is None:
             at = self.clock()
         round_: dict[str, tuple[int, int]] = {}
         with self._lock:
+            self._recorded += 1
+            number = self._recorded
+            kept = self._listeners
+            fresh: list[str] = []
+            for name in stats:
+                entry = kept.get(name)
+                if entry is not None:
+                    entry.seen = number
+                elif self.listeners is None:
+                    fresh.append(name)
+            if self.listeners is None:
+                self._forget_absent(number)
+                fresh = self._make_room(fresh, number)
+            for name in fresh:
+                kept[name] = _Listener(self._started_at, self.history, number)
             for name, s in stats.items():
-                entry = self._listeners.get(name)
+                entry = kept.get(name)
                 if entry is None:
-                    if self.listeners is not None:
-                        continue
-                    entry = self._listeners[name] = _Listener(self._started_at, self.history)
+                    continue
                 active, queued = int(s.active), int(s.queued)
                 entry.active.add(active, at)
                 entry.queued.add(queued, at)
@@ -477,6 +522,45 @@ class WatcherEngine:
         with self._round_done:
             self._rounds += 1
             self._round_done.notify_all()
+
+    def _forget_absent(self, number: int) -> None:
+        """Drop the listeners absent from the last ``absent_rounds`` rounds (under the lock)."""
+        oldest = number - self.absent_rounds
+        gone = [name for name, entry in self._listeners.items() if entry.seen <= oldest]
+        for name in gone:
+            del self._listeners[name]
+
+    def _make_room(self, fresh: list[str], number: int) -> list[str]:
+        """The new names that fit under ``max_listeners``, pushing out the longest absent."""
+        room = self.max_listeners - len(self._listeners)
+        if len(fresh) > room:
+            absent = sorted(
+                (entry.seen, name) for name, entry in self._listeners.items() if entry.seen < number
+            )
+            for _, name in absent[: len(fresh) - room]:
+                del self._listeners[name]
+            room = self.max_listeners - len(self._listeners)
+        unwatched = max(0, len(fresh) - room)
+        if unwatched and not self._unwatched:
+            logger.warning(
+                "raindrops Watcher: %d listeners present, %d watched at most "
+                "(max_listeners); %d not watched",
+                len(self._listeners) + len(fresh),
+                self.max_listeners,
+                unwatched,
+            )
+        self._unwatched = unwatched
+        return fresh[:room] if unwatched else fresh
+
+    @property
+    def unwatched(self) -> int:
+        """Listeners of the last round left out for ``max_listeners`` (every listener watched)."""
+        return self._unwatched
+
+    def __len__(self) -> int:
+        """How many listeners the engine keeps records for now."""
+        with self._lock:
+            return len(self._listeners)
 
     def names(self) -> tuple[str, ...]:
         """Watched listener names, in the order they were first seen."""
@@ -538,9 +622,18 @@ class WatcherEngine:
     # -- tail subscriptions --------------------------------------------------
 
     def subscribe(self, waker: Callable[[], object]) -> Subscription:
-        """A new bounded queue of sample rounds; ``waker()`` runs after each push."""
+        """A new bounded queue of sample rounds; ``waker()`` runs after each push.
+
+        Raises :class:`~raindrops_core.TailStreamsFullError` when
+        ``max_tail_streams`` are open already.
+        """
         sub = Subscription(self, self.tail_queue, waker)
         with self._lock:
+            if len(self._subs) >= self.max_tail_streams:
+                raise TailStreamsFullError(
+                    f"{len(self._subs)} tail streams are open, the most allowed "
+                    f"(max_tail_streams={self.max_tail_streams})"
+                )
             self._subs.add(sub)
         return sub
 

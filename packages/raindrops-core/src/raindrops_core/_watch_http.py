@@ -21,13 +21,20 @@ import select
 import socket
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ._errors import ConfigError, FormatError
-from ._state import ANONYMOUS, Reply, _check_segment
+from linux_inet_diag import escape_name
+from shm_counters import server_segment
+
+from ._access import DEFAULT_ALLOW, AccessList, Peer
+from ._errors import ConfigError, FormatError, TailStreamsFullError
+from ._http import Reply
+from ._snapshot import UNAVAILABLE_HEADER
+from ._state import SEGMENT_ENV
+from ._validate import ANONYMOUS, check_segment
 from ._watch_agg import (
     DEFAULT_DELAY,
     DEFAULT_HISTORY,
@@ -59,6 +66,7 @@ __all__ = [
     "TailPlan",
     "WatcherCore",
     "client_gone_probe",
+    "cross_origin_refusal",
     "last_data_recv_ms",
     "set_defer_accept",
 ]
@@ -96,6 +104,8 @@ def _reply(status: int, body: bytes, ctype: str, extra: Sequence[tuple[str, str]
 
 
 def _plain(status: int, text: str, extra: Sequence[tuple[str, str]] = ()) -> Reply:
+    if status >= 400:  # an error may quote the client: never to be sniffed as HTML
+        extra = (*extra, ("X-Content-Type-Options", "nosniff"))
     return _reply(status, text.encode(), _TEXT, extra)
 
 
@@ -200,24 +210,79 @@ def client_gone_probe(sock: Any) -> Callable[[], bool] | None:
     return peeked
 
 
+def cross_origin_refusal(
+    origin: str | None, fetch_site: str | None, host: str | None
+) -> str | None:
+    """``None`` if a state-changing request may come from where it says, else why not.
+
+    The browser's own word first: ``Sec-Fetch-Site`` (every current browser
+    sends it) must be ``same-origin`` (or ``none``, a request the user
+    started); without it, an ``Origin`` header must name this very host
+    (its ``host[:port]`` equal to the ``Host`` header); a request with
+    neither comes from no browser (curl, a script) and is allowed.  A
+    cross-site form posting to the Watcher from a page the operator visits
+    (cross-site request forgery) carries one of them, and is refused.  The
+    rule Go's ``net/http.CrossOriginProtection`` applies.
+
+    Example::
+
+        >>> cross_origin_refusal(None, "same-origin", "127.0.0.1:9000") is None
+        True
+        >>> print(cross_origin_refusal("http://evil.example", None, "127.0.0.1:9000"))
+        cross-origin request refused: Origin 'http://evil.example' is not this site (Host ...)
+    """
+    if fetch_site is not None:
+        site = fetch_site.strip().lower()
+        if site in ("same-origin", "none"):
+            return None
+        return f"cross-origin request refused: Sec-Fetch-Site is {escape_name(fetch_site)!r}"
+    if origin is None:
+        return None
+    parts = urlsplit(origin.strip())
+    if host and parts.scheme in ("http", "https") and parts.netloc.lower() == host.strip().lower():
+        return None
+    where = f" (Host {escape_name(host)!r})" if host else ""
+    return f"cross-origin request refused: Origin {escape_name(origin)!r} is not this site{where}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    method: str
+    path: str
+    query: str
+    base: str
+    referer: str | None
+    host: str | None
+    peer: Peer | str | None
+    origin: str | None
+    fetch_site: str | None
+
+
 class WatcherCore:
-    """The Watcher app without a framework: routing, pages, tail streams.
+    """The Watcher app without a framework: access, routing, pages, tail streams.
 
     ``listeners``, ``delay``, ``history``, ``clock``, ``fetch``, ``afetch``
     configure the :class:`~raindrops_core.watcher.WatcherEngine` it owns
     (or pass ``engine=``).  ``tail_max_seconds`` ends every tail stream after
     that long (``None``: when the client goes away; where that cannot be
-    told, after :data:`UNPROBED_TAIL_SECONDS`).
+    told, after :data:`UNPROBED_TAIL_SECONDS`).  ``allow`` is who may read
+    it, as the stats endpoint's (:class:`~raindrops_core.AccessList`:
+    loopback and local Unix peers by default): the pages list every
+    listener on the machine, other users' too.
 
     Adapters call :meth:`serve` (threaded servers) or :meth:`aserve` (an
-    event loop) and stream a :class:`TailPlan` with :meth:`tail` or
-    :meth:`atail`; :meth:`handle` is the same routing with no waiting.
+    event loop) with the request's :class:`~raindrops_core.Peer` and its
+    ``Origin``/``Sec-Fetch-Site`` headers, and stream a :class:`TailPlan`
+    with :meth:`tail` or :meth:`atail`; :meth:`handle` is the same routing
+    with no waiting.
 
     Example::
 
         >>> core = WatcherCore(["127.0.0.1:80"], fetch=lambda names: {})
-        >>> core.handle("GET", "/nope", "").status
+        >>> core.handle("GET", "/nope", "", peer="127.0.0.1").status
         404
+        >>> core.handle("GET", "/", "", peer="192.0.2.1").status
+        403
     """
 
     def __init__(
@@ -231,7 +296,9 @@ class WatcherCore:
         afetch: AsyncFetch | None = None,
         tail_max_seconds: float | None = None,
         engine: WatcherEngine | None = None,
+        allow: Iterable[str] | AccessList = DEFAULT_ALLOW,
     ) -> None:
+        self.access = AccessList.parse(allow)
         if engine is None:
             engine = WatcherEngine(
                 listeners, delay=delay, history=history, clock=clock, fetch=fetch, afetch=afetch
@@ -280,16 +347,27 @@ class WatcherCore:
         base: str = "",
         referer: str | None = None,
         host: str | None = None,
+        peer: Peer | str | None = None,
+        origin: str | None = None,
+        fetch_site: str | None = None,
     ) -> Reply | TailPlan:
         """Answer one request (``path`` decoded, below the mount point ``base``), never waiting.
 
-        As the Ruby original: ``GET``/``HEAD`` of ``/``, ``/active|queued/<L>.txt|.html``
+        First who asks: ``peer`` (a :class:`~raindrops_core.Peer`, or a bare
+        IP address of a direct TCP client; ``None``, no address, is refused)
+        is decided by ``allow``: a refused one gets ``403`` with the reason
+        (``text/plain``, ``X-Content-Type-Options: nosniff``).  Then, as the
+        Ruby original: ``GET``/``HEAD`` of ``/``, ``/active|queued/<L>.txt|.html``
         and ``/tail/<L>.txt``, ``POST /reset/<L>``; any other path is 404
         (also a ``GET`` of ``/reset/<L>`` or a ``POST`` elsewhere), any other
-        method 405 (with ``Allow``, an addition).  The :class:`Reply` always
-        carries the full body; the adapter drops it for ``HEAD``.
+        method 405 (with ``Allow``, an addition).  A reset is refused (403)
+        unless it comes from the Watcher's own pages or from no browser
+        (:func:`same_origin` of ``origin``, ``fetch_site``, ``host``); a tail
+        beyond ``max_tail_streams`` open ones is 503.  The :class:`Reply`
+        always carries the full body; the adapter drops it for ``HEAD``.
         """
-        return self._route(method, path, query, base, referer, host)[0]
+        req = _Request(method, path, query, base, referer, host, peer, origin, fetch_site)
+        return self._route(req)[0]
 
     def serve(
         self,
@@ -300,17 +378,24 @@ class WatcherCore:
         base: str = "",
         referer: str | None = None,
         host: str | None = None,
+        peer: Peer | str | None = None,
+        origin: str | None = None,
+        fetch_site: str | None = None,
     ) -> Reply | TailPlan:
         """:meth:`handle` for a threaded server (WSGI), with the Ruby original's waits.
 
-        Starts this process's sampler thread on first use and waits (at most
-        :data:`FIRST_SAMPLE_WAIT`) for its first round; after a reset, waits
-        as long for the next round before redirecting, so the page the
-        client comes back to has a sample again.
+        Starts this process's sampler thread on first use (for an allowed
+        client) and waits (at most :data:`FIRST_SAMPLE_WAIT`) for its first
+        round; after a reset, waits as long for the next round before
+        redirecting, so the page the client comes back to has a sample again.
         """
+        req = _Request(method, path, query, base, referer, host, peer, origin, fetch_site)
+        refused = self._refused(req)
+        if refused is not None:
+            return refused
         self.start_thread()
         rounds = self.engine.rounds
-        answer, settle = self._route(method, path, query, base, referer, host)
+        answer, settle = self._route(req)
         if settle:
             self.engine.wait_round(rounds, self._first_wait())
         return answer
@@ -324,38 +409,50 @@ class WatcherCore:
         base: str = "",
         referer: str | None = None,
         host: str | None = None,
+        peer: Peer | str | None = None,
+        origin: str | None = None,
+        fetch_site: str | None = None,
     ) -> Reply | TailPlan:
         """:meth:`serve` for an event loop (ASGI): the same waits, never blocking the loop."""
+        req = _Request(method, path, query, base, referer, host, peer, origin, fetch_site)
+        refused = self._refused(req)
+        if refused is not None:
+            return refused
         await self.astart()
         rounds = self.engine.rounds
-        answer, settle = self._route(method, path, query, base, referer, host)
+        answer, settle = self._route(req)
         if settle:
             await self.engine.await_round(rounds, self._first_wait())
         return answer
 
-    def _route(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        base: str,
-        referer: str | None,
-        host: str | None,
-    ) -> tuple[Reply | TailPlan, bool]:
+    def _refused(self, req: _Request) -> Reply | None:
+        reason = self.access.refusal(req.peer)
+        if reason is None:
+            return None
+        return _plain(403, f"403 Forbidden: {reason}\n")
+
+    def _route(self, req: _Request) -> tuple[Reply | TailPlan, bool]:
+        refused = self._refused(req)
+        if refused is not None:
+            return refused, False
+        method, path = req.method, req.path
         if method in _READ:
             if path in ("/", "/index.html", "/index.json"):
-                return self._index(path.endswith(".json"), base), False
+                return self._index(path.endswith(".json"), req.base), False
             m = _STATS.fullmatch(path)
             if m is not None:
-                return self._stats(m.group(1), m.group(2), m.group(3), base), False
+                return self._stats(m.group(1), m.group(2), m.group(3), req.base), False
             m = _TAIL.fullmatch(path)
             if m is not None:
-                return self._tail(m.group(1), m.group(2) == "json", query), False
+                return self._tail(m.group(1), m.group(2) == "json", req.query), False
             return _not_found(), False
         if method == "POST":
             m = _RESET.fullmatch(path)
             if m is not None:
-                reply = self._reset(m.group(1), base, referer, host)
+                forged = cross_origin_refusal(req.origin, req.fetch_site, req.host)
+                if forged is not None:
+                    return _plain(403, f"403 Forbidden: {forged}\n"), False
+                reply = self._reset(m.group(1), req.base, req.referer, req.host)
                 return reply, reply.status == 302
             return _not_found(), False
         return _not_allowed(), False
@@ -402,6 +499,14 @@ class WatcherCore:
     def _tail(self, name: str, as_json: bool, query: str) -> Reply | TailPlan:
         if self.engine.report(name) is None:
             return _not_found()
+        engine = self.engine
+        if engine.subscribers >= engine.max_tail_streams:
+            return _plain(
+                503,
+                f"503 Service Unavailable: {engine.subscribers} tail streams are open, "
+                f"the most allowed (max_tail_streams={engine.max_tail_streams})\n",
+                (("Retry-After", str(max(1, math.ceil(engine.delay)))),),
+            )
         q = parse_qs(query, keep_blank_values=True)
         headers = (
             ("Content-Type", _NDJSON if as_json else _TEXT),
@@ -448,7 +553,10 @@ class WatcherCore:
         if limit is None and gone is None:
             limit = UNPROBED_TAIL_SECONDS
         event = threading.Event()
-        sub = self.engine.subscribe(event.set)
+        try:
+            sub = self.engine.subscribe(event.set)
+        except TailStreamsFullError:  # filled since the plan was made: end, empty
+            return
         deadline = None if limit is None else time.monotonic() + limit
         try:
             while True:
@@ -476,7 +584,10 @@ class WatcherCore:
         """
         loop = asyncio.get_running_loop()
         event = asyncio.Event()
-        sub = self.engine.subscribe(lambda: loop.call_soon_threadsafe(event.set))
+        try:
+            sub = self.engine.subscribe(lambda: loop.call_soon_threadsafe(event.set))
+        except TailStreamsFullError:  # filled since the plan was made: end, empty
+            return
         deadline = None if plan.max_seconds is None else time.monotonic() + plan.max_seconds
         try:
             while True:
@@ -516,10 +627,8 @@ def last_data_recv_ms(info: object) -> int | None:
     return None
 
 
-def _default_segment() -> str | None:
-    from ._segments import LDR_PREFIX, default_segment
-
-    return default_segment(LDR_PREFIX)
+#: LastDataRecv's default segment name in the server's directory.
+LAST_DATA_RECV_SEGMENT_NAME = "ldr"
 
 
 #: The Ruby ``aggregate`` gem's log2 buckets that a millisecond count can reach:
@@ -596,15 +705,17 @@ class LastDataRecvCore:
         self.json_path = path + ".json"
         checked: str | None
         if segment is not None:
-            checked = _check_segment(segment)
+            checked = check_segment(segment, SEGMENT_ENV)
         else:
             env = os.environ.get(LAST_DATA_RECV_SEGMENT_ENV) or None
             try:
-                checked = None if env is None else _check_segment(env)
+                checked = None if env is None else check_segment(env, SEGMENT_ENV)
             except ConfigError as exc:
                 raise ConfigError(f"${LAST_DATA_RECV_SEGMENT_ENV}: {exc}") from None
         self._segment = checked
         self._hist: Any = histogram
+        #: Why this process's histogram is its own only (``None``: it is shared).
+        self.unshared: str | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -624,7 +735,19 @@ class LastDataRecvCore:
         with self._lock:
             if self._hist is not None:
                 return self._hist
-            path = self._segment if self._segment is not None else _default_segment()
+            path = self._segment
+            if path is None:
+                found = server_segment(LAST_DATA_RECV_SEGMENT_NAME)
+                path = found.path
+                if path is None:
+                    self.unshared = found.reason
+                    logger.warning(
+                        "raindrops LastDataRecv: %s; this process records into its own "
+                        "memory, so the report misses other workers (name a segment: "
+                        "segment='/dev/shm/NAME' or $%s)",
+                        found.reason,
+                        LAST_DATA_RECV_SEGMENT_ENV,
+                    )
             if path == ANONYMOUS:
                 path = None
             try:
@@ -712,7 +835,9 @@ class LastDataRecvCore:
         rounded), ``X-Outliers-Low`` (0 ms waits), ``X-Outliers-High``; the
         gem's text histogram.  JSON (an addition) when ``as_json`` (the
         ``.json`` path) or asked by ``?format=json`` or ``Accept``; a bad
-        ``format`` is 400.
+        ``format`` is 400. A process that could not join its server's
+        segment adds ``X-Raindrops-Unavailable: shared`` (and, in JSON,
+        ``"unavailable": {"shared": REASON}``).
         """
         if not as_json:
             from ._snapshot import Format, negotiate
@@ -724,6 +849,7 @@ class LastDataRecvCore:
         snap = self.histogram.snapshot()
         std_dev = _sample_std_dev_of(snap)
         headers = [("X-Count", str(snap.count))]
+        unavailable = {} if self.unshared is None else {"shared": self.unshared}
         if snap.count > 1:
             headers += [
                 ("X-Min", str(snap.min)),
@@ -744,8 +870,13 @@ class LastDataRecvCore:
                 "outliers_low": snap.outliers_low,
                 "outliers_high": snap.outliers_high,
                 "buckets": [{"low": lo, "high": hi, "count": c} for lo, hi, c in snap.buckets if c],
+                "unavailable": unavailable,
             }
+            if unavailable:
+                headers.append((UNAVAILABLE_HEADER, "shared"))
             return _reply(200, (json.dumps(doc) + "\n").encode(), _JSON, headers)
+        if unavailable:
+            headers.append((UNAVAILABLE_HEADER, "shared"))
         body = histogram_text(snap.buckets).encode()
         return _reply(200, body, _TEXT, headers)
 

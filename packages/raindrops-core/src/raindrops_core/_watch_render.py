@@ -17,6 +17,8 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import quote
 
+from linux_inet_diag import escape_name
+
 from ._watch_agg import AggregateStats, ListenerReport, Sample
 
 __all__ = [
@@ -107,9 +109,21 @@ def ruby_round(value: float) -> int:
     return floor
 
 
+def _name_bytes(name: str) -> bytes:
+    """The name's bytes: UTF-8, undecodable bytes (``surrogateescape``) as they were."""
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte
+        return name.encode("utf-8", "surrogatepass")
+
+
 def listener_url(name: str) -> str:
-    """The listener's name as one URL path segment: ``0.0.0.0%3A80``, ``%2Ftmp%2Fs.sock``."""
-    return quote(name, safe="")
+    """The listener's name as one URL path segment: ``0.0.0.0%3A80``, ``%2Ftmp%2Fs.sock``.
+
+    The name's bytes are percent-encoded, so a path that is not UTF-8
+    (``/tmp/caf\\xe9.sock``) is ``%2Ftmp%2Fcaf%E9.sock`` and routes back to it.
+    """
+    return quote(_name_bytes(name), safe="")
 
 
 def stats_headers(stats: AggregateStats, *, expires: float) -> list[tuple[str, str]]:
@@ -285,6 +299,9 @@ def tail_line(at: float, name: str, active: int, queued: int, *, as_json: bool =
     Spelled as the Ruby Watcher's ``sprintf("%20s % 35s % 10u % 10u\\n")``
     (the name's width capped at its own length, so never padded): the time,
     the name, and each count right-aligned in 10 columns after one space.
+    The name is written through :func:`linux_inet_diag.escape_name` (a
+    newline in it would forge a line, ESC drive the terminal of whoever
+    runs ``curl -N``); the JSON line quotes it.
 
     Example::
 
@@ -294,7 +311,7 @@ def tail_line(at: float, name: str, active: int, queued: int, *, as_json: bool =
     if as_json:
         doc = {"time": iso8601(at), "listener": name, "active": active, "queued": queued}
         return (json.dumps(doc) + "\n").encode()
-    return f"{iso8601(at):>20} {name} {active: 10d} {queued: 10d}\n".encode()
+    return f"{iso8601(at):>20} {escape_name(name)} {active: 10d} {queued: 10d}\n".encode()
 
 
 # -- HTML --------------------------------------------------------------------
@@ -311,6 +328,11 @@ _STYLE = (
 
 def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
+
+
+def _n(name: str) -> str:
+    """A name (or other outside text) on a page: control characters escaped, then HTML."""
+    return _e(escape_name(name))
 
 
 def _page(title: str, body: str) -> bytes:
@@ -426,7 +448,7 @@ def render_listener_html(
         f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in _summary_rows(stats, expires)
     )
     body = (
-        f"<h1>{_e(report.name)} {kind}</h1>"
+        f"<h1>{_n(report.name)} {kind}</h1>"
         f'<p>{_e(host)} &middot; <a href="{b}/">all listeners</a> &middot; '
         f'<a href="{b}/{other}/{url}.html">{other}</a> &middot; '
         f'<a href="{b}/{kind}/{url}.txt">text</a> &middot; '
@@ -438,7 +460,7 @@ def render_listener_html(
         f"<h2>histogram</h2>{_histogram_svg(stats)}"
         f"<pre>{_e(histogram_text(stats.buckets))}</pre>"
     )
-    return _page(f"{host} - {report.name}", body)
+    return _page(f"{host} - {escape_name(report.name)}", body)
 
 
 def render_index_html(
@@ -469,14 +491,14 @@ def render_index_html(
             else _history_svg(report.history, _BOTH, width=240, height=40, compact=True)
         )
         rows.append(
-            f'<tr><td class="name"><a href="{b}/tail/{url}.txt">{_e(name)}</a></td>'
+            f'<tr><td class="name"><a href="{b}/tail/{url}.txt">{_n(name)}</a></td>'
             f'<td><a href="{b}/active/{url}.html">{active}</a></td>'
             f'<td><a href="{b}/queued/{url}.html">{queued}</a></td>'
             f"<td>{_reset_form(base, name)}</td>"
             f"<td>{chart}</td></tr>"
         )
     legend = '<span style="color:#1f77b4">active</span>, <span style="color:#d62728">queued</span>'
-    problem = f'<p class="error">sampling failed: {_e(error)}</p>' if error else ""
+    problem = f'<p class="error">sampling failed: {_n(error)}</p>' if error else ""
     body = (
         f"<h3>Updated at {_e(when)}</h3>"
         f'<p>{_e(host)} &middot; <a href="{b}/index.json">JSON</a></p>{problem}'

@@ -21,9 +21,12 @@ Example::
 from __future__ import annotations
 
 from ._watch_agg import (
+    ABSENT_ROUNDS,
     DEFAULT_DELAY,
     DEFAULT_HISTORY,
     LOG2_BUCKETS,
+    MAX_LISTENERS,
+    MAX_TAIL_STREAMS,
     Aggregate,
     AggregateStats,
     AsyncFetch,
@@ -44,6 +47,7 @@ from ._watch_http import (
     TailPlan,
     WatcherCore,
     client_gone_probe,
+    cross_origin_refusal,
     last_data_recv_ms,
     set_defer_accept,
 )
@@ -58,12 +62,15 @@ from ._watch_render import (
 )
 
 __all__ = [
+    "ABSENT_ROUNDS",
     "DEFAULT_DELAY",
     "DEFAULT_HISTORY",
     "DEFAULT_LAST_DATA_RECV_PATH",
     "FIRST_SAMPLE_WAIT",
     "LAST_DATA_RECV_SEGMENT_ENV",
     "LOG2_BUCKETS",
+    "MAX_LISTENERS",
+    "MAX_TAIL_STREAMS",
     "UNPROBED_TAIL_SECONDS",
     "Aggregate",
     "AggregateStats",
@@ -78,6 +85,7 @@ __all__ = [
     "WatcherCore",
     "WatcherEngine",
     "client_gone_probe",
+    "cross_origin_refusal",
     "format_number",
     "histogram_text",
     "http_date",

@@ -10,29 +10,55 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from raindrops_core import DEFAULT_ALLOW, DEFAULT_PATH, DEFAULT_SLOTS, RaindropsState
+from raindrops_core.adapter import Environ, Middleware, Peer, StartResponse, WSGIApp
 from webob import Request, Response
 
 __all__ = ["RaindropsMiddleware"]
 
-Environ = dict[str, Any]
-StartResponse = Callable[..., Any]
-WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 Step = Callable[[], int]
+
+# Bumped in every forked child: a body proxy made before the fork holds the
+# parent's steps (the parent's row), which a child must never step.
+_fork_epoch = 0
+
+
+def _forked() -> None:
+    global _fork_epoch
+    _fork_epoch += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
+def _end_uncollected(done: Step) -> None:
+    """End ``writing`` for a body collected without ``close()``; never raise from a finalizer."""
+    try:
+        done()
+    except Exception:  # its row already closed (interpreter exit): nothing left to count
+        pass
 
 
 class _Closer:
     """``close()`` for a body: forward to the inner one, then stop counting it as writing.
 
     The bookkeeping runs in ``finally``, even when the inner ``close()``
-    raises, and only once however often ``close()`` is called.
+    raises, and only once however often ``close()`` is called; if nobody
+    ever calls it, when the closer is collected (see :class:`_CountedBody`).
     """
 
-    __slots__ = ("_done", "_inner")
+    __slots__ = ("_done", "_epoch", "_inner")
 
     def __init__(self, inner: Callable[[], object] | None, done: Step) -> None:
         self._inner = inner
         self._done: Step | None = done
+        self._epoch = _fork_epoch
+
+    def __del__(self) -> None:
+        done = self._done
+        if done is not None and self._epoch == _fork_epoch:
+            self._done = None
+            _end_uncollected(done)
 
     def __call__(self) -> None:
         done = self._done
@@ -52,13 +78,27 @@ class _CountedBody:
     ``close()`` forwards to the body's own, then does the bookkeeping in
     ``finally`` (even when the inner ``close()`` raises), once.  ``done`` is
     this process's bound ``writing`` decrement (one C call).
+
+    A layer outside (hand-written middleware) may drop the body without
+    calling ``close()``, against PEP 3333: ``writing`` then ends when the
+    proxy is collected (``__del__``; at once in CPython, by reference
+    counting), not never.  The app's own ``close()`` is not called from
+    there.  A proxy a forked child inherited (made before the fork) never
+    steps the parent's row.
     """
 
-    __slots__ = ("_body", "_done")
+    __slots__ = ("_body", "_done", "_epoch")
 
     def __init__(self, body: Iterable[bytes], done: Step) -> None:
         self._body = body
         self._done: Step | None = done
+        self._epoch = _fork_epoch
+
+    def __del__(self) -> None:
+        done = self._done
+        if done is not None and self._epoch == _fork_epoch:
+            self._done = None
+            _end_uncollected(done)
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._body)
@@ -103,14 +143,16 @@ def _count_file_wrapper(body: Any, done: Step) -> bool:
     replaced (an instance attribute shadows the class's method); ``False``
     if the object does not allow it (``__slots__``).
     """
+    closer = _Closer(getattr(body, "close", None), done)
     try:
-        body.close = _Closer(getattr(body, "close", None), done)
+        body.close = closer
     except (AttributeError, TypeError):
+        closer._done = None  # unused: collecting it must not end writing
         return False
     return True
 
 
-class RaindropsMiddleware:
+class RaindropsMiddleware(Middleware[WSGIApp]):
     """WSGI middleware: raindrops gauges around ``app``, the stats endpoint at ``path``.
 
     ``calling`` counts requests from entering ``app`` until it returns;
@@ -121,8 +163,9 @@ class RaindropsMiddleware:
     gauges exact.  A request to ``path`` (any method; no body for ``HEAD``)
     answers the snapshot of every worker and is not counted itself.
 
-    Options are those of :class:`raindrops_core.RaindropsState` (``listeners``,
-    ``segment``, ``allow``, ``slots``), or pass a ready ``state``.
+    ``RaindropsMiddleware(app, *, path="/_raindrops", listeners=None,
+    segment=None, allow=DEFAULT_ALLOW, slots=256, state=None)``: the options
+    of :class:`raindrops_core.RaindropsState`, or a ready ``state``.
 
     Example::
 
@@ -130,28 +173,6 @@ class RaindropsMiddleware:
 
         app = RaindropsMiddleware(app)  # then: curl http://127.0.0.1:8000/_raindrops
     """
-
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        path: str = DEFAULT_PATH,
-        listeners: Iterable[str] | None = None,
-        segment: str | os.PathLike[str] | None = None,
-        allow: Iterable[str] = DEFAULT_ALLOW,
-        slots: int = DEFAULT_SLOTS,
-        state: RaindropsState | None = None,
-    ) -> None:
-        self.app = app
-        if state is None:
-            state = RaindropsState(
-                path=path, listeners=listeners, segment=segment, allow=allow, slots=slots
-            )
-        self.state = state
-        self._path = state.path
-
-    def __repr__(self) -> str:
-        return f"RaindropsMiddleware({self.app!r}, state={self.state!r})"
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == self._path:
@@ -179,10 +200,11 @@ class RaindropsMiddleware:
         return _CountedBody(body, steps.decr_writing)
 
     def _endpoint(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        """The core's final reply (``HEAD`` applied), sent by WebOb."""
         request = Request(environ)
         reply = self.state.respond(
             request.method,
-            request.remote_addr,
+            Peer.from_wsgi(environ),
             request.headers.get("Accept"),
             request.query_string,
         )

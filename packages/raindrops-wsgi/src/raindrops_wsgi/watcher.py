@@ -13,7 +13,8 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from raindrops_core import Reply
+from raindrops_core import DEFAULT_ALLOW, AccessList
+from raindrops_core.adapter import Peer, Reply
 from raindrops_core.watcher import (
     DEFAULT_DELAY,
     DEFAULT_HISTORY,
@@ -51,8 +52,17 @@ def _respond(reply: Reply, environ: Environ, start_response: StartResponse) -> I
 
 
 def _text(wsgi_str: str) -> str:
-    """A PEP 3333 "bytes as latin-1" path as text; undecodable bytes never raise."""
+    """A PEP 3333 "bytes as latin-1" string as text; undecodable bytes never raise."""
     return wsgi_str.encode("latin-1", "replace").decode("utf-8", "replace")
+
+
+def _path(wsgi_str: str) -> str:
+    """``PATH_INFO`` as text, bytes that are not UTF-8 as ``surrogateescape`` code points.
+
+    As listener names are decoded, so ``/queued/%2Ftmp%2Fcaf%E9.sock.txt``
+    finds the socket bound at the non-UTF-8 path ``/tmp/caf\\xe9.sock``.
+    """
+    return wsgi_str.encode("latin-1", "replace").decode("utf-8", "surrogateescape")
 
 
 class _TailBody:
@@ -95,6 +105,13 @@ class Watcher:
     :data:`~raindrops_core.watcher.UNPROBED_TAIL_SECONDS`.  ``fetch`` and
     ``clock`` replace the netlink query and the wall clock (tests).
 
+    ``allow`` is who may use it, as for the stats endpoint (loopback and
+    local Unix-socket peers by default; networks or a
+    :class:`raindrops_core.AccessList`): the pages list every listener of
+    the machine, other users' included.  A reset from another site's page
+    (a cross-site form) is refused; see
+    :func:`raindrops_core.watcher.cross_origin_refusal`.
+
     Example::
 
         # watcher.py, served with: gunicorn -k gthread --threads 8 watcher:app
@@ -112,6 +129,7 @@ class Watcher:
         tail_max_seconds: float | None = None,
         fetch: Fetch | None = None,
         clock: Callable[[], float] | None = None,
+        allow: Iterable[str] | AccessList = DEFAULT_ALLOW,
     ) -> None:
         kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
         self.core = WatcherCore(
@@ -120,6 +138,7 @@ class Watcher:
             history=history,
             fetch=fetch,
             tail_max_seconds=tail_max_seconds,
+            allow=allow,
             **kwargs,
         )
         self.engine = self.core.engine
@@ -141,11 +160,14 @@ class Watcher:
         method = req.method.upper()
         answer = self.core.serve(
             method,
-            _text(environ.get("PATH_INFO", "")),
+            _path(environ.get("PATH_INFO", "")),
             req.query_string,
             base=_text(environ.get("SCRIPT_NAME", "")),
             referer=req.referer,
             host=req.host,
+            peer=Peer.from_wsgi(environ),
+            origin=environ.get("HTTP_ORIGIN"),
+            fetch_site=environ.get("HTTP_SEC_FETCH_SITE"),
         )
         if isinstance(answer, Reply):
             return _respond(answer, environ, start_response)

@@ -198,10 +198,15 @@ class Histogram:
     def record(self, value: int) -> None:
         """Add one value in ``[0, 2**63)``, lock-free, in one C call.
 
+        ``value`` is an int (or has ``__index__``); a bool, float, str or
+        None raises :class:`TypeError`, as every counter operation does.
+
         Example::
 
             h.record(elapsed_us)
         """
+        if value is True or value is False:  # cffi would take them as 1 and 0
+            raise TypeError("value must be an int, not bool")
         try:
             if _record(self._cells, self._log2, self._nb, value):
                 raise amount_error("value", value, 0, _VALUE_LIMIT - 1)

@@ -12,6 +12,12 @@ rows of different processes never share a line)::
 Only the owner writes its row's counters, so they share the row's cache
 lines; the owner cell changes by compare-and-swap only.
 
+One more cell counts the rows taken back from dead owners (by
+:meth:`Scoreboard.claim` or :meth:`Scoreboard.reap`), each death once: the
+workers that went away without releasing their row. A named segment keeps
+it in its header (offset 48, see ``_segment.py``); anonymous memory in one
+cache line after the rows.
+
 Each reader (each Scoreboard object) caches every row's owner liveness,
 because checking it costs system calls (``kill`` and a ``/proc`` read).
 ``shmc_sb_scan`` sums the rows cached as alive and picks the rows due for a
@@ -42,7 +48,16 @@ from ._errors import (
     SegmentError,
 )
 from ._native import CACHE_LINE_SIZE, CLAIMING, MAX, cas, ffi, lib, new_u8, new_u64
-from ._segment import MAX_BYTES, Kind, Layout, PathArg, Segment, encode_names, format_names
+from ._segment import (
+    MAX_BYTES,
+    RECLAIMED_OFFSET,
+    Kind,
+    Layout,
+    PathArg,
+    Segment,
+    encode_names,
+    format_names,
+)
 from ._struct import FieldBank, check_fields
 
 __all__ = ["RowInfo", "Scoreboard", "ScoreboardRow", "process_alive"]
@@ -226,6 +241,7 @@ class Scoreboard:
         "_nfields",
         "_owner",
         "_path",
+        "_reclaimed",
         "_row",
         "_row_bytes",
         "_row_class",
@@ -279,7 +295,8 @@ class Scoreboard:
                 f" more than {MAX_BYTES} (this machine's memory)"
             )
         if path is None:
-            seg = Segment.anonymous(nbytes, f"a scoreboard of {what}")
+            seg = Segment.anonymous(nbytes + CACHE_LINE_SIZE, f"a scoreboard of {what}")
+            reclaimed = seg.cells(nbytes)
         else:
 
             def want() -> Layout:
@@ -312,6 +329,7 @@ class Scoreboard:
                     f"scoreboard has {got.count} rows, not {slots}",
                     seg.path,
                 )
+            reclaimed = seg.header_cell(RECLAIMED_OFFSET)
         self.fields: tuple[str, ...] = names
         self.slots = slots
         self.liveness_ttl = float(liveness_ttl)
@@ -322,6 +340,7 @@ class Scoreboard:
         self._nfields = nfields
         self._row_bytes = row_bytes
         self._rows: Any = seg.chars(0)
+        self._reclaimed: Any = reclaimed
         self._keep = seg  # held until this object dies, even after close()
         self._row: ScoreboardRow | None = None
         self._row_class = type("ScoreboardRow", (ScoreboardRow,), ScoreboardRow._namespace(names))
@@ -333,6 +352,32 @@ class Scoreboard:
         self._totals = new_u64(nfields)
         self._due = new_u64(checks_per_call)
         _boards.add(self)
+
+    @classmethod
+    def attach(
+        cls, path: PathArg, *, liveness_ttl: float = 0.5, checks_per_call: int = 32
+    ) -> Scoreboard:
+        """Attach to an existing named scoreboard, with its own rows and fields.
+
+        For a reader that did not make it (an exporter, a CLI): the slots and
+        field names are read from the segment's header.
+
+        Example::
+
+            board = Scoreboard.attach("/dev/shm/raindrops-1000/raindrops-81234")
+            board.fields, board.slots  # ('calling', 'writing'), 256
+        """
+        seg = Segment.named(path, kind=Kind.SCOREBOARD, want=None, mode=0o600)
+        names = seg.field_names()
+        slots = seg.header().count
+        return cls(
+            slots,
+            names,
+            path=path,
+            create=False,
+            liveness_ttl=liveness_ttl,
+            checks_per_call=checks_per_call,
+        )
 
     @property
     def path(self) -> str | None:
@@ -397,6 +442,7 @@ class Scoreboard:
                 dead = not process_alive(owner, load(self._cell(r, 1)))
             if dead and cas(self._cell(r, 0), owner, CLAIMING | pid):
                 logger.debug("row %d reclaimed from dead pid %d", r, owner & _PID_MASK)
+                lib.shmc_add(self._reclaimed, 1)
                 return self._take(r, pid, stime)
         raise ScoreboardFullError(f"all {self.slots} scoreboard rows are owned by live processes")
 
@@ -516,7 +562,28 @@ class Scoreboard:
                 dead = not process_alive(owner, load(self._cell(r, 1)))
             if dead and cas(self._cell(r, 0), owner, 0):
                 freed += 1
+        if freed:
+            lib.shmc_add(self._reclaimed, freed)
         return freed
+
+    @property
+    def reclaimed(self) -> int:
+        """Rows ever taken back from dead owners: workers gone without releasing theirs.
+
+        :meth:`claim` counts a dead owner's row it takes, :meth:`reap` every
+        row it frees; each death is counted once, by whichever process frees
+        the row, and the count lives in the scoreboard (every process sees
+        it). Rows released with :meth:`ScoreboardRow.release` are not
+        counted. A row stays owned by its dead owner until one of them runs:
+        call :meth:`reap` to count deaths as they happen.
+
+        Example::
+
+            >>> Scoreboard(4, ["calling"]).reclaimed
+            0
+        """
+        self._check_open()
+        return int(lib.shmc_load(self._reclaimed))
 
     def close(self) -> None:
         """Release this process's row (if claimed) and the mapping.

@@ -15,6 +15,9 @@ header then data::
                                    counters); scoreboard: fields per row;
                                    histogram: 1 for log2 buckets
     44      4     extra length     bytes of kind-specific extra after offset 64
+    48      8     reclaimed        scoreboard: rows taken back from dead owners
+                                   (an atomic counter; 0 in other kinds)
+    56      8     (reserved, 0)
     64      ...   extra            field names, UTF-8, separated by newlines:
                                    a counter struct's or a scoreboard's
 
@@ -75,6 +78,7 @@ from ._server import owner_text
 
 __all__ = [
     "MAX_BYTES",
+    "RECLAIMED_OFFSET",
     "Kind",
     "Layout",
     "PathArg",
@@ -91,6 +95,9 @@ MAGIC = b"SHMCTRS\x00"
 VERSION = 1
 _HEADER = struct.Struct("<8sIIIIQQII")
 _EXTRA_OFFSET = 64
+#: The header cell where a scoreboard counts the rows taken back from dead owners.
+RECLAIMED_OFFSET = 48
+_COUNT_OFFSET = 24
 # The format's own bound on a segment's data (capacity x slot size).
 _FORMAT_BYTES = 2**40
 
@@ -253,16 +260,22 @@ class Segment:
         """A raw ``uint64_t *`` to data byte ``offset``: keep ``self`` while using it."""
         return at(self.base, self.data_offset + offset)
 
+    def header_cell(self, offset: int) -> Any:
+        """A raw ``uint64_t *`` to a named segment's header at ``offset`` (8-aligned, < 64)."""
+        if self.layout is None or offset % 8 or not _HEADER.size <= offset < _EXTRA_OFFSET:
+            raise SegmentError(errno.EINVAL, f"no header cell at offset {offset}", self.path)
+        return at(self.base, offset)
+
     def set_count(self, count: int) -> None:
         """Record a new count in a named segment's header."""
-        lib.shmc_store(at(self.base, 24), count)
+        lib.shmc_store(at(self.base, _COUNT_OFFSET), count)
 
     def grow_count(self, count: int) -> int:
         """Raise a named segment's recorded count to at least ``count``; return it.
 
         A compare-and-swap, so processes growing it at once keep the largest.
         """
-        cell = at(self.base, 24)
+        cell = at(self.base, _COUNT_OFFSET)
         for _ in range(1000):
             recorded = int(lib.shmc_load_sc(cell))
             if recorded >= count or cas(cell, recorded, count):

@@ -509,8 +509,9 @@ def sweep_server_segments(
     Looks in ``directory`` (default :func:`server_directory`) for regular
     files owned by this user named ``<name>-<inode>``, and unlinks those
     whose inode is not among ``live`` (default :func:`listening_inodes`)
-    and that were last changed more than ``grace`` seconds (default
-    :data:`SWEEP_GRACE`) before ``now``;
+    and that were last modified (``st_mtime``: a segment's is its creation,
+    stores through the mapping do not move it) more than ``grace`` seconds
+    (default :data:`SWEEP_GRACE`) before ``now``;
     also the temporary files of creators that died mid-creation. ``keep``
     is never removed. If the listeners cannot be read, nothing is removed.
     Best effort: errors are logged at debug level, never raised. Returns
@@ -549,7 +550,7 @@ def sweep_server_segments(
             st = os.lstat(path)
             if not stat.S_ISREG(st.st_mode) or st.st_uid != euid:
                 continue
-            if clock - max(st.st_mtime, st.st_ctime) < young:
+            if clock - st.st_mtime < young:
                 continue
             os.unlink(path)
         except OSError as exc:
