@@ -46,3 +46,14 @@ def hold_scoreboard_row(path: str, fields: list[str], ready: Any, done: Any) -> 
     row.incr_writing()
     ready.put(row.index)
     done.wait(30)
+
+
+def fadd_cells(path: str, tag: str, index: int, amount: float, times: int) -> None:
+    """Attach to the cells at ``path``; add ``amount`` to double cell ``index``, ``times`` times."""
+    from shm_counters import Cells
+
+    cells = Cells.attach(path, tag=tag)
+    add = cells.bind_fadd(index)
+    for _ in range(times):
+        add(amount)
+    cells.close()

@@ -310,3 +310,110 @@ static uint64_t busy_done(struct shmc_busy *b, int still_busy)
 
 uint64_t shmc_busy_settle(struct shmc_busy *b) { return busy_done(b, 1); }
 uint64_t shmc_busy_finish(struct shmc_busy *b) { return busy_done(b, 0); }
+
+/* -- packed cells: 64-bit integers and IEEE-754 doubles ------------------ */
+
+#include <string.h>
+
+static double as_double(uint64_t bits)
+{
+	double x;
+	memcpy(&x, &bits, sizeof x);
+	return x;
+}
+
+static uint64_t as_bits(double x)
+{
+	uint64_t bits;
+	memcpy(&bits, &x, sizeof bits);
+	return bits;
+}
+
+double shmc_f_load(const uint64_t *cell) { return as_double(__atomic_load_n(cell, RLX)); }
+
+void shmc_f_store(uint64_t *cell, double x) { __atomic_store_n(cell, as_bits(x), RLX); }
+
+double shmc_f_add(uint64_t *cell, double x)
+{
+	uint64_t old = __atomic_load_n(cell, RLX);
+	double sum;
+	/* On failure the CAS writes the cell's current pattern into old. */
+	do
+		sum = as_double(old) + x;
+	while (!__atomic_compare_exchange_n(cell, &old, as_bits(sum), 1, RLX, RLX));
+	return sum;
+}
+
+double shmc_f_min(uint64_t *cell, double x)
+{
+	uint64_t old = __atomic_load_n(cell, RLX);
+	while (x < as_double(old)) {
+		if (__atomic_compare_exchange_n(cell, &old, as_bits(x), 1, RLX, RLX))
+			return x;
+	}
+	return as_double(old);
+}
+
+double shmc_f_max(uint64_t *cell, double x)
+{
+	uint64_t old = __atomic_load_n(cell, RLX);
+	while (x > as_double(old)) {
+		if (__atomic_compare_exchange_n(cell, &old, as_bits(x), 1, RLX, RLX))
+			return x;
+	}
+	return as_double(old);
+}
+
+uint64_t shmc_or(uint64_t *cell, uint64_t bits) { return __atomic_or_fetch(cell, bits, RLX); }
+
+uint64_t shmc_and(uint64_t *cell, uint64_t bits) { return __atomic_and_fetch(cell, bits, RLX); }
+
+void shmc_fence(void) { __atomic_thread_fence(SC); }
+
+void shmc_load_range(const uint64_t *cells, uint64_t n, uint64_t *out)
+{
+	for (uint64_t i = 0; i < n; i++)
+		out[i] = __atomic_load_n(&cells[i], RLX);
+}
+
+void shmc_f_load_many(const uint64_t *cells, uint64_t n, double *out)
+{
+	for (uint64_t i = 0; i < n; i++)
+		out[i] = as_double(__atomic_load_n(&cells[i], RLX));
+}
+
+void shmc_f_store_many(uint64_t *cells, uint64_t n, const double *values)
+{
+	for (uint64_t i = 0; i < n; i++)
+		__atomic_store_n(&cells[i], as_bits(values[i]), RLX);
+}
+
+void shmc_copy_cells(uint64_t *dst, const uint64_t *src, uint64_t n)
+{
+	for (uint64_t i = 0; i < n; i++)
+		__atomic_store_n(&dst[i], __atomic_load_n(&src[i], RLX), RLX);
+}
+
+void shmc_f_sum_rows(const uint64_t *base, uint64_t stride, const uint64_t *rows,
+                     uint64_t nrows, uint64_t n, double *out)
+{
+	for (uint64_t k = 0; k < n; k++)
+		out[k] = 0.0;
+	for (uint64_t j = 0; j < nrows; j++) {
+		const uint64_t *row = base + rows[j] * stride;
+		for (uint64_t k = 0; k < n; k++)
+			out[k] += as_double(__atomic_load_n(&row[k], RLX));
+	}
+}
+
+void shmc_or_rows(const uint64_t *base, uint64_t stride, const uint64_t *rows,
+                  uint64_t nrows, uint64_t n, uint64_t *out)
+{
+	for (uint64_t k = 0; k < n; k++)
+		out[k] = 0;
+	for (uint64_t j = 0; j < nrows; j++) {
+		const uint64_t *row = base + rows[j] * stride;
+		for (uint64_t k = 0; k < n; k++)
+			out[k] |= __atomic_load_n(&row[k], RLX);
+	}
+}

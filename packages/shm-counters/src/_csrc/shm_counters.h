@@ -128,4 +128,44 @@ uint64_t shmc_busy_settle(struct shmc_busy *b);
 /* The last unit in flight done: done + 1, then busy_ns + (now - since). */
 uint64_t shmc_busy_finish(struct shmc_busy *b);
 
+/* -- packed cells: 64-bit integers and IEEE-754 doubles ------------------ *
+ *
+ * Cells 8 bytes apart (not one per cache line), for layouts of the caller's
+ * own (shm_counters.Cells). A double lives in a cell as its bit pattern.
+ *
+ * Memory orders:
+ *   - shmc_f_add/min/max are compare-and-swap loops on the bit pattern:
+ *     load the cell, compute in double, CAS the new pattern in, and on a
+ *     lost race redo the computation from the value the CAS saw. No update
+ *     is ever lost, whatever the number of threads and processes; each
+ *     addition is rounded once, in some order. __ATOMIC_RELAXED, like the
+ *     counters: no other memory is published through these cells.
+ *   - min and max store only when the new value compares smaller (larger):
+ *     a NaN argument never replaces a value, and a cell holding NaN keeps it.
+ *   - shmc_or/shmc_and: atomic fetch-or/fetch-and, relaxed.
+ *   - the bulk functions (f_load_many, copy_cells, f_sum_rows, or_rows)
+ *     load and store each cell atomically and relaxed, one after the other:
+ *     they are not a snapshot. A caller that needs one (a seqlock) brackets
+ *     them with sequentially consistent loads and shmc_fence().
+ *   - shmc_fence: a sequentially consistent thread fence (both directions). */
+double shmc_f_load(const uint64_t *cell);
+void shmc_f_store(uint64_t *cell, double x);
+double shmc_f_add(uint64_t *cell, double x);
+double shmc_f_min(uint64_t *cell, double x);
+double shmc_f_max(uint64_t *cell, double x);
+uint64_t shmc_or(uint64_t *cell, uint64_t bits);
+uint64_t shmc_and(uint64_t *cell, uint64_t bits);
+void shmc_fence(void);
+void shmc_load_range(const uint64_t *cells, uint64_t n, uint64_t *out);
+void shmc_f_load_many(const uint64_t *cells, uint64_t n, double *out);
+void shmc_f_store_many(uint64_t *cells, uint64_t n, const double *values);
+void shmc_copy_cells(uint64_t *dst, const uint64_t *src, uint64_t n);
+/* Column sums over rows: out[k] = sum of the doubles at
+ * base[rows[j] * stride + k] for j < nrows, k < n (out is overwritten). */
+void shmc_f_sum_rows(const uint64_t *base, uint64_t stride, const uint64_t *rows,
+                     uint64_t nrows, uint64_t n, double *out);
+/* Column bitwise or over rows, the same way, of 64-bit words. */
+void shmc_or_rows(const uint64_t *base, uint64_t stride, const uint64_t *rows,
+                  uint64_t nrows, uint64_t n, uint64_t *out);
+
 #endif

@@ -13,6 +13,7 @@ configuration.
 from __future__ import annotations
 
 from ._busy import BusyTimer, monotonic_ns
+from ._cells import Cells
 from ._counters import Counters
 from ._errors import (
     BoundsError,
@@ -27,6 +28,7 @@ from ._errors import (
     ShmCountersError,
 )
 from ._histogram import Histogram, HistogramSnapshot
+from ._liveness import process_alive, process_start_time
 from ._native import CACHE_LINE_SIZE, MAX, PAGE_SIZE
 from ._scoreboard import RowInfo, Scoreboard, ScoreboardRow
 from ._segment import unlink
@@ -55,6 +57,7 @@ __all__ = [
     "BoundsError",
     "BusyTimer",
     "CapacityError",
+    "Cells",
     "ClosedError",
     "CounterIndexError",
     "CounterSizeError",
@@ -77,6 +80,8 @@ __all__ = [
     "discover_listeners",
     "listening_inodes",
     "monotonic_ns",
+    "process_alive",
+    "process_start_time",
     "server_directory",
     "server_segment",
     "socket_name",
