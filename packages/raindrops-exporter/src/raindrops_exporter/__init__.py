@@ -29,7 +29,14 @@ from ._exporter import (
     Reading,
     ServerReading,
 )
-from ._http import CLIENT_TIMEOUT, DEFAULT_BIND, DEFAULT_PORT, ExporterServer, client_allowed, parse_bind
+from ._http import (
+    CLIENT_TIMEOUT,
+    DEFAULT_BIND,
+    DEFAULT_PORT,
+    ExporterServer,
+    client_allowed,
+    parse_bind,
+)
 from ._metrics import ExporterCollector, reading_families, reading_json, render_json
 from ._names import printable
 

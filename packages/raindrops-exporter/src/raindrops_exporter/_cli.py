@@ -12,7 +12,8 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
-from raindrops_core import DEFAULT_ALLOW, ConfigError as CoreConfigError
+from raindrops_core import DEFAULT_ALLOW
+from raindrops_core import ConfigError as CoreConfigError
 from shm_counters import ShmCountersError
 
 from ._errors import ConfigError
@@ -78,7 +79,9 @@ def parser() -> argparse.ArgumentParser:
         help=f"seconds of samples kept in memory for the dashboard (default {DEFAULT_HISTORY:g})",
     )
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
-    p.add_argument("--json", action="store_true", help="with --once: JSON instead of Prometheus text")
+    p.add_argument(
+        "--json", action="store_true", help="with --once: JSON instead of Prometheus text"
+    )
     p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     return p
 

@@ -236,7 +236,10 @@ class _Retired:
         self.last: dict[tuple[int, int], tuple[int, float, float]] = {}
 
     def update(self, workers: Sequence[WorkerStats]) -> tuple[int, float, float]:
-        now = {(w.index, w.pid): (w.requests_total, w.busy_seconds_total, w.response_seconds_total) for w in workers}
+        now = {
+            (w.index, w.pid): (w.requests_total, w.busy_seconds_total, w.response_seconds_total)
+            for w in workers
+        }
         for key, (req, busy, resp) in self.last.items():
             if key not in now:
                 self.requests += req
@@ -334,7 +337,9 @@ class Exporter:
             notes["listeners"] = str(exc) or type(exc).__name__
             return {}
 
-    def _groups(self, listening: Mapping[int, ListeningSocket], notes: dict[str, str]) -> dict[str, tuple[int | None, dict[str, str]]]:
+    def _groups(
+        self, listening: Mapping[int, ListeningSocket], notes: dict[str, str]
+    ) -> dict[str, tuple[int | None, dict[str, str]]]:
         found: dict[str, tuple[int | None, dict[str, str]]] = {}
         try:
             where = self.directory or server_directory(create=False)
@@ -357,7 +362,9 @@ class Exporter:
             found[f"segment:{path}"] = (None, paths)
         return found
 
-    def _refresh_sources(self, listening: Mapping[int, ListeningSocket], notes: dict[str, str]) -> None:
+    def _refresh_sources(
+        self, listening: Mapping[int, ListeningSocket], notes: dict[str, str]
+    ) -> None:
         wanted = self._groups(listening, notes)
         for key in list(self._sources):
             if key not in wanted:
@@ -527,9 +534,7 @@ class Exporter:
         hist = None
         if latency is not None:
             snap = latency.snapshot()
-            hist = LatencyReading(
-                tuple(cumulative_buckets(snap)), snap.count, snap.sum / 1e9
-            )
+            hist = LatencyReading(tuple(cumulative_buckets(snap)), snap.count, snap.sum / 1e9)
         return ServerReading(
             server=label,
             listeners=listeners,
@@ -617,7 +622,9 @@ class Exporter:
             return
         self.sample()
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="raindrops-exporter-sampler", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="raindrops-exporter-sampler", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:

@@ -110,7 +110,7 @@ def parse_bind(text: str) -> Bind:
     allowed = "HOST:PORT, [IPV6]:PORT, unix:PATH or /absolute/path"
     if not isinstance(text, str) or not text:
         raise ConfigError(f"bind must be {allowed}, not {text!r}")
-    if text.startswith("unix:") or text.startswith("/"):
+    if text.startswith(("unix:", "/")):
         path = text[5:] if text.startswith("unix:") else text
         if not os.path.isabs(path):
             raise ConfigError(f"bind {text!r}: a Unix socket path must be absolute")
@@ -130,7 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = CLIENT_TIMEOUT
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib's name)
+    def log_message(self, format: str, *args: Any) -> None:
         logger.debug("raindrops_exporter: %s " + format, self.address_string(), *args)
 
     def address_string(self) -> str:
@@ -142,7 +142,9 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return str(self.client_address[0])
 
-    def _send(self, status: int, body: bytes, content_type: str, head: bool = False, **extra: str) -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str, head: bool = False, **extra: str
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -161,25 +163,42 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(head=False)
 
     def _refuse_method(self) -> None:
-        self._send(405, b"method not allowed: GET or HEAD\n", "text/plain; charset=utf-8", Allow="GET, HEAD")
+        self._send(
+            405,
+            b"method not allowed: GET or HEAD\n",
+            "text/plain; charset=utf-8",
+            Allow="GET, HEAD",
+        )
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_method
 
     def _serve(self, head: bool) -> None:
         app = self.server.app
         if not client_allowed(app.acl, self._client(), dict(self.headers.items())):
-            self._send(403, b"forbidden: this exporter serves loopback clients unless --allow says otherwise\n", "text/plain; charset=utf-8", head)
+            self._send(
+                403,
+                b"forbidden: this exporter serves loopback clients unless --allow says otherwise\n",
+                "text/plain; charset=utf-8",
+                head,
+            )
             return
         url = urlsplit(self.path)
         try:
             route = app.routes.get(url.path)
             if route is None:
-                self._send(404, b"not found: try /, /metrics, /json or /history\n", "text/plain; charset=utf-8", head)
+                self._send(
+                    404,
+                    b"not found: try /, /metrics, /json or /history\n",
+                    "text/plain; charset=utf-8",
+                    head,
+                )
                 return
             status, body, ctype, extra = route(self, url.query)
         except Exception:
             logger.exception("raindrops_exporter: %s failed", url.path)
-            self._send(500, b"internal error: see the exporter's log\n", "text/plain; charset=utf-8", head)
+            self._send(
+                500, b"internal error: see the exporter's log\n", "text/plain; charset=utf-8", head
+            )
             return
         self._send(status, body, ctype, head, **extra)
 
@@ -248,6 +267,10 @@ class _TCPServer(_Tracking, ThreadingHTTPServer):
     allow_reuse_address = True
 
 
+class _TCP6Server(_TCPServer):
+    address_family = socket.AF_INET6
+
+
 class _UnixServer(_Tracking, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
@@ -305,9 +328,7 @@ class ExporterServer:
         if self.bind.family == socket.AF_UNIX:
             httpd = _UnixServer(self.bind.address, _Handler)
         else:
-            cls = _TCPServer
-            if self.bind.family == socket.AF_INET6:
-                cls = type("_TCP6Server", (_TCPServer,), {"address_family": socket.AF_INET6})
+            cls = _TCP6Server if self.bind.family == socket.AF_INET6 else _TCPServer
             httpd = cls(self.bind.address, _Handler)
         httpd.app = self.app
         httpd.open_requests = set()
@@ -322,8 +343,9 @@ class ExporterServer:
         """Where to point a browser or Prometheus (``unix:PATH`` for a Unix socket)."""
         if self.bind.path is not None:
             return f"unix:{self.bind.path}"
-        host, port = self.httpd.server_address[:2]
-        host = f"[{host}]" if ":" in str(host) else host
+        address: Any = self.httpd.server_address
+        host, port = str(address[0]), int(address[1])
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}/"
 
     def fileno(self) -> int:

@@ -76,9 +76,7 @@ def reading_families(reading: Reading, *, per_worker: bool = False) -> list[Metr
         labels=wl,
         unit="seconds",
     )
-    requests = CounterMetricFamily(
-        "process_utilization_requests", "Requests completed.", labels=wl
-    )
+    requests = CounterMetricFamily("process_utilization_requests", "Requests completed.", labels=wl)
     response = CounterMetricFamily(
         "process_utilization_response_seconds",
         "Sum of request durations.",
