@@ -61,12 +61,24 @@ def _server_lines(server: ServerReading, sort: str, width: int) -> list[str]:
         f"  {'worker':>6} {'pid':>8} {'busy%':>6} {'req/s':>8} {'avg_ms':>8} {'in_flight':>9}"
         f" {'requests':>9}"
     )
-    for w in sorted(server.workers, key=SORTS[sort][1]):
-        lines.append(
-            f"  {w.index:>6} {w.pid:>8} {w.percentage_active:>6.1f} {w.requests_per_second:>8.1f}"
-            f" {w.average_response_time:>8.1f} {w.in_flight:>9} {w.requests_total:>9}"
+    rows: list[tuple[float, str]] = []
+    for w in server.workers:
+        rows.append(
+            (
+                SORTS[sort][1](w),
+                f"  {w.index:>6} {w.pid:>8} {w.percentage_active:>6.1f}"
+                f" {w.requests_per_second:>8.1f} {w.average_response_time:>8.1f}"
+                f" {w.in_flight:>9} {w.requests_total:>9}",
+            )
         )
-    return lines
+    # Live workers with no utilization row yet (no request served): listed, no figures.
+    listed = {w.pid for w in server.workers}
+    for pid in server.worker_pids:
+        if pid not in listed:
+            key = float(pid) if sort == "p" else float("inf")
+            rows.append((key, f"  {'-':>6} {pid:>8} {'-':>6} {'-':>8} {'-':>8} {'-':>9} {'-':>9}"))
+    rows.sort(key=lambda row: row[0])
+    return lines + [line for _, line in rows]
 
 
 def render_frame(reading: Reading, *, sort: str = "b", width: int = 100) -> list[str]:
@@ -82,8 +94,8 @@ def render_frame(reading: Reading, *, sort: str = "b", width: int = 100) -> list
         "-" if over is None else f"{over.listen_overflows} overflows, {over.listen_drops} drops"
     )
     lines = [
-        f"raindrops-top {when}  {len(reading.servers)} server(s)  listen queues: {overflows}"
-        f"  sort: {SORTS[sort][0]}",
+        f"raindrops-top {when}  sort: {SORTS[sort][0]}  {len(reading.servers)} server(s)"
+        f"  listen queues: {overflows}",
         _HELP,
     ]
     for part, reason in reading.unavailable.items():
