@@ -129,6 +129,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _TCPServer | _UnixServer
     protocol_version = "HTTP/1.1"
     timeout = CLIENT_TIMEOUT
+    server_version = "raindrops-exporter"
+    sys_version = ""
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("raindrops_exporter: %s " + format, self.address_string(), *args)

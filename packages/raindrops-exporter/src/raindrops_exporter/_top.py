@@ -50,7 +50,7 @@ def _server_lines(server: ServerReading, sort: str, width: int) -> list[str]:
         f"  calling {calling:>4}   writing {writing:>4}   workers {len(server.busy_pids)}/"
         f"{len(server.worker_pids)} busy   reclaimed {server.reclaimed or 0}",
     ]
-    bar = max(10, min(40, width - 60))
+    bar = max(10, min(40, width - 80))  # the text before the bar takes 78 columns
     for name, stats in server.listeners.items():
         backlog = "-" if stats.backlog is None else str(stats.backlog)
         lines.append(
