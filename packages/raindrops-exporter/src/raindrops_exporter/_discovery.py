@@ -28,7 +28,7 @@ import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from linux_inet_diag import TcpState, inet_diag_records
+from ._listen import tcp_listeners
 
 __all__ = [
     "KINDS",
@@ -107,10 +107,10 @@ def unix_listening(table: bytes) -> list[ListeningSocket]:
 def listening_sockets() -> dict[int, ListeningSocket]:
     """Every listening TCP (IPv4, IPv6) and Unix stream socket here, by inode.
 
-    TCP from one netlink dump of LISTEN sockets only (the kernel then skips
-    its table of connections: cheap whatever the number of connections),
-    Unix from ``/proc/net/unix``. Raises :class:`OSError` or
-    ``linux_inet_diag.LinuxInetDiagError`` when either cannot be read.
+    TCP from one netlink dump of LISTEN sockets only (``_listen``: the
+    kernel then skips its table of connections, so it is cheap whatever
+    the number of connections), Unix from ``/proc/net/unix``. Raises
+    :class:`OSError` when either cannot be read.
 
     Example::
 
@@ -118,11 +118,10 @@ def listening_sockets() -> dict[int, ListeningSocket]:
         {s.name for s in listening.values()}  # {'127.0.0.1:8000', '/run/app.sock'}
     """
     found: dict[int, ListeningSocket] = {}
-    for rec in inet_diag_records(states=[TcpState.LISTEN]):
-        if rec.inode:
-            found[rec.inode] = ListeningSocket(
-                rec.inode, rec.local, unix=False, queued=rec.receive_queue, backlog=rec.send_queue
-            )
+    for tcp in tcp_listeners():
+        found[tcp.inode] = ListeningSocket(
+            tcp.inode, tcp.name, unix=False, queued=tcp.queued, backlog=tcp.backlog
+        )
     with open("/proc/net/unix", "rb") as table:
         for sock in unix_listening(table.read()):
             found[sock.inode] = sock
