@@ -80,3 +80,21 @@ def test_a_netlink_error_is_raised_with_its_errno() -> None:
     with pytest.raises(PermissionError) as caught:
         parse_dump(data, [])
     assert caught.value.errno == 13
+
+
+def test_unix_listeners_equal_linux_inet_diags_queues(tmp_path: object) -> None:
+    """A Unix listener with one waiting peer: queued 1 and backlog, as unix_listener_stats says."""
+    import os
+
+    from linux_inet_diag import unix_listener_stats
+    from raindrops_exporter._listen import unix_listeners
+
+    path = os.path.join(str(tmp_path), "srv.sock")
+    with socket.socket(socket.AF_UNIX) as srv, socket.socket(socket.AF_UNIX) as peer:
+        srv.bind(path)
+        srv.listen(6)
+        peer.connect(path)
+        (ours,) = [s for s in unix_listeners() if s.name == path]
+        theirs = unix_listener_stats([path])[path]
+        assert (ours.queued, ours.backlog) == (theirs.queued, theirs.backlog) == (1, 6)
+        assert ours.inode == os.fstat(srv.fileno()).st_ino

@@ -11,8 +11,8 @@ network namespace; once the server's sockets close, it is no longer listed
 
 A segment names one inode only. The server's listener *names* come from a
 live worker: the socket inodes among its descriptors (``/proc/PID/fd``),
-kept when they listen (TCP: the kernel's LISTEN sockets over netlink; Unix:
-``/proc/net/unix``). They are looked up once per server and kept; until a
+kept when they listen (the kernel's LISTEN sockets, TCP and Unix, over
+netlink: ``_listen``). They are looked up once per server and kept; until a
 worker has claimed a row, the listener with the segment's inode alone
 names it. A server is labelled by its listener names, TCP first, then
 Unix, comma-joined: ``server="127.0.0.1:8000"``,
@@ -28,7 +28,7 @@ import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ._listen import tcp_listeners
+from ._listen import tcp_listeners, unix_listeners
 
 __all__ = [
     "KINDS",
@@ -43,10 +43,6 @@ __all__ = [
 KINDS = ("raindrops", "utilization", "latency", "ldr")
 
 _FILE = re.compile(r"([a-z][a-z0-9-]{0,31})-([0-9]+)\Z")
-# /proc/net/unix "Flags" bit of a listening socket (__SO_ACCEPTCON, linux/net.h)
-# and "Type" of a stream socket (SOCK_STREAM, 1).
-_SO_ACCEPTCON = 0x10000
-_SOCK_STREAM = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +50,9 @@ class ListeningSocket:
     """One listening socket of this network namespace.
 
     ``name`` is spelled as raindrops spells listeners (``127.0.0.1:8000``,
-    ``[::1]:8000``, ``/run/app.sock``, ``@abstract``). For TCP, ``queued``
-    and ``backlog`` are the kernel's accept queue and its limit, read with
-    the socket; Unix sockets leave them ``None`` (read by name instead).
+    ``[::1]:8000``, ``/run/app.sock``, ``@abstract``); ``queued`` and
+    ``backlog`` are the kernel's accept queue and its limit, read with the
+    socket.
 
     Example::
 
@@ -71,46 +67,13 @@ class ListeningSocket:
     backlog: int | None = None
 
 
-def _unix_name(raw: bytes) -> str:
-    """A ``/proc/net/unix`` path as ``shm_counters.socket_name`` spells it."""
-    if raw.startswith(b"@"):
-        return "@" + raw[1:].decode("utf-8", "backslashreplace")
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def unix_listening(table: bytes) -> list[ListeningSocket]:
-    """The listening Unix stream sockets of a ``/proc/net/unix`` text.
-
-    Columns: ``Num RefCount Protocol Flags Type St Inode [Path]``; unnamed
-    sockets are left out.
-
-    Example::
-
-        >>> line = b"0000: 00000002 00000000 00010000 0001 01 4242 /run/a.sock"
-        >>> [s.name for s in unix_listening(b"header\\n" + line + b"\\n")]
-        ['/run/a.sock']
-    """
-    out: list[ListeningSocket] = []
-    for line in table.split(b"\n")[1:]:
-        cols = line.split(None, 7)
-        if len(cols) < 8:
-            continue
-        try:
-            flags, kind, inode = int(cols[3], 16), int(cols[4], 16), int(cols[6])
-        except ValueError:
-            continue
-        if flags & _SO_ACCEPTCON and kind == _SOCK_STREAM:
-            out.append(ListeningSocket(inode, _unix_name(cols[7]), unix=True))
-    return out
-
-
 def listening_sockets() -> dict[int, ListeningSocket]:
     """Every listening TCP (IPv4, IPv6) and Unix stream socket here, by inode.
 
     TCP from one netlink dump of LISTEN sockets only (``_listen``: the
     kernel then skips its table of connections, so it is cheap whatever
-    the number of connections), Unix from ``/proc/net/unix``. Raises
-    :class:`OSError` when either cannot be read.
+    the number of connections), Unix likewise (one ``unix_diag`` dump of
+    listening sockets). Raises :class:`OSError` when either cannot be read.
 
     Example::
 
@@ -122,9 +85,10 @@ def listening_sockets() -> dict[int, ListeningSocket]:
         found[tcp.inode] = ListeningSocket(
             tcp.inode, tcp.name, unix=False, queued=tcp.queued, backlog=tcp.backlog
         )
-    with open("/proc/net/unix", "rb") as table:
-        for sock in unix_listening(table.read()):
-            found[sock.inode] = sock
+    for unix in unix_listeners():
+        found[unix.inode] = ListeningSocket(
+            unix.inode, unix.name, unix=True, queued=unix.queued, backlog=unix.backlog
+        )
     return found
 
 

@@ -8,16 +8,15 @@ What one :meth:`Exporter.read` costs, and how fresh each figure is:
 
 - ``calling``/``writing``, the workers' table, the histogram and the restart
   counter: read from shared memory at each read (microseconds);
-- each TCP listener's ``queued`` and ``backlog``: one netlink dump of the
-  LISTEN sockets at each read (it also finds the servers: see
-  ``_discovery``); the kernel skips its table of connections for it, so it
-  costs the same with 10 or 10,000 connections;
-- each TCP listener's ``active``: counting connections walks the kernel's
-  whole table of connections (10-20 ms with 10,000), so the sampler thread
-  does it every ``interval`` seconds and a read uses its last count (at most
-  ``2 * interval`` old; a read walks itself when it is older, e.g. when no
-  sampler runs);
-- Unix listeners: one ``sock_diag`` dump of the Unix sockets at each read.
+- each listener's ``queued`` and ``backlog``: netlink dumps of the LISTEN
+  sockets (TCP, Unix) at each read (they also find the servers: see
+  ``_discovery``); the kernel skips its table of connections for them, so
+  they cost the same with 10 or 10,000 connections;
+- each listener's ``active``: counting connections walks the kernel's whole
+  table of connections (10-20 ms with 10,000 TCP ones), so the sampler
+  thread does it every ``interval`` seconds and a read uses its last count
+  (at most ``2 * interval`` old; a read walks itself when it is older, e.g.
+  when no sampler runs).
 
 The sampler also frees dead workers' rows (``Scoreboard.reap``), so the
 restart counter counts deaths within ``interval``, and keeps the last
@@ -312,7 +311,7 @@ class Exporter:
         self._retired: dict[str, _Retired] = {}
         self._active: dict[str, int] = {}
         self._walked_at = -math.inf
-        self._tcp_names: tuple[str, ...] = ()
+        self._walk_names: tuple[str, ...] = ()
         self._walk_failure: str | None = None
         samples = min(MAX_SAMPLES, max(1, math.ceil(self.history_seconds / self.interval)))
         self._history: collections.deque[dict[str, Any]] = collections.deque(maxlen=samples)
@@ -393,9 +392,13 @@ class Exporter:
     # -- reading -------------------------------------------------------------
 
     def _walk(self, names: Sequence[str]) -> None:
-        """Count every TCP listener's accepted connections (the kernel's whole table)."""
+        """Count every listener's accepted connections (the kernel's whole tables)."""
+        tcp = [n for n in names if not n.startswith(("/", "@"))]
+        unix = [n for n in names if n.startswith(("/", "@"))]
         try:
-            stats = tcp_listener_stats(list(names)) if names else {}
+            stats = dict(tcp_listener_stats(tcp)) if tcp else {}
+            if unix:
+                stats.update(unix_listener_stats(unix))
         except (LinuxInetDiagError, OSError) as exc:
             self._walk_failure = str(exc) or type(exc).__name__
             return
@@ -427,17 +430,13 @@ class Exporter:
                 if self.wanted and not (label in self.wanted or set(names) & set(self.wanted)):
                     continue
                 labelled.setdefault(label, []).append(source)
-            tcp_names = order_names(
-                n
-                for sources in labelled.values()
-                for s in sources
-                for n in names_of[s.key]
-                if not n.startswith(("/", "@"))
+            walk_names = order_names(
+                n for sources in labelled.values() for s in sources for n in names_of[s.key]
             )
-            self._tcp_names = tcp_names
+            self._walk_names = walk_names
             stale = time.monotonic() - self._walked_at > 2 * self.interval
-            if walk or stale or not set(tcp_names) <= set(self._active):
-                self._walk(tcp_names)
+            if walk or stale or not set(walk_names) <= set(self._active):
+                self._walk(walk_names)
             servers = [
                 self._server(label, sources, names_of, listening, notes)
                 for label, sources in sorted(labelled.items())
@@ -467,12 +466,9 @@ class Exporter:
         for sock in listening.values():
             by_name.setdefault(sock.name, []).append(sock)
         out: dict[str, ListenStats] = {}
-        unix = [n for n in names if n.startswith(("/", "@"))]
         for name in names:
-            if name in unix:
-                continue
             socks = by_name.get(name, [])
-            if not socks:
+            if not socks:  # nothing listens there (any more)
                 out[name] = ListenStats(0, 0, None)
                 continue
             out[name] = ListenStats(
@@ -480,13 +476,7 @@ class Exporter:
                 queued=sum(s.queued or 0 for s in socks),
                 backlog=sum(s.backlog or 0 for s in socks),
             )
-        failure = self._walk_failure
-        if unix:
-            try:
-                out.update(unix_listener_stats(unix))
-            except (LinuxInetDiagError, OSError) as exc:
-                failure = str(exc) or type(exc).__name__
-        return out, failure
+        return out, self._walk_failure
 
     def _server(
         self,
@@ -568,7 +558,7 @@ class Exporter:
 
             reading = Exporter().sample()
         """
-        self._walk(self._tcp_names)
+        self._walk(self._walk_names)
         with self._lock:
             for source in self._sources.values():
                 for board in source.boards():
