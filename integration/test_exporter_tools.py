@@ -24,8 +24,7 @@ from pathlib import Path
 
 import pytest
 from exporter_harness import samples, tool, value
-from raindrops_exporter import listening_sockets
-from raindrops_exporter._discovery import socket_inodes
+from raindrops_exporter import listening_sockets, socket_inodes
 from servers import free_port, launch, tcp, wait_until
 
 pytestmark = [

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 
-from ._discovery import ListeningSocket, label_of, listening_sockets
+from ._discovery import ListeningSocket, label_of, listening_sockets, socket_inodes
 from ._errors import ConfigError, ExporterError
 from ._exporter import (
     DEFAULT_HISTORY,
@@ -66,6 +66,7 @@ __all__ = [
     "reading_families",
     "reading_json",
     "render_json",
+    "socket_inodes",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
