@@ -60,6 +60,16 @@ PINNED: dict[str, list[tuple[str, str, str]]] = {
         ("install", "", "debcd0923b70fbefc8b1e6973e596696043cb55b806730d8ed8be5333238cdc0"),
         ("doctest", "", "3a90510da823f90a3f505b870385abcdec3f4579295500ad7248f76361043dc6"),
     ],
+    "packages/raindrops-exporter/README.md": [
+        ("install", "", "1a61ab8768e1e21d2465c042910d605932477f9b14e49387bbc8f68e9a85a501"),
+        ("file", "app.py", "8189b266d4556b3b53f0cf3e57addbecf4b75e5bfeac7e6cfe3437c1a3185b7a"),
+        (
+            "file",
+            "gunicorn.conf.py",
+            "33e9ea4d0975eb95ad8c6220b16f5402dc3637c548762026a74d76ceb615bf0c",
+        ),
+        ("console", "", "25f8311c8d8d1016f75bff9a7ea7191aa0613c1f35e78182981936dc30e5402d"),
+    ],
     "packages/raindrops-wsgi/README.md": [
         ("install", "", "0d95ddf249a01e87f5f2095773ef42d3f9d3ae417fc5947303f706030304e008"),
         ("file", "app.py", "2e0aa2ec4167d5efb99c21c51acb32a42b299ae4c12dbc7644fa6b3c8b111ca4"),

@@ -7,10 +7,10 @@ own registry.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, cast, runtime_checkable
 
-from linux_inet_diag import escape_name
+from linux_inet_diag import ListenOverflows, escape_name
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest as _generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as _generate_openmetrics
@@ -18,7 +18,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as _generat
 from ._errors import ConfigError
 from ._snapshot import Snapshot
 
-__all__ = ["RaindropsCollector", "SnapshotSource", "render_prometheus"]
+__all__ = ["RaindropsCollector", "SnapshotSource", "render_prometheus", "snapshot_families"]
 
 # Typed views: prometheus_client annotates these loosely (or not at all),
 # and they only call ``.collect()`` on what they are given.
@@ -26,64 +26,110 @@ generate_latest = cast(Callable[[Any], bytes], _generate_latest)
 generate_openmetrics = cast(Callable[[Any], bytes], _generate_openmetrics)
 
 
-def _metrics(snapshot: Snapshot, namespace: str) -> Iterator[Metric]:
+def snapshot_families(
+    snapshots: Iterable[tuple[Sequence[str], Snapshot]],
+    *,
+    labels: Sequence[str] = (),
+    overflows: ListenOverflows | None = None,
+    namespace: str = "raindrops",
+) -> list[Metric]:
+    """The raindrops metric families of several labelled snapshots, each family once.
+
+    The one renderer of ``calling``, ``writing``, ``shared``, the listener
+    gauges and the overflow counters, for the in-band endpoint (one snapshot,
+    no labels) and for readers of many servers (raindrops-exporter: one
+    snapshot per server, ``labels=("server",)``). Each pair is the values of
+    ``labels`` and a snapshot; every family holds one sample per snapshot, the
+    listener families one per snapshot and listener (label ``listener`` after
+    ``labels``). The snapshots' own ``overflows`` are not read: the machine's
+    counters are given once, as ``overflows``, and rendered without labels.
+
+    Example::
+
+        >>> [m.name for m in snapshot_families([((), Snapshot(1, 0, {}))])][:2]
+        ['raindrops_calling', 'raindrops_writing']
+    """
     ns = f"{namespace}_" if namespace else ""
-    yield GaugeMetricFamily(
+    names = list(labels)
+    calling = GaugeMetricFamily(
         f"{ns}calling",
         "Requests inside the application right now, on every worker.",
-        value=snapshot.calling,
+        labels=names,
     )
-    yield GaugeMetricFamily(
+    writing = GaugeMetricFamily(
         f"{ns}writing",
         "Responses whose body is still being sent, on every worker.",
-        value=snapshot.writing,
+        labels=names,
     )
-    yield GaugeMetricFamily(
+    shared = GaugeMetricFamily(
         f"{ns}shared",
         "1 if calling/writing are shared by every worker of the server, "
         "0 if they are this process's only.",
-        value=0 if "shared" in snapshot.unavailable else 1,
+        labels=names,
     )
-    available = "listeners" not in snapshot.unavailable
-    yield GaugeMetricFamily(
+    available = GaugeMetricFamily(
         f"{ns}listeners_available",
         "1 if listener queue statistics could be read (Linux netlink), else 0.",
-        value=1 if available else 0,
+        labels=names,
     )
-    if available:
-        active = GaugeMetricFamily(
-            f"{ns}listener_active",
-            "Connections accepted on the listener and not yet closed.",
-            labels=["listener"],
-        )
-        queued = GaugeMetricFamily(
-            f"{ns}listener_queued",
-            "Connections waiting in the listen queue, not yet accepted.",
-            labels=["listener"],
-        )
-        backlog = GaugeMetricFamily(
-            f"{ns}listener_backlog",
-            "The listen queue's capacity (the listen() backlog).",
-            labels=["listener"],
-        )
+    per_listener = [*names, "listener"]
+    active = GaugeMetricFamily(
+        f"{ns}listener_active",
+        "Connections accepted on the listener and not yet closed.",
+        labels=per_listener,
+    )
+    queued = GaugeMetricFamily(
+        f"{ns}listener_queued",
+        "Connections waiting in the listen queue, not yet accepted.",
+        labels=per_listener,
+    )
+    backlog = GaugeMetricFamily(
+        f"{ns}listener_backlog",
+        "The listen queue's capacity (the listen() backlog).",
+        labels=per_listener,
+    )
+    any_listeners = False
+    for values, snapshot in snapshots:
+        lv = list(values)
+        calling.add_metric(lv, snapshot.calling)
+        writing.add_metric(lv, snapshot.writing)
+        shared.add_metric(lv, 0 if "shared" in snapshot.unavailable else 1)
+        readable = "listeners" not in snapshot.unavailable
+        available.add_metric(lv, 1 if readable else 0)
+        if not readable:
+            continue
+        any_listeners = True
         for name, stats in snapshot.listeners.items():
-            label = [escape_name(name)]  # as the text spells it; always valid UTF-8
+            label = [*lv, escape_name(name)]  # as the text spells it; always valid UTF-8
             active.add_metric(label, stats.active)
             queued.add_metric(label, stats.queued)
             if stats.backlog is not None:  # None: nothing listens there (yet)
                 backlog.add_metric(label, stats.backlog)
-        yield from (active, queued, backlog)
-    if snapshot.overflows is not None:
-        yield CounterMetricFamily(
-            f"{ns}listen_overflows",
-            "Times a listen queue was full (TcpExtListenOverflows, whole machine).",
-            value=snapshot.overflows.listen_overflows,
+    out: list[Metric] = [calling, writing, shared, available]
+    if any_listeners:
+        out += [active, queued, backlog]
+    if overflows is not None:
+        out.append(
+            CounterMetricFamily(
+                f"{ns}listen_overflows",
+                "Times a listen queue was full (TcpExtListenOverflows, whole machine).",
+                value=overflows.listen_overflows,
+            )
         )
-        yield CounterMetricFamily(
-            f"{ns}listen_drops",
-            "SYNs dropped on listeners (TcpExtListenDrops, whole machine).",
-            value=snapshot.overflows.listen_drops,
+        out.append(
+            CounterMetricFamily(
+                f"{ns}listen_drops",
+                "SYNs dropped on listeners (TcpExtListenDrops, whole machine).",
+                value=overflows.listen_drops,
+            )
         )
+    return out
+
+
+def _metrics(snapshot: Snapshot, namespace: str) -> Iterator[Metric]:
+    yield from snapshot_families(
+        [((), snapshot)], overflows=snapshot.overflows, namespace=namespace
+    )
 
 
 @runtime_checkable
@@ -149,6 +195,10 @@ class RaindropsCollector:
     def describe(self) -> list[Metric]:
         """Nothing: registering must not take a snapshot (netlink) up front."""
         return []
+
+    #: :func:`snapshot_families`: the same families for many labelled snapshots
+    #: (what raindrops-exporter renders, one snapshot per server).
+    families = staticmethod(snapshot_families)
 
 
 class _Fixed:

@@ -21,6 +21,8 @@ written once; Starlette keeps its ASGI aliases the same way, in one small
   default segment's :data:`SEGMENT_NAME`, and what a snapshot may lack:
   :data:`UNAVAILABLE_HEADER`, :data:`UNAVAILABLE_PARTS`,
   :func:`unavailable_header`.
+- Prometheus families of many labelled snapshots (one per server, for a
+  reader of many servers such as raindrops-exporter): :func:`snapshot_families`.
 
 Example::
 
@@ -44,6 +46,7 @@ from typing import Any, Generic, TypeVar
 
 from ._access import DEFAULT_ALLOW, FORWARDING_HEADERS, AccessList, Peer, listens_on_unix
 from ._http import Reply, app_path
+from ._prometheus import snapshot_families
 from ._reads import Kernel
 from ._snapshot import UNAVAILABLE_HEADER, UNAVAILABLE_PARTS, unavailable_header
 from ._state import DEFAULT_PATH, DEFAULT_SLOTS, FIELDS, SEGMENT_NAME, RaindropsState, Steps
@@ -73,6 +76,7 @@ __all__ = [
     "asgi_header",
     "asgi_query",
     "listens_on_unix",
+    "snapshot_families",
     "unavailable_header",
 ]
 
