@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from raindrops_core.watcher import Aggregate, LastDataRecvCore, WatcherCore
+from raindrops_core.adapter import LastDataRecvCore, WatcherCore
+from raindrops_core.watcher import Aggregate
 
 
 @dataclass(frozen=True)
