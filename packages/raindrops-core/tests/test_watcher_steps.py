@@ -1,4 +1,4 @@
-"""The Watcher's I/O described once: reads through the Kernel, waits woken by rounds, final replies."""
+"""The Watcher's I/O described once: reads via the Kernel, waits woken by rounds, final replies."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ class FrozenLoop(asyncio.SelectorEventLoop):
 
 
 def on_frozen_loop(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run ``coro`` on a FrozenLoop; cancel it if nothing woke it within 30 s (a hang, not a pass)."""
+    """Run ``coro`` on a FrozenLoop; cancel it if nothing woke it in 30 s (a hang, not a pass)."""
     loop = FrozenLoop()
     try:
         task = loop.create_task(coro)
