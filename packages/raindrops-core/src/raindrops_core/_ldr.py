@@ -151,7 +151,7 @@ class LastDataRecvCore:
         self._lock = threading.Lock()
         #: Where the connections' ``tcp_info`` comes from (:class:`raindrops_core.adapter.Kernel`).
         self.kernel = Kernel() if kernel is None else kernel
-        self._tcp_info_for: TcpInfoFor = self._atcp_info if tcp_info_for is None else tcp_info_for
+        self._tcp_info_for = tcp_info_for  # None: the default lookup (_atcp_info)
         self._asock: AsyncDiagSocket | None = None  # this process's, for the default lookup
         _LIVE.add(self)
 
@@ -258,7 +258,7 @@ class LastDataRecvCore:
         (a Unix socket, a proxy in between) is not recorded.
         """
         try:
-            info = await self._tcp_info_for(local, remote)
+            info = await (self._tcp_info_for or self._atcp_info)(local, remote)
         except (ImportError, OSError, ValueError):
             info = None
         return self.record_info(info)
