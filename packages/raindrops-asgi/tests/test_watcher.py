@@ -385,3 +385,44 @@ def test_last_data_recv_finds_the_connection_by_address_pair() -> None:
     before, after = bounds
     assert before > 0
     assert before <= app.core.histogram.snapshot().min <= after
+
+
+def test_the_mount_point_is_cut_on_a_segment_boundary_only() -> None:
+    """``root_path`` is removed from the path only before a ``/`` (the core's app_path rule).
+
+    A server that already strips the mount point hands ``path="/index.json"``
+    with ``root_path="/index"``: that is the index's JSON, not ``".json"``;
+    and ``/opsx/...`` is not below ``/ops``.
+    """
+    app = make()
+
+    async def main() -> Any:
+        stripped = await call(app, scope("/index.json", root_path="/index"))
+        beside = await call(app, scope("/opsx/index.json", root_path="/ops"))
+        below = await call(app, scope("/ops/index.json", root_path="/ops"))
+        await app.aclose()
+        return stripped, beside, below
+
+    stripped, beside, below = run(main())
+    assert (stripped[0], json.loads(stripped[2])["listeners"]) == (
+        200,
+        {L: {"active": 1, "queued": 2}},
+    )
+    assert (beside[0], below[0]) == (404, 200)
+
+
+def test_last_data_recv_head_of_a_404_has_no_body() -> None:
+    """With app=None a HEAD elsewhere is 404 with GET's headers and no body (the core's reply)."""
+    app = LastDataRecv(None, segment="anonymous", tcp_info_for=lambda *a: _none())
+
+    async def main() -> Any:
+        get = await call(app, scope("/x", server=("127.0.0.1", 1), client=("127.0.0.1", 2)))
+        head = await call(
+            app, scope("/x", "HEAD", server=("127.0.0.1", 1), client=("127.0.0.1", 3))
+        )
+        report = await call(app, scope("/raindrops/last_data_recv", "HEAD"))
+        return get, head, report
+
+    get, head, report = run(main())
+    assert (get[0], get[2], head[0], head[1], head[2]) == (404, b"Not Found", 404, get[1], b"")
+    assert (report[0], report[1]["x-count"], report[2]) == (200, "0", b"")

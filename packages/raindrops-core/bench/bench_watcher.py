@@ -10,17 +10,27 @@ ratios against the peers measured in the same run:
 - one ``tcpi_last_data_recv`` record into the shared histogram vs
   ``prometheus_client.Histogram.observe`` (in-process), and the whole
   per-request step (the first-request check, then the record);
-- rendering a listener's text, JSON and HTML page.
+- rendering a listener's text, JSON and HTML page (for a loopback client:
+  the Watcher refuses everyone else);
+- one sample round read from the kernel (netlink, one named listener),
+  blocking and on an event loop, vs the round recorded from a given
+  ``fetch`` (no I/O);
+- how soon a waiter wakes once a round is recorded from another thread: a
+  coroutine awaiting ``await_round`` vs a thread in ``wait_round``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from raindrops_core.watcher import Aggregate, LastDataRecvCore, WatcherCore
+from raindrops_core.adapter import LastDataRecvCore, WatcherCore
+from raindrops_core.watcher import Aggregate, WatcherEngine
 
 
 @dataclass(frozen=True)
@@ -129,17 +139,94 @@ def main() -> None:
     core = WatcherCore([name], fetch=lambda names: {}, history=300)
     for i in range(300):
         core.engine.record({name: _Stats(i % 7, i % 13)}, at=float(i))
-    txt = _ns_per_op(lambda: core.handle("GET", f"/queued/{name}.txt", ""), budget=0.5)
-    js = _ns_per_op(lambda: core.handle("GET", f"/queued/{name}.json", ""), budget=0.5)
-    page = _ns_per_op(lambda: core.handle("GET", f"/queued/{name}.html", ""), budget=0.5)
+    local = "127.0.0.1"
+    txt = _ns_per_op(lambda: core.handle("GET", f"/queued/{name}.txt", "", peer=local), budget=0.5)
+    js = _ns_per_op(lambda: core.handle("GET", f"/queued/{name}.json", "", peer=local), budget=0.5)
+    page = _ns_per_op(
+        lambda: core.handle("GET", f"/queued/{name}.html", "", peer=local), budget=0.5
+    )
     rows.append(("page /queued/L.txt", txt / 1000, "µs", "1.00"))
     rows.append(("page /queued/L.json (300 history points)", js / 1000, "µs", f"{js / txt:.2f}"))
     rows.append(("page /queued/L.html (2 SVG charts)", page / 1000, "µs", f"{page / txt:.2f}"))
 
-    print("| operation | time | unit | ratio (peer / ours, or vs .txt) |")
+    rows += _sampling_rows()
+    rows += _wake_rows()
+
+    print("| operation | time | unit | ratio (peer / ours, or vs the row it names) |")
     print("| --- | ---: | --- | ---: |")
     for label, value, unit, ratio in rows:
         print(f"| {label} | {value:,.0f} | {unit} | {ratio} |")
+
+
+def _sampling_rows() -> list[tuple[str, float, str, str]]:
+    """One sample round: from the kernel (blocking, then on a loop) vs from a given fetch."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        name = f"127.0.0.1:{srv.getsockname()[1]}"
+        given = {name: _Stats(1, 2)}
+        fed = WatcherEngine([name], fetch=lambda names: given)
+        ours_fed = _ns_per_op(fed.sample, budget=0.5)
+        kernel = WatcherEngine([name])
+        blocking = _ns_per_op(kernel.sample, budget=0.5)
+        assert kernel.last_error is None, kernel.last_error
+
+        async def rounds(n: int) -> float:
+            began = time.perf_counter_ns()
+            for _ in range(n):
+                await kernel.asample()
+            return (time.perf_counter_ns() - began) / n
+
+        looped = min(asyncio.run(rounds(100)) for _ in range(3))
+        assert kernel.last_error is None, kernel.last_error
+    return [
+        ("sample round, given fetch (record only)", ours_fed, "ns", "1.00"),
+        ("sample round, netlink: sample()", blocking, "ns", f"{blocking / ours_fed:.2f}"),
+        (
+            "sample round, netlink on a loop: asample()",
+            looped,
+            "ns",
+            f"{looped / blocking:.2f} (vs sample())",
+        ),
+    ]
+
+
+def _wake_rows(n: int = 200) -> list[tuple[str, float, str, str]]:
+    """Median time from record() in another thread to the waiter running again."""
+    engine = WatcherEngine(["127.0.0.1:1"], fetch=lambda names: {})
+    stats = {"127.0.0.1:1": _Stats(0, 0)}
+    go = threading.Event()
+    recorded: list[int] = []
+
+    def recorder() -> None:  # a daemon: it ends with the benchmark
+        while True:
+            go.wait()
+            go.clear()
+            time.sleep(0.001)  # let the waiter start waiting
+            recorded.append(time.perf_counter_ns())
+            engine.record(stats)
+
+    threading.Thread(target=recorder, daemon=True).start()
+
+    async def on_loop() -> list[int]:
+        waits = []
+        for _ in range(n):
+            after = engine.rounds
+            go.set()
+            await engine.await_round(after, 5.0)
+            waits.append(time.perf_counter_ns() - recorded[-1])
+        return waits
+
+    aw = statistics.median(asyncio.run(on_loop())) / 1000
+    waits = []
+    for _ in range(n):
+        after = engine.rounds
+        go.set()
+        engine.wait_round(after, 5.0)
+        waits.append(time.perf_counter_ns() - recorded[-1])
+    th = statistics.median(waits) / 1000
+    return [
+        ("wake on a round: thread in wait_round", th, "µs", "1.00"),
+        ("wake on a round: coroutine in await_round", aw, "µs", f"{aw / th:.2f}"),
+    ]
 
 
 if __name__ == "__main__":

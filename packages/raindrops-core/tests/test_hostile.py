@@ -15,8 +15,8 @@ from raindrops_core import (
     render_prometheus,
     render_text,
 )
-from raindrops_core.adapter import Peer
-from raindrops_core.watcher import WatcherCore, listener_url, tail_line
+from raindrops_core.adapter import Peer, WatcherCore
+from raindrops_core.watcher import listener_url, tail_line
 
 #: An abstract name any local user can bind: a newline forging a row, a terminal escape.
 FORGED = "@rd\ncalling: 999\n\x1b[2J\x1b]0;pwned\x07"

@@ -15,14 +15,10 @@ from dataclasses import dataclass
 
 import pytest
 from raindrops_core import ConfigError
-from raindrops_core.adapter import Reply
+from raindrops_core.adapter import LastDataRecvCore, Reply, TailPlan, WatcherCore, client_gone_probe
 from raindrops_core.watcher import (
     Aggregate,
-    LastDataRecvCore,
-    TailPlan,
-    WatcherCore,
     WatcherEngine,
-    client_gone_probe,
     format_number,
     histogram_text,
     http_date,

@@ -10,16 +10,8 @@ from dataclasses import dataclass
 
 import pytest
 from raindrops_core import AccessList, ConfigError, TailStreamsFullError
-from raindrops_core.adapter import Peer, Reply
-from raindrops_core.watcher import (
-    ABSENT_ROUNDS,
-    MAX_LISTENERS,
-    MAX_TAIL_STREAMS,
-    TailPlan,
-    WatcherCore,
-    WatcherEngine,
-    cross_origin_refusal,
-)
+from raindrops_core.adapter import Peer, Reply, TailPlan, WatcherCore, cross_origin_refusal
+from raindrops_core.watcher import ABSENT_ROUNDS, MAX_LISTENERS, MAX_TAIL_STREAMS, WatcherEngine
 
 L = "127.0.0.1:8080"
 LOCAL = "127.0.0.1"

@@ -12,10 +12,10 @@ import http
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Reply", "app_path", "plain", "reply"]
+__all__ = ["NOSNIFF", "Reply", "app_path", "plain", "reply", "text_reply"]
 
 #: Refusals and rejections may quote the client (``format=<script>``): never sniffed.
-_NOSNIFF = ("X-Content-Type-Options", "nosniff")
+NOSNIFF = ("X-Content-Type-Options", "nosniff")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,15 +42,48 @@ class Reply:
         return Reply(self.status, self.headers, b"") if method == "HEAD" else self
 
 
-def reply(status: int, body: bytes, ctype: str, extra: Sequence[tuple[str, str]] = ()) -> Reply:
-    """A reply with ``Content-Type``, ``Content-Length`` and ``extra`` headers."""
-    headers = [("Content-Type", ctype), ("Content-Length", str(len(body))), *extra]
+def reply(
+    status: int,
+    body: bytes,
+    ctype: str,
+    extra: Sequence[tuple[str, str]] = (),
+    *,
+    lead: Sequence[tuple[str, str]] = (),
+) -> Reply:
+    """A reply with ``lead`` headers, ``Content-Type``, ``Content-Length``, then ``extra``.
+
+    ``lead`` is for answers whose own headers come first: the Ruby
+    Watcher's ``X-*`` headers, in its order.
+
+    Example::
+
+        >>> reply(200, b"{}", "application/json", lead=[("X-Count", "0")]).headers
+        (('X-Count', '0'), ('Content-Type', 'application/json'), ('Content-Length', '2'))
+    """
+    headers = [*lead, ("Content-Type", ctype), ("Content-Length", str(len(body))), *extra]
     return Reply(status, tuple(headers), body)
 
 
 def plain(status: int, text: str, extra: Sequence[tuple[str, str]] = ()) -> Reply:
     """A plain-text refusal or rejection the browser must not sniff (it may quote the client)."""
-    return reply(status, text.encode(), "text/plain", (*extra, _NOSNIFF))
+    return reply(status, text.encode(), "text/plain", (*extra, NOSNIFF))
+
+
+def text_reply(status: int, text: str, lead: Sequence[tuple[str, str]] = ()) -> Reply:
+    """A plain-text answer of the Watcher apps: ``lead`` headers first, then type and length.
+
+    The Watcher and LastDataRecv put their own headers first (the Ruby
+    originals' order); an error (4xx, 5xx) may quote the client, so
+    ``X-Content-Type-Options: nosniff`` follows ``lead`` there.
+
+    Example::
+
+        >>> [name for name, _ in text_reply(404, "Not Found").headers]
+        ['X-Content-Type-Options', 'Content-Type', 'Content-Length']
+    """
+    if status >= 400:
+        lead = (*lead, NOSNIFF)
+    return reply(status, text.encode(), "text/plain", lead=lead)
 
 
 def app_path(path: str, root_path: str) -> str:

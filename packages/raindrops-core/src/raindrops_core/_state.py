@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -35,6 +34,7 @@ from shm_counters import (
 
 from ._access import DEFAULT_ALLOW, AccessList, Peer
 from ._errors import ConfigError, FormatError
+from ._fork import LiveInstances
 from ._http import Reply, plain
 from ._prometheus import render_prometheus
 from ._reads import Kernel, arun, listener_stats_steps, run
@@ -104,16 +104,7 @@ class Steps:
     decr_writing: Callable[[], int]
 
 
-_STATES: weakref.WeakSet[RaindropsState] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for state in list(_STATES):
-        state._forget_process()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_LIVE: LiveInstances[RaindropsState] = LiveInstances()
 
 
 class RaindropsState:
@@ -199,7 +190,7 @@ class RaindropsState:
         self._read_lock = threading.Lock()
         self._diag = threading.local()  # one blocking DiagSocket per thread, reused
         self._warned: set[str] = set()
-        _STATES.add(self)
+        _LIVE.add(self)
 
     def __repr__(self) -> str:
         return (
@@ -209,7 +200,7 @@ class RaindropsState:
 
     # -- per process ---------------------------------------------------------
 
-    def _forget_process(self) -> None:
+    def _after_fork(self) -> None:
         """In a forked child: claim a new row and bind new steps (the parent's are its own)."""
         self.steps = None
         self.row = None

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from linux_inet_diag import escape_name
 
-from ._watch_agg import AggregateStats, ListenerReport, Sample
+from ._watch_stats import AggregateStats, ListenerReport, Sample
 
 __all__ = [
     "format_number",

@@ -1,13 +1,16 @@
-"""The Watcher and LastDataRecv engines, framework-neutral (raindrops-wsgi/-asgi serve them).
+"""The Watcher's engine and records, framework-neutral (raindrops-wsgi/-asgi serve them).
 
 :class:`WatcherEngine` samples listener statistics every ``delay`` seconds
 and keeps, per listener and for ``active`` and ``queued``, the Ruby Watcher's
 running statistics (:class:`AggregateStats`: count, min, max, mean, the
 ``aggregate`` gem's sample standard deviation, outliers, its log2 histogram,
 the current value, when the maximum was first and last reached, the last
-reset) and a bounded ring of recent samples.  :class:`WatcherCore` turns HTTP requests into answers;
-:class:`LastDataRecvCore` records ``tcpi_last_data_recv`` into a histogram
-shared by all workers and reports it.
+reset) and a bounded ring of recent samples; the helpers below spell
+numbers, dates and lines as the Ruby original does.  The apps' defaults
+(:data:`FIRST_SAMPLE_WAIT`, :data:`UNPROBED_TAIL_SECONDS`, LastDataRecv's
+path and environment variable) and :func:`set_defer_accept` for gunicorn's
+config are here too.  What adapters are made of (``WatcherCore``,
+``TailPlan``, ``LastDataRecvCore``, ...) is in :mod:`raindrops_core.adapter`.
 
 Example::
 
@@ -20,37 +23,17 @@ Example::
 
 from __future__ import annotations
 
-from ._watch_agg import (
+from ._ldr import DEFAULT_LAST_DATA_RECV_PATH, LAST_DATA_RECV_SEGMENT_ENV, set_defer_accept
+from ._watch_engine import (
     ABSENT_ROUNDS,
     DEFAULT_DELAY,
     DEFAULT_HISTORY,
-    LOG2_BUCKETS,
     MAX_LISTENERS,
     MAX_TAIL_STREAMS,
-    Aggregate,
-    AggregateStats,
-    AsyncFetch,
-    Fetch,
-    ListenerReport,
-    Sample,
-    StatsLike,
     Subscription,
     WatcherEngine,
-    sample_std_dev,
 )
-from ._watch_http import (
-    DEFAULT_LAST_DATA_RECV_PATH,
-    FIRST_SAMPLE_WAIT,
-    LAST_DATA_RECV_SEGMENT_ENV,
-    UNPROBED_TAIL_SECONDS,
-    LastDataRecvCore,
-    TailPlan,
-    WatcherCore,
-    client_gone_probe,
-    cross_origin_refusal,
-    last_data_recv_ms,
-    set_defer_accept,
-)
+from ._watch_http import FIRST_SAMPLE_WAIT, UNPROBED_TAIL_SECONDS
 from ._watch_render import (
     format_number,
     histogram_text,
@@ -59,6 +42,15 @@ from ._watch_render import (
     listener_url,
     ruby_round,
     tail_line,
+)
+from ._watch_stats import (
+    LOG2_BUCKETS,
+    Aggregate,
+    AggregateStats,
+    ListenerReport,
+    Sample,
+    StatsLike,
+    sample_std_dev,
 )
 
 __all__ = [
@@ -74,23 +66,15 @@ __all__ = [
     "UNPROBED_TAIL_SECONDS",
     "Aggregate",
     "AggregateStats",
-    "AsyncFetch",
-    "Fetch",
-    "LastDataRecvCore",
     "ListenerReport",
     "Sample",
     "StatsLike",
     "Subscription",
-    "TailPlan",
-    "WatcherCore",
     "WatcherEngine",
-    "client_gone_probe",
-    "cross_origin_refusal",
     "format_number",
     "histogram_text",
     "http_date",
     "iso8601",
-    "last_data_recv_ms",
     "listener_url",
     "ruby_round",
     "sample_std_dev",

@@ -10,10 +10,10 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from raindrops_core.adapter import Environ, Middleware, Peer, StartResponse, WSGIApp
+from raindrops_core.adapter import Environ, Middleware, Peer, Reply, StartResponse, WSGIApp
 from webob import Request, Response
 
-__all__ = ["RaindropsMiddleware"]
+__all__ = ["RaindropsMiddleware", "send_reply"]
 
 Step = Callable[[], int]
 
@@ -29,6 +29,19 @@ def _forked() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forked)
+
+
+def send_reply(reply: Reply, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """Send one of the core's final replies (``HEAD`` already applied) with WebOb.
+
+    Status, headers and body go out as the core made them (WebOb only makes
+    a ``Location`` absolute).
+    """
+    response = Response(
+        status=reply.status_line, headerlist=list(reply.headers), app_iter=[reply.body]
+    )
+    result: Iterable[bytes] = response(environ, start_response)
+    return result
 
 
 def _end_uncollected(done: Step) -> None:
@@ -208,8 +221,4 @@ class RaindropsMiddleware(Middleware[WSGIApp]):
             request.headers.get("Accept"),
             request.query_string,
         )
-        response = Response(
-            status=reply.status_line, headerlist=list(reply.headers), app_iter=[reply.body]
-        )
-        result: Iterable[bytes] = response(environ, start_response)
-        return result
+        return send_reply(reply, environ, start_response)

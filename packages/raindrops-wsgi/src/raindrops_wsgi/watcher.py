@@ -1,54 +1,32 @@
 """WSGI apps watching the server over time: :class:`Watcher` and :class:`LastDataRecv`.
 
-Protocol glue only: sampling, statistics, pages and routing are
-:mod:`raindrops_core.watcher`.
+Protocol glue only: the constructors, sampling, statistics, pages, routing
+and final replies are raindrops-core's (:class:`raindrops_core.adapter.WatcherApp`,
+:class:`raindrops_core.adapter.LastDataRecvApp`); this module reads the
+environ, sends the replies with WebOb and streams the tail.
 """
 
 from __future__ import annotations
 
-import atexit
 import itertools
-import os
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator
 
-from raindrops_core import DEFAULT_ALLOW, AccessList
-from raindrops_core.adapter import Peer, Reply
-from raindrops_core.watcher import (
-    DEFAULT_DELAY,
-    DEFAULT_HISTORY,
-    DEFAULT_LAST_DATA_RECV_PATH,
-    Fetch,
-    LastDataRecvCore,
-    TailPlan,
-    WatcherCore,
+from raindrops_core.adapter import (
+    Environ,
+    LastDataRecvApp,
+    Peer,
+    Reply,
+    StartResponse,
+    WatcherApp,
+    WSGIApp,
     client_gone_probe,
-    set_defer_accept,
 )
-from webob import Request, Response
+from raindrops_core.watcher import set_defer_accept
+from webob import Request
+
+from ._middleware import send_reply
 
 __all__ = ["LastDataRecv", "Watcher", "set_defer_accept"]
-
-Environ = dict[str, Any]
-StartResponse = Callable[..., Any]
-WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-
-_LIVE: weakref.WeakSet[Watcher] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all() -> None:
-    for watcher in list(_LIVE):
-        watcher.close()
-
-
-def _respond(reply: Reply, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-    response = Response(status=reply.status_line, headerlist=list(reply.headers))
-    response.body = reply.body  # WebOb answers HEAD without it, headers kept
-    response.headers["Content-Length"] = str(len(reply.body))
-    result: Iterable[bytes] = response(environ, start_response)
-    return result
 
 
 def _text(wsgi_str: str) -> str:
@@ -87,30 +65,20 @@ class _TailBody:
             close()
 
 
-class Watcher:
+class Watcher(WatcherApp):
     """The Ruby original's Raindrops::Watcher as a WSGI app (mount it under any prefix).
 
-    Samples ``listeners`` (default: every listener on the machine) every
-    ``delay`` seconds in one background thread per process, started on the
-    first request and stopped by :meth:`close` (also run at exit).  Serves
-    ``GET /`` (HTML index), ``/index.json``, ``/active/<L>.txt|.html|.json``,
-    ``/queued/<L>.txt|.html|.json``, ``/tail/<L>.txt|.json?active_min=N&
-    queued_min=N`` (streamed: needs a threaded server, e.g. gunicorn
-    ``gthread``, as the Ruby one did) and ``POST /reset/<L>`` (302 back).
-    ``<L>`` is the URL-escaped listener name (``0.0.0.0%3A80``).  A tail
-    stream ends when its client goes away, seen on the client socket the
-    server exposes (gunicorn's ``environ["gunicorn.socket"]``) even while
-    no line is written; on servers that expose none, after
+    The options, routes and access rule are
+    :class:`raindrops_core.adapter.WatcherApp`'s (``afetch`` is not used
+    here).  One background sampler thread per process, started on the
+    first request and stopped by :meth:`close` (and at interpreter exit).
+    The tail stream needs a threaded server (gunicorn ``gthread``), as the
+    Ruby one did; it ends when its client goes away, seen on the client
+    socket the server exposes (gunicorn's ``environ["gunicorn.socket"]``)
+    even while no line is written; on servers that expose none, after
     ``tail_max_seconds`` or else
-    :data:`~raindrops_core.watcher.UNPROBED_TAIL_SECONDS`.  ``fetch`` and
-    ``clock`` replace the netlink query and the wall clock (tests).
-
-    ``allow`` is who may use it, as for the stats endpoint (loopback and
-    local Unix-socket peers by default; networks or a
-    :class:`raindrops_core.AccessList`): the pages list every listener of
-    the machine, other users' included.  A reset from another site's page
-    (a cross-site form) is refused; see
-    :func:`raindrops_core.watcher.cross_origin_refusal`.
+    :data:`~raindrops_core.watcher.UNPROBED_TAIL_SECONDS`.  Links and
+    redirects follow ``SCRIPT_NAME``.
 
     Example::
 
@@ -119,33 +87,6 @@ class Watcher:
 
         app = Watcher(["0.0.0.0:8080"], delay=1.0)
     """
-
-    def __init__(
-        self,
-        listeners: Sequence[str] | None = None,
-        *,
-        delay: float = DEFAULT_DELAY,
-        history: int = DEFAULT_HISTORY,
-        tail_max_seconds: float | None = None,
-        fetch: Fetch | None = None,
-        clock: Callable[[], float] | None = None,
-        allow: Iterable[str] | AccessList = DEFAULT_ALLOW,
-    ) -> None:
-        kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
-        self.core = WatcherCore(
-            listeners,
-            delay=delay,
-            history=history,
-            fetch=fetch,
-            tail_max_seconds=tail_max_seconds,
-            allow=allow,
-            **kwargs,
-        )
-        self.engine = self.core.engine
-        _LIVE.add(self)
-
-    def __repr__(self) -> str:
-        return f"<Watcher {self.engine!r}>"
 
     def start(self) -> None:
         """Start this process's sampler unless it runs (the first request does it too)."""
@@ -157,9 +98,8 @@ class Watcher:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         req = Request(environ)
-        method = req.method.upper()
         answer = self.core.serve(
-            method,
+            req.method.upper(),
             _path(environ.get("PATH_INFO", "")),
             req.query_string,
             base=_text(environ.get("SCRIPT_NAME", "")),
@@ -170,34 +110,21 @@ class Watcher:
             fetch_site=environ.get("HTTP_SEC_FETCH_SITE"),
         )
         if isinstance(answer, Reply):
-            return _respond(answer, environ, start_response)
-        return self._tail(answer, method, environ, start_response)
-
-    def _tail(
-        self, plan: TailPlan, method: str, environ: Environ, start_response: StartResponse
-    ) -> Iterable[bytes]:
-        start_response("200 OK", list(plan.headers))
-        if method == "HEAD":
-            return []
+            return send_reply(answer, environ, start_response)
+        start_response("200 OK", list(answer.headers))
         gone = client_gone_probe(environ.get("gunicorn.socket"))
-        return _TailBody(self.core.tail(plan, gone))
+        return _TailBody(self.core.tail(answer, gone))
 
 
-class LastDataRecv:
+class LastDataRecv(LastDataRecvApp[WSGIApp]):
     """Records how long each request waited to be accepted; reports it at ``path``.
 
-    For the first request of each connection (but those to ``path``) it
-    reads ``tcpi_last_data_recv`` (ms) of the client socket that gunicorn
-    exposes as ``environ["gunicorn.socket"]`` and records it in a histogram
-    shared by every worker (see
-    :class:`raindrops_core.watcher.LastDataRecvCore` for ``segment`` and for
-    which requests count), then calls ``app``.  Requests without a TCP
-    client socket are not recorded.  Any request to ``path`` answers, as the
-    Ruby original, ``X-Count`` (and ``X-Min``, ``X-Max``, ``X-Mean``,
-    ``X-Std-Dev``, ``X-Outliers-Low``, ``X-Outliers-High`` once count > 1)
-    and a text histogram; ``path.json`` (or ``?format=json``, or ``Accept:
-    application/json``) answers JSON.  With ``app=None`` it only reports
-    (404 elsewhere).  See :func:`set_defer_accept` for ``TCP_DEFER_ACCEPT``.
+    The options and the report are
+    :class:`raindrops_core.adapter.LastDataRecvApp`'s.  For the first
+    request of each connection (but those to ``path``) it reads
+    ``tcpi_last_data_recv`` of the client socket that gunicorn exposes as
+    ``environ["gunicorn.socket"]``; requests without a TCP client socket are
+    not recorded.  See :func:`set_defer_accept` for ``TCP_DEFER_ACCEPT``.
 
     Example::
 
@@ -206,32 +133,19 @@ class LastDataRecv:
         application = LastDataRecv(application)   # GET /raindrops/last_data_recv
     """
 
-    def __init__(
-        self,
-        app: WSGIApp | None = None,
-        *,
-        path: str = DEFAULT_LAST_DATA_RECV_PATH,
-        segment: str | os.PathLike[str] | None = None,
-        histogram: Any = None,
-    ) -> None:
-        self.app = app
-        self.core = LastDataRecvCore(path=path, segment=segment, histogram=histogram)
-        self.path = self.core.path
-
-    def __repr__(self) -> str:
-        return f"<LastDataRecv {self.app!r} path={self.path!r}>"
-
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
         reply = self.core.answer(
             environ.get("PATH_INFO", ""),
             environ.get("QUERY_STRING", ""),
             environ.get("HTTP_ACCEPT"),
+            method=method,
         )
         if reply is not None:
-            return _respond(reply, environ, start_response)
+            return send_reply(reply, environ, start_response)
         sock = environ.get("gunicorn.socket")
         if sock is not None:
             self.core.record_socket(sock)
         if self.app is None:
-            return _respond(self.core.not_found(), environ, start_response)
+            return send_reply(self.core.not_found(method), environ, start_response)
         return self.app(environ, start_response)

@@ -5,43 +5,44 @@ Framework-neutral: :class:`WatcherEngine` owns, per listener, one
 of recent samples, and runs the one sampler of its process (a thread for
 WSGI servers, an asyncio task for ASGI servers).  Tail streams subscribe to
 it through a bounded :class:`Subscription` each.
+
+The read is :mod:`raindrops_core._reads`' (described once, run by a blocking
+or an asyncio socket); whoever waits for a round (a request after a reset,
+the first request of a process) blocks in a thread or awaits on a loop and
+is woken by the round itself (:class:`_Rounds`), never by polling.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import math
-import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
+
+from linux_inet_diag import DiagSocket
 
 from ._errors import ConfigError, TailStreamsFullError
-from ._validate import check_listeners, split_names
+from ._fork import LiveInstances
+from ._reads import Kernel, arun, listener_stats_steps, run
+from ._validate import check_listeners
+from ._watch_stats import Aggregate, ListenerReport, Sample, StatsLike
 
 __all__ = [
     "ABSENT_ROUNDS",
     "DEFAULT_DELAY",
     "DEFAULT_HISTORY",
-    "LOG2_BUCKETS",
     "MAX_LISTENERS",
     "MAX_TAIL_STREAMS",
-    "Aggregate",
-    "AggregateStats",
     "AsyncFetch",
     "Fetch",
-    "ListenerReport",
-    "Sample",
-    "StatsLike",
     "Subscription",
     "WatcherEngine",
-    "sample_std_dev",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,203 +61,11 @@ ABSENT_ROUNDS = 60
 MAX_LISTENERS = 1024
 #: Tail streams open at once in one process, at most (each holds a bounded queue).
 MAX_TAIL_STREAMS = 64
-#: Buckets of the log2 histogram, as the Ruby ``aggregate`` gem's: bucket k holds
-#: [2**k, 2**(k+1)); samples below 1 are low outliers, from 2**127 on high ones.
-LOG2_BUCKETS = 128
-_HIGH = 2 ** (LOG2_BUCKETS - 1)
-
-
-class StatsLike(Protocol):
-    """What a sample of one listener must have (``linux_inet_diag.ListenStats`` has it)."""
-
-    @property
-    def active(self) -> int: ...
-
-    @property
-    def queued(self) -> int: ...
-
 
 #: Reads the listeners' stats now: ``fetch(names or None) -> {name: stats}``.
 Fetch = Callable[[Sequence[str] | None], Mapping[str, StatsLike]]
 #: The same for an event loop; must never block it.
 AsyncFetch = Callable[[Sequence[str] | None], Awaitable[Mapping[str, StatsLike]]]
-
-
-@dataclass(frozen=True, slots=True)
-class AggregateStats:
-    """What an :class:`Aggregate` holds, read at once, with the Ruby Watcher's meanings.
-
-    ``mean`` is ``None`` when empty (Ruby: NaN).  ``std_dev`` is the
-    *sample* standard deviation (divided by ``count - 1``), computed as the
-    Ruby ``aggregate`` gem does, ``None`` below two samples (Ruby: NaN).
-    ``outliers_low`` counts samples below 1 (an empty queue is a "low
-    outlier", as in Ruby) and ``outliers_high`` samples ``>= 2**127``: both
-    also count in ``count``, ``sum``, ``min``, ``max``, ``mean`` and
-    ``std_dev``, not in ``buckets``, which holds every log2 bucket as
-    ``(low_inclusive, high_exclusive, count)``.  ``current`` is the last
-    sample (kept across resets; ``None`` before the first).  The peak times
-    are the last reset's until a sample above 0 reaches the maximum of the
-    samples before it (``first_peak_at``: it went higher; ``last_peak_at``:
-    it went as high), as in Ruby.  Times are seconds since the epoch, from
-    the engine's clock.
-    """
-
-    count: int
-    sum: int
-    min: int | None
-    max: int | None
-    mean: float | None
-    std_dev: float | None
-    outliers_low: int
-    outliers_high: int
-    current: int | None
-    first_peak_at: float
-    last_peak_at: float
-    last_reset: float
-    buckets: tuple[tuple[int, int, int], ...]
-
-
-def _bucket_edges(n: int) -> tuple[tuple[int, int], ...]:
-    return tuple((2**k, 2 ** (k + 1)) for k in range(n))
-
-
-_EDGES = _bucket_edges(LOG2_BUCKETS)
-
-
-def sample_std_dev(count: int, total: float, squares: float) -> float | None:
-    """The Ruby ``aggregate`` gem's ``std_dev``, in its floating-point steps.
-
-    ``sqrt((squares - total * total / count) / (count - 1))``; ``None``
-    where Ruby gets NaN or a domain error (fewer than two samples, or a
-    negative rounding residue).
-
-    Example::
-
-        >>> sample_std_dev(3, 6, 14)
-        1.0
-        >>> sample_std_dev(1, 5, 25) is None
-        True
-    """
-    if count < 2:
-        return None
-    n = float(count)
-    s = float(total)
-    variance = (float(squares) - (s * s) / n) / (n - 1)
-    if not variance >= 0:
-        return None
-    return math.sqrt(variance)
-
-
-class Aggregate:
-    """Running statistics and a log2 histogram of integer samples, as the Ruby Watcher kept.
-
-    Sums are exact Python integers; ``mean`` and ``std_dev`` are then
-    computed in floating point exactly as the Ruby ``aggregate`` gem does,
-    so the numbers (and the headers made of them) are Ruby's.  Not
-    thread-safe by itself: :class:`WatcherEngine` locks.
-
-    Example::
-
-        >>> agg = Aggregate(reset_at=0.0)
-        >>> for t, v in enumerate([1, 3, 3, 0]):
-        ...     agg.add(v, float(t))
-        >>> s = agg.stats()
-        >>> s.count, s.min, s.max, s.mean, s.first_peak_at, s.last_peak_at, s.outliers_low
-        (4, 0, 3, 1.75, 1.0, 2.0, 1)
-    """
-
-    __slots__ = (
-        "_buckets",
-        "_count",
-        "_current",
-        "_first_peak",
-        "_high",
-        "_last_peak",
-        "_low",
-        "_max",
-        "_min",
-        "_reset_at",
-        "_squares",
-        "_sum",
-    )
-
-    def __init__(self, *, reset_at: float) -> None:
-        self._current: int | None = None
-        self.reset(reset_at)
-
-    def reset(self, at: float) -> None:
-        """Forget every sample (not the current value); ``at`` becomes the last reset time."""
-        self._count = 0
-        self._sum = 0
-        self._squares = 0
-        self._min: int | None = None
-        self._max: int | None = None
-        self._low = 0
-        self._high = 0
-        self._first_peak = at
-        self._last_peak = at
-        self._reset_at = at
-        self._buckets = [0] * LOG2_BUCKETS
-
-    def add(self, value: int, at: float) -> None:
-        """Record one sample ``value`` taken at time ``at``."""
-        top = self._max
-        if top is not None and value > 0 and value >= top:
-            if value > top:
-                self._first_peak = at
-            self._last_peak = at
-        self._count += 1
-        self._sum += value
-        self._squares += value * value
-        self._current = value
-        if top is None or value > top:
-            self._max = value
-        if self._min is None or value < self._min:
-            self._min = value
-        if value < 1:
-            self._low += 1
-        elif value >= _HIGH:
-            self._high += 1
-        else:
-            self._buckets[value.bit_length() - 1] += 1
-
-    def stats(self) -> AggregateStats:
-        """Everything at once, as a frozen record."""
-        n = self._count
-        return AggregateStats(
-            count=n,
-            sum=self._sum,
-            min=self._min,
-            max=self._max,
-            mean=float(self._sum) / n if n else None,
-            std_dev=sample_std_dev(n, self._sum, self._squares),
-            outliers_low=self._low,
-            outliers_high=self._high,
-            current=self._current,
-            first_peak_at=self._first_peak,
-            last_peak_at=self._last_peak,
-            last_reset=self._reset_at,
-            buckets=tuple((lo, hi, c) for (lo, hi), c in zip(_EDGES, self._buckets, strict=True)),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One sample of one listener: when, and its ``active``/``queued`` counts."""
-
-    at: float
-    active: int
-    queued: int
-
-
-@dataclass(frozen=True, slots=True)
-class ListenerReport:
-    """One watched listener, read at once: both aggregates and the recent samples."""
-
-    name: str
-    active: AggregateStats
-    queued: AggregateStats
-    history: tuple[Sample, ...]
 
 
 class _Listener:
@@ -329,63 +138,69 @@ def _check_positive(what: str, value: object, *, integer: bool = False) -> Any:
     return value
 
 
-class _SyncDiag:
-    """The default :data:`Fetch`: one reusable ``linux_inet_diag.DiagSocket``."""
+class _Rounds:
+    """Sample rounds as they are recorded, and whoever waits for one.
 
-    def __init__(self) -> None:
-        self._sock: Any = None
+    A thread blocks on a condition; a coroutine awaits an ``asyncio.Event``
+    of its own loop (one per waiting loop, made anew for each round), set
+    through ``loop.call_soon_threadsafe`` by :meth:`advance` from whichever
+    thread or task recorded the round: the sampler is a thread under WSGI
+    servers, a task under ASGI ones, and several loops may wait at once.
+    """
 
-    def __call__(self, names: Sequence[str] | None) -> Mapping[str, StatsLike]:
-        from linux_inet_diag import DiagSocket, tcp_listener_stats, unix_listener_stats
+    __slots__ = ("_cond", "_loops", "number")
 
-        if self._sock is None:
-            self._sock = DiagSocket()
-        out: dict[str, StatsLike] = {}
-        if names is None:
-            out.update(tcp_listener_stats(None, sock=self._sock))
-            out.update(unix_listener_stats(None, sock=self._sock))
-            return out
-        tcp, unix = split_names(names)
-        if tcp:
-            out.update(tcp_listener_stats(tcp, sock=self._sock))
-        if unix:
-            out.update(unix_listener_stats(unix, sock=self._sock))
-        return out
+    def __init__(self, number: int = 0) -> None:
+        #: Rounds recorded so far.
+        self.number = number
+        self._cond = threading.Condition(threading.Lock())
+        self._loops: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
 
-    def close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()
+    def forked(self) -> _Rounds:
+        """The same count with no waiter and a fresh lock (for a forked child)."""
+        return _Rounds(self.number)
 
+    def advance(self) -> None:
+        """One more round: wake every waiter, blocking or on a loop."""
+        with self._cond:
+            self.number += 1
+            self._cond.notify_all()
+            loops, self._loops = self._loops, {}
+        for loop, event in loops.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(event.set)
 
-async def _async_diag(names: Sequence[str] | None) -> Mapping[str, StatsLike]:
-    """The default :data:`AsyncFetch`: ``linux_inet_diag.AsyncDiagSocket`` (never blocks)."""
-    from linux_inet_diag import AsyncDiagSocket
+    def wait(self, after: int, timeout: float) -> bool:
+        """Block until round ``after + 1`` is recorded (at most ``timeout`` s)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.number > after, timeout)
 
-    sock = AsyncDiagSocket()
-    try:
-        out: dict[str, StatsLike] = {}
-        tcp, unix = (None, None) if names is None else split_names(names)
-        if tcp is None or tcp:
-            out.update(await sock.tcp_listener_stats(tcp))
-        if unix is None or unix:
-            out.update(await sock.unix_listener_stats(unix))
-        return out
-    finally:
-        sock.close()
-
-
-_ENGINES: weakref.WeakSet[WatcherEngine] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for engine in list(_ENGINES):
-        engine._forget_process()
+    async def await_(self, after: int, timeout: float) -> bool:
+        """:meth:`wait` on the running loop, woken by :meth:`advance`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            with self._cond:  # held for a dict lookup, never across an await
+                if self.number > after:
+                    return True
+                event = self._loops.get(loop)
+                if event is None:
+                    event = self._loops[loop] = asyncio.Event()
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(event.wait(), left)
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_LIVE: LiveInstances[WatcherEngine] = LiveInstances()
+
+
+@atexit.register
+def _stop_threads() -> None:
+    """At interpreter exit, stop every sampler thread (they would sample into shutdown)."""
+    for engine in _LIVE:
+        engine.stop_thread()
 
 
 class WatcherEngine:
@@ -404,8 +219,13 @@ class WatcherEngine:
     (:data:`MAX_TAIL_STREAMS`).
     ``history``: recent samples kept per listener.  ``clock`` gives the
     wall-clock time of samples and resets (seconds since the epoch).
-    ``fetch``/``afetch`` read the stats (defaults: netlink through
-    linux-inet-diag, ``afetch`` never blocking the event loop).
+    Where the samples come from: ``kernel`` (a
+    :class:`raindrops_core.adapter.Kernel`, the default reading netlink
+    through linux-inet-diag: :meth:`sample` with one reused blocking
+    ``DiagSocket``, :meth:`asample` with an ``AsyncDiagSocket`` that never
+    blocks the event loop); or ``fetch(names)`` / ``afetch(names)``, which
+    replace the read outright (``asample`` runs a ``fetch`` without
+    ``afetch`` in a thread).
 
     One sampler per engine and process: :meth:`start_thread` (WSGI) or
     :meth:`ensure_task` (ASGI), both idempotent; a forked child starts its own.
@@ -432,6 +252,7 @@ class WatcherEngine:
         absent_rounds: int = ABSENT_ROUNDS,
         max_listeners: int = MAX_LISTENERS,
         max_tail_streams: int = MAX_TAIL_STREAMS,
+        kernel: Kernel | None = None,
     ) -> None:
         self.listeners = check_listeners(listeners)
         self.delay = float(_check_positive("delay", delay))
@@ -443,13 +264,11 @@ class WatcherEngine:
             _check_positive("max_tail_streams", max_tail_streams, integer=True)
         )
         self.clock = clock
-        self._sync_diag: _SyncDiag | None = None
-        if fetch is None:
-            self._sync_diag = _SyncDiag()
-            fetch = self._sync_diag
-        self._fetch: Fetch = fetch
+        #: Where the samples come from when no ``fetch``/``afetch`` replaces the read.
+        self.kernel = Kernel() if kernel is None else kernel
+        self._fetch: Fetch | None = fetch
         self._afetch: AsyncFetch | None = afetch
-        self._custom_fetch = self._sync_diag is None
+        self._diag: DiagSocket | None = None  # the blocking reads' socket, reused
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
         started = clock()
@@ -463,14 +282,12 @@ class WatcherEngine:
         self._unwatched = 0
         self.last_error: str | None = None
         self._subs: set[Subscription] = set()
-        self._sampled = threading.Event()
-        self._rounds = 0
-        self._round_done = threading.Condition(threading.Lock())
+        self._rounds = _Rounds()
+        self._first = 0  # rounds recorded before this process's first (a forked child's)
         self._thread: threading.Thread | None = None
         self._stop: threading.Event | None = None
-        self._thread_pid = 0
         self._task: asyncio.Task[None] | None = None
-        _ENGINES.add(self)
+        _LIVE.add(self)
 
     def __repr__(self) -> str:
         watched = "every listener" if self.listeners is None else list(self.listeners)
@@ -518,10 +335,7 @@ class WatcherEngine:
             subs = list(self._subs)
         for sub in subs:
             sub.push((at, round_))
-        self._sampled.set()
-        with self._round_done:
-            self._rounds += 1
-            self._round_done.notify_all()
+        self._rounds.advance()
 
     def _forget_absent(self, number: int) -> None:
         """Drop the listeners absent from the last ``absent_rounds`` rounds (under the lock)."""
@@ -658,55 +472,77 @@ class WatcherEngine:
     def sample(self) -> None:
         """Take one sample round now (blocking netlink query); errors are kept, not raised."""
         try:
-            stats = self._fetch(self.listeners)
+            if self._fetch is not None:
+                stats = self._fetch(self.listeners)
+            else:
+                stats = run(listener_stats_steps(self.listeners), self._blocking_diag())
         except Exception as exc:  # keep sampling: the next round may work
             self._failed(exc)
-            if self._sync_diag is not None:
-                self._sync_diag.close()
+            self._close_diag()
             return
         self.last_error = None
         self.record(stats)
 
     async def asample(self) -> None:
-        """:meth:`sample` for an event loop: never blocks it."""
+        """:meth:`sample` for an event loop: never blocks it.
+
+        The same read, run by an ``AsyncDiagSocket`` (one per round: it
+        belongs to the running loop), or the given ``afetch``, or the given
+        ``fetch`` in a thread.
+        """
         try:
             if self._afetch is not None:
                 stats = await self._afetch(self.listeners)
-            elif self._custom_fetch:
+            elif self._fetch is not None:
                 stats = await asyncio.to_thread(self._fetch, self.listeners)
             else:
-                stats = await _async_diag(self.listeners)
+                diag = self.kernel.adiag()
+                try:
+                    stats = await arun(listener_stats_steps(self.listeners), diag)
+                finally:
+                    diag.close()
         except Exception as exc:  # keep sampling: the next round may work
             self._failed(exc)
             return
         self.last_error = None
         self.record(stats)
 
-    def _forget_process(self) -> None:
-        # In a forked child: the parent's sampler thread or task did not come along.
+    def _blocking_diag(self) -> DiagSocket:
+        diag = self._diag
+        if diag is None:
+            diag = self._diag = self.kernel.diag()
+        return diag
+
+    def _close_diag(self) -> None:
+        diag, self._diag = self._diag, None
+        if diag is not None:
+            with contextlib.suppress(OSError):
+                diag.close()
+
+    def _after_fork(self) -> None:
+        # In a forked child: the parent's sampler thread or task, its socket and
+        # its waiters did not come along; a lock held at the fork stays held.
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._thread = None
         self._stop = None
         self._task = None
         self._subs = set()
-        self._sampled = threading.Event()
-        self._round_done = threading.Condition(threading.Lock())
-        self._sync_diag = _SyncDiag() if self._sync_diag is not None else None
-        if self._sync_diag is not None:
-            self._fetch = self._sync_diag
+        self._diag = None
+        self._rounds = self._rounds.forked()
+        self._first = self._rounds.number
 
     def start_thread(self) -> bool:
         """Start this process's sampler thread unless it runs; ``True`` if started."""
         with self._start_lock:
             thread = self._thread
-            if thread is not None and thread.is_alive() and self._thread_pid == os.getpid():
+            if thread is not None and thread.is_alive():
                 return False
             stop = threading.Event()
             thread = threading.Thread(
                 target=self._run_thread, args=(stop,), name="raindrops-watcher", daemon=True
             )
-            self._stop, self._thread, self._thread_pid = stop, thread, os.getpid()
+            self._stop, self._thread = stop, thread
             thread.start()
             return True
 
@@ -717,8 +553,7 @@ class WatcherEngine:
                 self.sample()
                 stop.wait(max(0.0, self.delay - (time.monotonic() - began)))
         finally:
-            if self._sync_diag is not None:
-                self._sync_diag.close()
+            self._close_diag()
 
     def stop_thread(self, timeout: float = 5.0) -> None:
         """Stop the sampler thread and wait for it (at most ``timeout`` seconds)."""
@@ -734,30 +569,24 @@ class WatcherEngine:
     def thread_running(self) -> bool:
         """True while this process's sampler thread runs."""
         thread = self._thread
-        return thread is not None and thread.is_alive() and self._thread_pid == os.getpid()
+        return thread is not None and thread.is_alive()
 
     def wait_sampled(self, timeout: float) -> bool:
-        """Block until a first sample round exists (at most ``timeout`` s)."""
-        return self._sampled.wait(timeout)
+        """Block until this process has a first sample round (at most ``timeout`` s)."""
+        return self._rounds.wait(self._first, timeout)
 
     @property
     def rounds(self) -> int:
         """How many sample rounds were recorded in this process."""
-        return self._rounds
+        return self._rounds.number
 
     def wait_round(self, after: int, timeout: float) -> bool:
         """Block until a round after round number ``after`` is recorded (at most ``timeout`` s)."""
-        with self._round_done:
-            return self._round_done.wait_for(lambda: self._rounds > after, timeout)
+        return self._rounds.wait(after, timeout)
 
     async def await_round(self, after: int, timeout: float) -> bool:
-        """:meth:`wait_round` for an event loop (polls; never blocks the loop)."""
-        deadline = time.monotonic() + timeout
-        while self._rounds <= after:
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.005)
-        return True
+        """:meth:`wait_round` for an event loop: woken by the round, never blocking the loop."""
+        return await self._rounds.await_(after, timeout)
 
     def ensure_task(self) -> bool:
         """Start the sampler task in the running event loop unless it runs there.
@@ -796,10 +625,5 @@ class WatcherEngine:
         return task is not None and not task.done()
 
     async def await_sampled(self, timeout: float) -> bool:
-        """Wait in the loop until a first sample round exists (at most ``timeout`` s)."""
-        deadline = time.monotonic() + timeout
-        while not self._sampled.is_set():
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.005)
-        return True
+        """:meth:`wait_sampled` for an event loop: woken by the round, never blocking the loop."""
+        return await self._rounds.await_(self._first, timeout)
