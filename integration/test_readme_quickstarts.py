@@ -51,6 +51,18 @@ PINNED: dict[str, list[tuple[str, str, str]]] = {
         ("file", "app.py", "f8708aa481658944ecfd0b6c4aa36ca4a75eaf8b5edb8390374a476f3fd98bcc"),
         ("console", "", "f7ea8d06a588374db4ec2b55349a5f4e156ad098073f40b51a78a6f7b1da8e49"),
     ],
+    "packages/prometheus-shm/README.md": [
+        ("install", "", "9479110d8b8e287a44b149aff662911bbe12704874aa7b177c04c0b398fdf3d1"),
+        (
+            "file",
+            "gunicorn.conf.py",
+            "be2c32561dc8ce6998373bef60f06d3d926020c65f8d07a04d3866df88061b50",
+        ),
+        ("file", "app.py", "6768570b2c1fd9daaf8c22175fb54aa5d01c8b018cb500c4cca0fd1a7b425415"),
+        ("console", "", "96154aa49e22fada02c6e04da00a00c75d71fa6bc3054cbb11254f91d8b6fc63"),
+        ("file", "main.py", "845ac197c11301bdcae86de51af5ef38440ec2a88d66798c5bb8db877a959857"),
+        ("console", "", "17833caaa6b13955101119c3fbb4c816876017273c1bd12ae095437bc1f5bbfc"),
+    ],
     "packages/raindrops-asgi/README.md": [
         ("install", "", "cbf0267f368e6425bb78d712cf47e50dd710f047a610ef3887c36d3b4db3001b"),
         ("file", "main.py", "bd9c2c2db0741859533c35f525e23d1844adeb2e2abfc780f767d6248964da29"),
