@@ -11,6 +11,7 @@ MODULES = [
     "linux_inet_diag",
     "linux_inet_diag._address",
     "linux_inet_diag._api",
+    "linux_inet_diag._kernel",
     "linux_inet_diag._netstat",
     "linux_inet_diag._records",
     "linux_inet_diag._stats",

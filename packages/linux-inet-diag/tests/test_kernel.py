@@ -72,21 +72,21 @@ def test_source_filter_bytecode() -> None:
 
 def test_parse_captured_dump() -> None:
     """A captured 124-byte-per-socket dump is stepped by nlmsg_len."""
-    chunk = k.parse_inet_dump(RESP)
+    records, done, interrupted = k.parse_inet_dump(RESP)
     src = b"\x7f\0\0\x01" + bytes(12)
     port = socket.htons(40123)
-    assert chunk.records == [
+    assert records == [
         (socket.AF_INET, k.TCP_LISTEN, port, src, 1, 7, 213458),
         (socket.AF_INET, k.TCP_ESTABLISHED, port, src, 0, 0, 0),
     ]
-    assert (chunk.done, chunk.interrupted) == (False, False)
-    assert k.parse_inet_dump(DONE).done
+    assert (done, interrupted) == (False, False)
+    assert k.parse_inet_dump(DONE) == ([], True, False)
 
 
 def test_tally_captured_dump() -> None:
     """The captured listener has 1 queued, 0 active (inode 0), backlog 7."""
     addr = parse_address("127.0.0.1:40123")
-    stats = tally_named(["127.0.0.1:40123"], [addr], k.parse_inet_dump(RESP).records)
+    stats = tally_named(["127.0.0.1:40123"], [addr], k.parse_inet_dump(RESP)[0])
     assert (stats["127.0.0.1:40123"].active, stats["127.0.0.1:40123"].queued) == (0, 1)
     assert stats["127.0.0.1:40123"].backlog == 7
 
@@ -103,14 +103,15 @@ def test_nlmsg_error_raises_oserror_with_errno() -> None:
 def test_ack_is_not_an_error() -> None:
     """NLMSG_ERROR with error 0 (an ACK) ends the answer without raising."""
     ack = k.nlmsg(k.NLMSG_ERROR, 0, 1, struct.pack("=i", 0) + REQ[:16])
-    assert k.parse_inet_dump(ack).done
+    assert k.parse_inet_dump(ack) == ([], True, False)
 
 
 def test_dump_intr_flag_is_reported() -> None:
     """NLM_F_DUMP_INTR on any message marks the chunk interrupted."""
     flagged = bytearray(RESP)
     struct.pack_into("=H", flagged, 6, k.NLM_F_MULTI | k.NLM_F_DUMP_INTR)
-    assert k.parse_inet_dump(bytes(flagged)).interrupted
+    records, done, interrupted = k.parse_inet_dump(bytes(flagged))
+    assert (len(records), done, interrupted) == (2, False, True)
 
 
 def test_truncated_message_is_rejected() -> None:
@@ -137,6 +138,110 @@ def test_unix_request_and_parse_round_trip() -> None:
         k.UnixSocket(1, 1, 4243, "@abs", 0, 0),
     ]
     assert (done, intr) == (True, False)
+
+
+# -- the one walk over a datagram ----------------------------------------------
+
+
+def test_messages_steps_by_nlmsg_len_and_reports_done() -> None:
+    """The captured dump's two 124-byte messages are found; NLMSG_DONE ends the answer."""
+    assert k.messages(RESP) == k.Messages([(0, 124), (124, 248)], done=False, interrupted=False)
+    assert k.messages(RESP + DONE) == ([(0, 124), (124, 248)], True, False)
+    assert k.messages(DONE) == ([], True, False)
+    assert k.messages(b"") == ([], False, False)
+    assert k.messages(RESP + bytes(8)) == ([(0, 124), (124, 248)], False, False)  # < a header
+
+
+def test_messages_reports_dump_intr_on_any_message() -> None:
+    """NLM_F_DUMP_INTR on any one message, NLMSG_DONE's included, marks the datagram."""
+    for at in (6, 124 + 6, 248 + 6):
+        flagged = bytearray(RESP + DONE)
+        struct.pack_into("=H", flagged, at, k.NLM_F_MULTI | k.NLM_F_DUMP_INTR)
+        assert k.messages(bytes(flagged)) == ([(0, 124), (124, 248)], True, True)
+
+
+def test_messages_rejects_truncated_messages() -> None:
+    """A message cut short, shorter than its header or than its struct raises EPROTO saying so."""
+    with pytest.raises(NetlinkError, match=r"at byte 0 of 100: length 124, expected 16 to 100"):
+        k.messages(RESP[:100])
+    tiny = bytearray(RESP)
+    struct.pack_into("=I", tiny, 124, 8)  # nlmsg_len 8: less than the header itself
+    with pytest.raises(NetlinkError, match=r"at byte 124 of 248: length 8, expected 16 to 124"):
+        k.messages(bytes(tiny))
+    with pytest.raises(NetlinkError, match=r"at byte 0 of 248: length 124, expected 216") as err:
+        k.messages(RESP, body=200)
+    assert err.value.errno == errno.EPROTO
+    assert k.messages(RESP, body=k.INET_DIAG_MSG.size).spans == [(0, 124), (124, 248)]
+
+
+def test_messages_raises_the_kernels_error_and_takes_an_ack_as_done() -> None:
+    """NLMSG_ERROR raises its errno; error 0 (an ACK) ends the answer; a cut one is EPROTO."""
+    err = k.nlmsg(k.NLMSG_ERROR, 0, 1, struct.pack("=i", -errno.EINVAL) + REQ[:16])
+    with pytest.raises(NetlinkError, match="Invalid argument") as info:
+        k.messages(RESP + err)
+    assert info.value.errno == errno.EINVAL
+    ack = k.nlmsg(k.NLMSG_ERROR, 0, 1, struct.pack("=i", 0) + REQ[:16])
+    assert k.messages(RESP + ack) == ([(0, 124), (124, 248)], True, False)
+    with pytest.raises(NetlinkError, match=r"truncated NLMSG_ERROR \(16 bytes\)") as info:
+        k.messages(k.nlmsg(k.NLMSG_ERROR, 0, 1, b""))
+    assert info.value.errno == errno.EPROTO
+
+
+def test_messages_step_to_the_next_four_byte_boundary() -> None:
+    """After a message whose nlmsg_len is not a multiple of 4, the next starts 4-aligned."""
+    odd = k.nlmsg(k.SOCK_DIAG_BY_FAMILY, k.NLM_F_MULTI, 1, bytes(18))  # nlmsg_len 34
+    assert len(odd) == 34
+    data = odd + bytes(2) + RESP[:124] + DONE
+    assert k.messages(data) == ([(0, 34), (36, 160)], True, False)
+    # The payload stops at nlmsg_len: the pad is not part of the message.
+    attr = k.nlattr(k.UNIX_DIAG_NAME, b"@ab")  # nla_len 7, padded to 8
+    assert attr == b"\x07\x00\x00\x00@ab\x00"
+    assert list(k.iter_attrs(attr + attr, 0, 16)) == [(0, b"@ab"), (0, b"@ab")]
+
+
+def test_hot_records_are_named() -> None:
+    """parse_inet_dump's records read by field name and unpack as the 7-tuples they equal."""
+    (listen, waiting), _, _ = k.parse_inet_dump(RESP)
+    assert isinstance(listen, k.InetRecord)
+    assert (listen.family, listen.state, socket.ntohs(listen.sport_raw)) == (
+        socket.AF_INET, k.TCP_LISTEN, 40123,
+    )  # fmt: skip
+    assert (listen.src, listen.rqueue, listen.wqueue, listen.inode) == (
+        socket.inet_aton("127.0.0.1") + bytes(12), 1, 7, 213458,
+    )  # fmt: skip
+    family, state, _sport, _src, _rq, _wq, inode = waiting
+    assert (family, state, inode) == (socket.AF_INET, k.TCP_ESTABLISHED, 0)
+    (counted,) = k.count_inet_dump(RESP).listeners
+    assert counted == listen
+    assert counted.inode == 213458
+
+
+def test_full_view_of_a_message_matches_the_hot_one() -> None:
+    """inet_socket reads the captured messages' fields as the hot records do, and the rest."""
+    hot, _, _ = k.parse_inet_dump(RESP)
+    for (start, end), rec in zip(k.messages(RESP).spans, hot, strict=True):
+        s = k.inet_socket(RESP, start, end)
+        assert (s.family, s.state, socket.htons(s.sport), s.src) == rec[:4]
+        assert (s.rqueue, s.wqueue, s.inode) == (rec.rqueue, rec.wqueue, rec.inode)
+        assert sorted(s.attrs) == [8, 15, 21, 22]  # appended unasked, as root
+    listener = k.inet_socket(RESP, 0, 124)
+    assert (listener.dport, listener.dst, listener.uid) == (0, bytes(16), 0)
+
+
+def test_parse_inet_full_honours_dump_intr() -> None:
+    """An inet_diag answer carrying NLM_F_DUMP_INTR says so (and still parses)."""
+    flagged = bytearray(INFO_RESP)
+    struct.pack_into("=H", flagged, 6, k.NLM_F_DUMP_INTR)
+    socks, done, interrupted = k.parse_inet_full(bytes(flagged))
+    assert (len(socks), done, interrupted) == (1, False, True)
+    assert socks[0].inode == 303272
+    assert k.parse_inet_full(INFO_RESP + DONE)[1:] == (True, False)
+
+
+def test_flags_column_is_the_byte_holding_dump_intr() -> None:
+    """The strided parsers read NLM_F_DUMP_INTR from the byte of nlmsg_flags that holds it."""
+    header = k.NLMSGHDR.pack(16, k.NLMSG_DONE, k.NLM_F_DUMP_INTR, 0, 0)
+    assert header[k._FLAGS_LOW] == k.NLM_F_DUMP_INTR
 
 
 def test_tcp_info_bit_fields() -> None:
@@ -381,7 +486,7 @@ def test_tally_of_unfiltered_records_is_exact() -> None:
         (socket.AF_INET, k.TCP_ESTABLISHED, socket.htons(40124), other.packed, 0, 0, 78),
         (socket.AF_INET, k.TCP_ESTABLISHED, socket.htons(40123), bytes(16), 0, 0, 79),
     ]
-    records = k.parse_inet_dump(RESP).records + unrelated
+    records = k.parse_inet_dump(RESP)[0] + unrelated
     stats = tally_named(["127.0.0.1:40123"], [addr], records)
     assert (stats["127.0.0.1:40123"].active, stats["127.0.0.1:40123"].queued) == (0, 1)
     assert stats["127.0.0.1:40123"].backlog == 7
@@ -424,8 +529,8 @@ def test_lookup_request_bytes() -> None:
 
 def test_parse_captured_inet_diag_info() -> None:
     """The captured INET_DIAG_INFO answer parses to that connection and its tcp_info."""
-    socks, done = k.parse_inet_full(INFO_RESP)
-    assert done is False  # an exact lookup ends with its one message
+    socks, done, interrupted = k.parse_inet_full(INFO_RESP)
+    assert (done, interrupted) == (False, False)  # an exact lookup ends with its one message
     (s,) = socks
     lo = socket.inet_aton("127.0.0.1") + bytes(12)
     assert (s.family, s.state, s.src, s.sport, s.dst, s.dport) == (

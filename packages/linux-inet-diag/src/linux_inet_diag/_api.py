@@ -32,7 +32,7 @@ from ._stats import (
     unix_keys,
     unix_steps,
 )
-from ._tcpinfo import TcpInfo, TcpState
+from ._tcpinfo import TcpInfo, TcpState, tcp_info_attr
 
 __all__ = [
     "AVAILABLE",
@@ -187,7 +187,7 @@ class _Core(abc.ABC):
     @staticmethod
     def _lookup_feed(got: list[k.InetSocket]) -> Callable[[bytes], bool]:
         def feed(data: bytes) -> bool:
-            socks, done = k.parse_inet_full(data)
+            socks, done, _interrupted = k.parse_inet_full(data)
             got.extend(socks)
             return done or bool(socks)
 
@@ -200,9 +200,9 @@ class _Core(abc.ABC):
             # on the local address (inet_lookup): that is not the connection.
             if s.state == k.TCP_LISTEN or s.dport != rport:
                 continue
-            info = s.attrs.get(k.INET_DIAG_INFO)
-            if info is not None and len(info) >= 104:
-                return TcpInfo.from_bytes(info)
+            info = tcp_info_attr(s.attrs.get(k.INET_DIAG_INFO))
+            if info is not None:
+                return info
         return None
 
 

@@ -21,6 +21,7 @@ from ._kernel import (
     UDIAG_SHOW_VFS,
     CountChunk,
     HostCond,
+    InetRecord,
     Target,
     TargetChunk,
     UnixSocket,
@@ -63,7 +64,6 @@ class ListenStats:
 
 
 EMPTY = ListenStats(0, 0, None)
-Record = tuple[int, int, int, bytes, int, int, int]
 
 
 def names_arg(names: object, what: str) -> list[str] | None:
@@ -113,11 +113,6 @@ Step = tuple[Callable[[int], bytes], Parser]
 Steps = Generator[Step, list[Any], dict[str, ListenStats]]
 
 
-def _records(data: bytes) -> tuple[list[Any], bool, bool]:
-    c = parse_inet_dump(data)
-    return c.records, c.done, c.interrupted
-
-
 def _counts(data: bytes) -> tuple[list[Any], bool, bool]:
     c = count_inet_dump(data)
     return [c], c.done, c.interrupted
@@ -133,7 +128,7 @@ Counted = dict[tuple[int, bytes | None, int], int]
 
 def _sum_targets(
     family: int, targets: list[Target], chunks: list[TargetChunk]
-) -> tuple[list[Record], Counted]:
+) -> tuple[list[InetRecord], Counted]:
     """The listeners of a dump's datagrams and each target's total count."""
     listeners = [r for c in chunks for r in c.listeners]
     counted = {
@@ -148,7 +143,7 @@ def tcp_steps(asked: list[str] | None, addrs: list[Address] | None) -> Steps:
     is sent each dump's parsed items, returns the answer. No I/O inside."""
     if asked is None or addrs is None:
         return (yield from _all_steps())
-    listeners: list[Record] = []
+    listeners: list[InetRecord] = []
     counted: Counted = {}
     active: dict[int, int] = {}
     for family, bc, single in tcp_plan(addrs):
@@ -179,16 +174,14 @@ def tcp_steps(asked: list[str] | None, addrs: list[Address] | None) -> Steps:
 
 
 def _all_steps() -> Steps:
-    listeners: list[Record] = []
+    listeners: list[InetRecord] = []
     for family in (AF_INET, AF_INET6):
         make = functools.partial(inet_dump_request, family, 1 << TCP_LISTEN)
-        listeners += yield (make, _records)
+        listeners += yield (make, parse_inet_dump)
     per_listener: dict[tuple[int, bytes, int], int] = {}
     extra: dict[tuple[int, bytes, int], int] = {}
     for family in (AF_INET, AF_INET6):
-        keys = list(
-            dict.fromkeys((src, sport) for f, _, sport, src, *_ in listeners if f == family)
-        )
+        keys = list(dict.fromkeys((r.src, r.sport_raw) for r in listeners if r.family == family))
         if not keys:
             continue
         bc = source_filter(host_cond(family, src, socket.ntohs(sport)) for src, sport in keys)
@@ -226,10 +219,10 @@ def _all_steps() -> Steps:
 def tally_named(
     asked: list[str],
     addrs: list[Address],
-    records: Iterable[Record],
+    records: Iterable[InetRecord],
     active: Mapping[tuple[int, bytes | None, int], int] | None = None,
 ) -> dict[str, ListenStats]:
-    """Count ``records`` (parse_inet_dump tuples) for each name asked.
+    """Count ``records`` (parse_inet_dump's) for each name asked.
 
     ``active`` adds accepted ESTABLISHED sockets already counted per target
     ``(family, src16, sport_raw)``, ``src16`` None for every address of the
@@ -277,7 +270,7 @@ def tally_named(
 
 
 def tally_all(
-    records: Iterable[Record], active: Mapping[tuple[int, bytes, int], int] | None = None
+    records: Iterable[InetRecord], active: Mapping[tuple[int, bytes, int], int] | None = None
 ) -> dict[str, ListenStats]:
     """Every TCP listener in ``records`` by canonical name, with its counts.
 
