@@ -15,6 +15,7 @@ MODULES = [
     "linux_inet_diag._netstat",
     "linux_inet_diag._records",
     "linux_inet_diag._stats",
+    "linux_inet_diag._steps",
     "linux_inet_diag._tcpinfo",
 ]
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import errno
+import functools
 import socket
 import struct
+from itertools import count
 
 import pytest
 from linux_inet_diag import (
+    DumpInterruptedError,
     ListenStats,
     NetlinkError,
     TcpCaState,
@@ -27,6 +30,7 @@ from linux_inet_diag._stats import (
     unix_answer,
     unix_plan,
 )
+from linux_inet_diag._steps import MAX_ATTEMPTS, Dump
 from linux_inet_diag._tcpinfo import _FIELDS
 
 # Request for "127.0.0.1:40123" (seq 1) and the kernel's two answer datagrams,
@@ -242,6 +246,66 @@ def test_flags_column_is_the_byte_holding_dump_intr() -> None:
     """The strided parsers read NLM_F_DUMP_INTR from the byte of nlmsg_flags that holds it."""
     header = k.NLMSGHDR.pack(16, k.NLMSG_DONE, k.NLM_F_DUMP_INTR, 0, 0)
     assert header[k._FLAGS_LOW] == k.NLM_F_DUMP_INTR
+
+
+# -- one dump's retries (_steps.Dump) ------------------------------------------
+
+
+def interrupted(datagram: bytes) -> bytes:
+    """``datagram`` with NLM_F_DUMP_INTR set on its first message, as the kernel sets it."""
+    out = bytearray(datagram)
+    (flags,) = struct.unpack_from("=H", out, 6)
+    struct.pack_into("=H", out, 6, flags | k.NLM_F_DUMP_INTR)
+    return bytes(out)
+
+
+def listen_dump() -> Dump:
+    """One LISTEN dump's bookkeeping, its datagrams parsed by parse_inet_dump."""
+    return Dump(
+        functools.partial(k.inet_dump_request, socket.AF_INET, 1 << k.TCP_LISTEN), k.parse_inet_dump
+    )
+
+
+def test_an_uninterrupted_dump_is_run_once() -> None:
+    """Datagrams fed until NLMSG_DONE are the answer; no second request is made."""
+    dump = listen_dump()
+    seq = count(1).__next__
+    assert dump.request(seq) == k.inet_dump_request(socket.AF_INET, 1 << k.TCP_LISTEN, 1)
+    assert dump.feed(RESP) is False
+    assert dump.feed(DONE) is True
+    assert dump.request(seq) is None
+    assert [r.inode for r in dump.items] == [213458, 0]
+    assert dump.attempts == 1
+
+
+def test_an_interrupted_dump_is_run_again_and_its_items_dropped() -> None:
+    """A datagram with NLM_F_DUMP_INTR makes a new request; only the clean attempt's items stay."""
+    dump = listen_dump()
+    seq = count(1).__next__
+    dump.request(seq)
+    dump.feed(interrupted(RESP))
+    dump.feed(DONE)
+    again = dump.request(seq)
+    assert again == k.inet_dump_request(socket.AF_INET, 1 << k.TCP_LISTEN, 2)
+    assert dump.items == []
+    dump.feed(RESP + DONE)
+    assert dump.request(seq) is None
+    assert len(dump.items) == 2
+    assert dump.attempts == 2
+
+
+def test_a_dump_interrupted_every_time_gives_up() -> None:
+    """After MAX_ATTEMPTS interrupted attempts in a row, DumpInterruptedError (EINTR) is raised."""
+    dump = listen_dump()
+    seq = count(1).__next__
+    for _ in range(MAX_ATTEMPTS):
+        assert dump.request(seq) is not None
+        dump.feed(RESP)
+        dump.feed(interrupted(DONE))  # the flag on NLMSG_DONE counts too
+    with pytest.raises(DumpInterruptedError, match="interrupted 5 times in a row") as err:
+        dump.request(seq)
+    assert err.value.errno == errno.EINTR
+    assert isinstance(err.value, OSError)
 
 
 def test_tcp_info_bit_fields() -> None:

@@ -536,6 +536,40 @@ def test_dump_intr_retries(monkeypatch: pytest.MonkeyPatch, scenario: Scenario) 
     assert opened[0].requests == 5
 
 
+def test_async_dump_intr_retries(monkeypatch: pytest.MonkeyPatch, scenario: Scenario) -> None:
+    """AsyncDiagSocket retries an interrupted dump as DiagSocket does, and gives up alike."""
+    srv = scenario.listener(socket.AF_INET, ("127.0.0.1", 0), backlog=3)
+    name = f"127.0.0.1:{port_of(srv)}"
+
+    async def query() -> dict[str, ListenStats]:
+        async with AsyncDiagSocket() as diag:
+            return await diag.tcp_listener_stats(name)
+
+    opened = interrupting(monkeypatch, times=1)
+    assert asyncio.run(query()) == {name: ListenStats(0, 0, 3)}
+    assert opened[0].requests == 2
+    interrupting(monkeypatch, times=10**6)
+    with pytest.raises(lid.DumpInterruptedError, match="interrupted 5 times"):
+        asyncio.run(query())
+
+
+def test_tcp_info_lookup_honours_dump_intr(
+    monkeypatch: pytest.MonkeyPatch, scenario: Scenario
+) -> None:
+    """An exact tcp_info lookup whose answer says NLM_F_DUMP_INTR is asked again."""
+    srv = scenario.listener(socket.AF_INET, ("127.0.0.1", 0), backlog=3)
+    scenario.connect(socket.AF_INET, srv.getsockname(), 1)
+    srv.settimeout(5)
+    conn, peer = srv.accept()
+    scenario.keep(conn)
+    opened = interrupting(monkeypatch, times=1)
+    with DiagSocket() as diag:
+        info = lid.tcp_info_for(conn.getsockname(), peer, sock=diag)
+    assert info is not None
+    assert info.state is lid.TcpState.ESTABLISHED
+    assert opened[0].requests == 2
+
+
 def test_sync_socket_inside_running_loop_and_threads(scenario: Scenario) -> None:
     """DiagSocket works from a coroutine's sync call and from 4 threads at once."""
     srv = scenario.listener(socket.AF_INET, ("127.0.0.1", 0), backlog=5)

@@ -12,7 +12,7 @@ synchronous socket.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -29,7 +29,8 @@ from ._kernel import (
     messages,
     source_filter,
 )
-from ._stats import Step, host_cond, names_arg
+from ._stats import host_cond, names_arg
+from ._steps import Steps
 from ._tcpinfo import TCP_STATES, TcpInfo, TcpState, tcp_info_attr
 
 __all__ = ["SocketRecord"]
@@ -202,7 +203,7 @@ def record_args(
 
 def record_steps(
     addrs: list[Address] | None, mask: int, families: tuple[int, ...]
-) -> Generator[Step, list[Any], list[SocketRecord]]:
+) -> Steps[list[SocketRecord]]:
     """The dumps of a records query, one per family, as in :func:`tcp_steps`.
 
     With addresses, the kernel filters on them (bytecode) and the records

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from ._kernel import (
     unix_dump_request,
     unix_name_attr,
 )
+from ._steps import Parser, Steps
 
 __all__ = ["ListenStats"]
 
@@ -108,11 +109,6 @@ def tcp_plan(addrs: list[Address]) -> list[tuple[int, bytes, bool]]:
     return plan
 
 
-Parser = Callable[[bytes], tuple[list[Any], bool, bool]]
-Step = tuple[Callable[[int], bytes], Parser]
-Steps = Generator[Step, list[Any], dict[str, ListenStats]]
-
-
 def _counts(data: bytes) -> tuple[list[Any], bool, bool]:
     c = count_inet_dump(data)
     return [c], c.done, c.interrupted
@@ -138,7 +134,9 @@ def _sum_targets(
     return listeners, counted
 
 
-def tcp_steps(asked: list[str] | None, addrs: list[Address] | None) -> Steps:
+def tcp_steps(
+    asked: list[str] | None, addrs: list[Address] | None
+) -> Steps[dict[str, ListenStats]]:
     """The dumps a TCP query needs, as a generator: yields (request, parser),
     is sent each dump's parsed items, returns the answer. No I/O inside."""
     if asked is None or addrs is None:
@@ -173,7 +171,7 @@ def tcp_steps(asked: list[str] | None, addrs: list[Address] | None) -> Steps:
     return result
 
 
-def _all_steps() -> Steps:
+def _all_steps() -> Steps[dict[str, ListenStats]]:
     listeners: list[InetRecord] = []
     for family in (AF_INET, AF_INET6):
         make = functools.partial(inet_dump_request, family, 1 << TCP_LISTEN)
@@ -484,7 +482,7 @@ def _unix_exact_counts(names: frozenset[str], data: bytes) -> tuple[list[Any], b
     return [counts], done, intr
 
 
-def unix_steps(paths: list[str] | None) -> Steps:
+def unix_steps(paths: list[str] | None) -> Steps[dict[str, ListenStats]]:
     """The two unix_diag dumps of a Unix query (listeners, then accepted
     connections counted by name), as a generator like :func:`tcp_steps`."""
     make = functools.partial(
