@@ -17,6 +17,7 @@ from linux_inet_diag import (
     TcpInfo,
     TcpInfoLengthError,
     TcpState,
+    _count,
     _stats,
 )
 from linux_inet_diag import _kernel as k
@@ -215,7 +216,7 @@ def test_hot_records_are_named() -> None:
     )  # fmt: skip
     family, state, _sport, _src, _rq, _wq, inode = waiting
     assert (family, state, inode) == (socket.AF_INET, k.TCP_ESTABLISHED, 0)
-    (counted,) = k.count_inet_dump(RESP).listeners
+    (counted,) = _count.count_inet_dump(RESP).listeners
     assert counted == listen
     assert counted.inode == 213458
 
@@ -245,7 +246,7 @@ def test_parse_inet_full_honours_dump_intr() -> None:
 def test_flags_column_is_the_byte_holding_dump_intr() -> None:
     """The strided parsers read NLM_F_DUMP_INTR from the byte of nlmsg_flags that holds it."""
     header = k.NLMSGHDR.pack(16, k.NLMSG_DONE, k.NLM_F_DUMP_INTR, 0, 0)
-    assert header[k._FLAGS_LOW] == k.NLM_F_DUMP_INTR
+    assert header[_count._FLAGS_LOW] == k.NLM_F_DUMP_INTR
 
 
 # -- one dump's retries (_steps.Dump) ------------------------------------------
@@ -347,13 +348,13 @@ def test_tcp_info_unknown_states_stay_ints() -> None:
 
 def test_count_uniform_datagram() -> None:
     """Same-sized messages are counted by strided columns: inode 0 is not active."""
-    chunk = k.count_inet_dump(RESP)
+    chunk = _count.count_inet_dump(RESP)
     assert (chunk.active, chunk.done, chunk.interrupted) == (0, False, False)
     assert [r[1] for r in chunk.listeners] == [k.TCP_LISTEN]
     accepted = bytearray(RESP)
     struct.pack_into("=I", accepted, 124 + 84, 99)  # give the 2nd socket an inode
     struct.pack_into("=H", accepted, 124 + 6, k.NLM_F_MULTI | k.NLM_F_DUMP_INTR)
-    chunk = k.count_inet_dump(bytes(accepted * 3))
+    chunk = _count.count_inet_dump(bytes(accepted * 3))
     assert (chunk.active, len(chunk.listeners), chunk.interrupted) == (3, 3, True)
 
 
@@ -363,7 +364,7 @@ def test_count_uniform_sees_every_byte_of_the_inode(inode: int) -> None:
     accepted = bytearray(RESP)
     struct.pack_into("=I", accepted, 124 + 84, inode)
     other = bytearray(RESP)  # inode 0: not yet accepted
-    chunk = k.count_inet_dump(bytes(accepted + other + accepted))
+    chunk = _count.count_inet_dump(bytes(accepted + other + accepted))
     assert (chunk.active, len(chunk.listeners), chunk.interrupted) == (2, 3, False)
 
 
@@ -372,8 +373,8 @@ def test_count_uniform_every_message_interrupted() -> None:
     flagged = bytearray(RESP)
     for at in (6, 124 + 6):
         struct.pack_into("=H", flagged, at, k.NLM_F_MULTI | k.NLM_F_DUMP_INTR)
-    assert k.count_inet_dump(bytes(flagged)).interrupted
-    assert k.count_targets([(None, 1)], bytes(flagged)).interrupted
+    assert _count.count_inet_dump(bytes(flagged)).interrupted
+    assert _count.count_targets([(None, 1)], bytes(flagged)).interrupted
 
 
 def test_count_targets_compares_only_the_four_bytes_an_ipv4_address_has() -> None:
@@ -382,7 +383,9 @@ def test_count_targets_compares_only_the_four_bytes_an_ipv4_address_has() -> Non
     struct.pack_into("=I", accepted, 124 + 84, 99)
     loopback = socket.inet_aton("127.0.0.1") + bytes(12)
     stray = socket.inet_aton("127.0.0.1") + b"\1" + bytes(11)
-    chunk = k.count_targets([(loopback, _raw(40123)), (stray, _raw(40123))], bytes(accepted * 2))
+    chunk = _count.count_targets(
+        [(loopback, _raw(40123)), (stray, _raw(40123))], bytes(accepted * 2)
+    )
     assert chunk.counts == [2, 0]
 
 
@@ -395,7 +398,7 @@ def test_count_targets_ipv6_compares_all_sixteen_bytes() -> None:
     here = socket.inet_pton(socket.AF_INET6, "fd00::1")
     there = socket.inet_pton(socket.AF_INET6, "fd00::2")
     v6[124 + 24 : 124 + 40] = here
-    chunk = k.count_targets([(here, _raw(40123)), (there, _raw(40123))], bytes(v6))
+    chunk = _count.count_targets([(here, _raw(40123)), (there, _raw(40123))], bytes(v6))
     assert chunk.counts == [1, 0]
 
 
@@ -403,7 +406,7 @@ def test_count_mixed_datagram_falls_back() -> None:
     """A datagram with NLMSG_DONE appended is stepped message by message."""
     accepted = bytearray(RESP)
     struct.pack_into("=I", accepted, 124 + 84, 99)
-    chunk = k.count_inet_dump(bytes(accepted) + DONE)
+    chunk = _count.count_inet_dump(bytes(accepted) + DONE)
     assert (chunk.active, len(chunk.listeners), chunk.done) == (1, 1, True)
 
 
@@ -417,7 +420,7 @@ def test_count_targets_on_a_uniform_datagram() -> None:
     loopback = socket.inet_aton("127.0.0.1") + bytes(12)
     other = socket.inet_aton("127.0.0.2") + bytes(12)
     targets = [(loopback, _raw(40123)), (None, _raw(40123)), (other, _raw(40123))]
-    chunk = k.count_targets(targets, RESP)
+    chunk = _count.count_targets(targets, RESP)
     assert (chunk.counts, chunk.done, chunk.interrupted) == ([0, 0, 0], False, False)
     assert [r[1] for r in chunk.listeners] == [k.TCP_LISTEN]
     accepted = bytearray(RESP)
@@ -428,26 +431,26 @@ def test_count_targets_on_a_uniform_datagram() -> None:
     struct.pack_into("=H", moved, 124 + 6, k.NLM_F_MULTI | k.NLM_F_DUMP_INTR)
     data = bytes(accepted * 2 + moved)
     targets += [(other, _raw(8080)), (None, _raw(8080)), (loopback, _raw(8080))]
-    chunk = k.count_targets(targets, data)
+    chunk = _count.count_targets(targets, data)
     assert chunk.counts == [2, 2, 0, 1, 1, 0]
     assert (len(chunk.listeners), chunk.interrupted) == (3, True)
     # The message-by-message path (NLMSG_DONE appended) gives the same counts.
-    slow = k.count_targets(targets, data + DONE)
+    slow = _count.count_targets(targets, data + DONE)
     assert (slow.counts, slow.listeners, slow.done) == (chunk.counts, chunk.listeners, True)
 
 
 def test_unix_name_attr_and_count() -> None:
     """Names are counted by their exact UNIX_DIAG_NAME attribute, paths and abstract."""
-    assert k.unix_name_attr("/a") == b"\x07\x00\x00\x00/a\x00"
-    assert k.unix_name_attr("@ab") == b"\x07\x00\x00\x00\x00ab"
+    assert _count.unix_name_attr("/a") == b"\x07\x00\x00\x00/a\x00"
+    assert _count.unix_name_attr("@ab") == b"\x07\x00\x00\x00\x00ab"
 
     def msg(name: bytes) -> bytes:
         body = struct.pack("=BBBxIII", 1, 1, 1, 7, 0, 0) + k.nlattr(0, name)
         return k.nlmsg(20, 2, 9, body)
 
     data = msg(b"/a\0") + msg(b"/a\0") + msg(b"/ab\0") + msg(b"\0ab") + DONE
-    needles = {n: k.unix_name_attr(n) for n in ("/a", "/ab", "@ab", "/none")}
-    counts, done, intr = k.count_unix_names(data, needles)
+    needles = {n: _count.unix_name_attr(n) for n in ("/a", "/ab", "@ab", "/none")}
+    counts, done, intr = _count.count_unix_names(data, needles)
     assert counts == {"/a": 2, "/ab": 1, "@ab": 1, "/none": 0}
     assert (done, intr) == (True, False)
 
@@ -695,7 +698,7 @@ def test_count_unix_stream_names_skips_other_types() -> None:
         return k.nlmsg(20, 2, 9, body)
 
     data = msg(1, b"\0ab") + msg(5, b"\0ab") + msg(1, b"\0ab") + msg(1, b"/x\0") + DONE
-    counts, done, intr = k.count_unix_stream_names(data, frozenset(["@ab", "/y"]))
+    counts, done, intr = _count.count_unix_stream_names(data, frozenset(["@ab", "/y"]))
     assert counts == {"@ab": 2, "/y": 0}
     assert (done, intr) == (True, False)
 

@@ -10,6 +10,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._address import AF_INET, AF_INET6, Address, name_from_packed, parse_address
+from ._count import (
+    CountChunk,
+    Target,
+    TargetChunk,
+    count_inet_dump,
+    count_targets,
+    count_unix_names,
+    count_unix_stream_names,
+    unix_name_attr,
+)
 from ._errors import AddressError
 from ._kernel import (
     LISTEN_AND_ESTABLISHED,
@@ -19,22 +29,14 @@ from ._kernel import (
     UDIAG_SHOW_NAME,
     UDIAG_SHOW_RQLEN,
     UDIAG_SHOW_VFS,
-    CountChunk,
     HostCond,
     InetRecord,
-    Target,
-    TargetChunk,
     UnixSocket,
-    count_inet_dump,
-    count_targets,
-    count_unix_names,
-    count_unix_stream_names,
     inet_dump_request,
     parse_inet_dump,
     parse_unix_dump,
     source_filter,
     unix_dump_request,
-    unix_name_attr,
 )
 from ._steps import Parser, Steps
 
