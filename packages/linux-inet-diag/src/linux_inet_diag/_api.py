@@ -18,16 +18,20 @@ from typing import Any, TypeVar
 
 from . import _kernel as k
 from . import _platform
-from ._address import Address, parse_address
+from ._address import AF_UNIX, Address, parse_address
 from ._errors import AddressError, NetlinkError, UnavailableError
 from ._lookup import HostPort, lookup_steps
 from ._records import SocketRecord, record_args, record_steps
 from ._stats import (
     ListenStats,
+    inode_families,
     names_arg,
     parse_proc_net_unix,
     tally_proc_unix,
+    tcp_inode_steps,
     tcp_steps,
+    unix_inode_steps,
+    unix_inodes,
     unix_keys,
     unix_steps,
 )
@@ -40,6 +44,7 @@ __all__ = [
     "DiagSocket",
     "available",
     "inet_diag_records",
+    "listener_inodes",
     "tcp_info_for",
     "tcp_listener_stats",
     "unix_listener_stats",
@@ -259,6 +264,17 @@ class DiagSocket(_Core):
         except NetlinkError as e:
             return self._unix_fallback(e, functools.partial(tally_proc_unix, wanted))
 
+    def listener_inodes(self, family: int | None = None) -> dict[int, str]:
+        """Inode -> canonical name of every listener; see :func:`listener_inodes`."""
+        families = inode_families(family)
+        found = self._drive(tcp_inode_steps(families))
+        if AF_UNIX in families:
+            try:
+                found.update(self._drive(unix_inode_steps()))
+            except NetlinkError as e:
+                found.update(self._unix_fallback(e, unix_inodes))
+        return found
+
     def tcp_info_for(self, local: HostPort, remote: HostPort) -> TcpInfo | None:
         """TcpInfo of the connection ``local`` <-> ``remote``, None if absent."""
         return self._drive(lookup_steps(local, remote))
@@ -377,6 +393,17 @@ class AsyncDiagSocket(_Core):
         except NetlinkError as e:
             return self._unix_fallback(e, functools.partial(tally_proc_unix, wanted))
 
+    async def listener_inodes(self, family: int | None = None) -> dict[int, str]:
+        """Async :func:`listener_inodes`."""
+        families = inode_families(family)
+        found = await self._drive(tcp_inode_steps(families))
+        if AF_UNIX in families:
+            try:
+                found.update(await self._drive(unix_inode_steps()))
+            except NetlinkError as e:
+                found.update(self._unix_fallback(e, unix_inodes))
+        return found
+
     async def tcp_info_for(self, local: HostPort, remote: HostPort) -> TcpInfo | None:
         """Async :func:`tcp_info_for`: one small round trip read through the loop."""
         return await self._drive(lookup_steps(local, remote))
@@ -447,6 +474,33 @@ def unix_listener_stats(
     ListenStats(active=0, queued=0, backlog=8)
     """
     return _default(sock).unix_listener_stats(paths)
+
+
+def listener_inodes(family: int | None = None, *, sock: DiagSocket | None = None) -> dict[int, str]:
+    """Every listening socket's inode, mapped to its canonical listener name.
+
+    Answers "which listener is the socket behind this descriptor?" for every
+    server of the machine (of the caller's network namespace) at once: the
+    inode is ``os.fstat(fd).st_ino`` of the socket, or the number in a
+    ``/proc/PID/fd`` link ``socket:[INODE]``. Names are spelled as
+    :func:`tcp_listener_stats` and :func:`unix_listener_stats` spell them
+    with no names asked (``"127.0.0.1:8080"``, ``"[::]:8080"``, the path a
+    Unix socket was bound with, ``"@abstract"``); SO_REUSEPORT listeners are
+    one name under several inodes. ``family``: ``socket.AF_INET``,
+    ``socket.AF_INET6`` or ``socket.AF_UNIX`` for that family only; None
+    (default) for all three. TCP listeners come from one LISTEN-only dump
+    per family, which the kernel answers without walking the established
+    connections; Unix *stream* listeners from one unix_diag dump (or, where
+    the kernel lacks unix_diag, from /proc/net/unix, with a RuntimeWarning).
+    A bad ``family`` raises ArgumentError.
+
+    >>> import os, socket
+    >>> with socket.create_server(("127.0.0.1", 0)) as srv:
+    ...     inode = os.fstat(srv.fileno()).st_ino
+    ...     listener_inodes(socket.AF_INET)[inode] == "127.0.0.1:%d" % srv.getsockname()[1]
+    True
+    """
+    return _default(sock).listener_inodes(family)
 
 
 def tcp_info_for(

@@ -1,4 +1,4 @@
-"""Listener statistics: tallies over parsed dumps (pure) and /proc fallback."""
+"""Listener statistics and listener inodes: queries as steps, tallies (pure), /proc fallback."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._address import AF_INET, AF_INET6, Address, name_from_packed, parse_address
+from ._address import AF_INET, AF_INET6, AF_UNIX, Address, name_from_packed, parse_address
 from ._count import (
     CountChunk,
     Target,
@@ -20,7 +20,7 @@ from ._count import (
     count_unix_stream_names,
     unix_name_attr,
 )
-from ._errors import AddressError
+from ._errors import AddressError, ArgumentError
 from ._kernel import (
     LISTEN_AND_ESTABLISHED,
     SOCK_STREAM,
@@ -173,11 +173,23 @@ def tcp_steps(
     return result
 
 
-def _all_steps() -> Steps[dict[str, ListenStats]]:
+def _listen_steps(families: Iterable[int]) -> Steps[list[InetRecord]]:
+    """Every TCP LISTEN socket of ``families``, one dump each.
+
+    Asked for LISTEN alone, the kernel walks only its table of listening
+    sockets and skips the established ones (inet_diag_dump_icsk: ``if
+    (!(idiag_states & ~TCPF_LISTEN)) goto out``): the cost does not grow
+    with the connections.
+    """
     listeners: list[InetRecord] = []
-    for family in (AF_INET, AF_INET6):
+    for family in families:
         make = functools.partial(inet_dump_request, family, 1 << TCP_LISTEN)
         listeners += yield (make, parse_inet_dump)
+    return listeners
+
+
+def _all_steps() -> Steps[dict[str, ListenStats]]:
+    listeners = yield from _listen_steps((AF_INET, AF_INET6))
     per_listener: dict[tuple[int, bytes, int], int] = {}
     extra: dict[tuple[int, bytes, int], int] = {}
     for family in (AF_INET, AF_INET6):
@@ -506,3 +518,50 @@ def unix_steps(paths: list[str] | None) -> Steps[dict[str, ListenStats]]:
             for name, n in chunk.items():
                 counts[name] += n
     return unix_answer(plan, counts)
+
+
+# -- listener inodes -----------------------------------------------------------
+
+INODE_FAMILIES = (AF_INET, AF_INET6, AF_UNIX)
+
+
+def inode_families(family: object) -> tuple[int, ...]:
+    """Validate ``listener_inodes``' family: None for all three, or one of them."""
+    if family is None:
+        return INODE_FAMILIES
+    if isinstance(family, int) and not isinstance(family, bool) and family in INODE_FAMILIES:
+        return (int(family),)
+    raise ArgumentError(
+        f"invalid family {family!r}: expected socket.AF_INET, socket.AF_INET6, "
+        "socket.AF_UNIX or None"
+    )
+
+
+def tcp_inode_steps(families: tuple[int, ...]) -> Steps[dict[int, str]]:
+    """Inode -> canonical name of every TCP listener of ``families``, as steps."""
+    listeners = yield from _listen_steps(f for f in families if f != AF_UNIX)
+    return {
+        r.inode: name_from_packed(r.family, r.src, socket.ntohs(r.sport_raw))
+        for r in listeners
+        if r.inode
+    }
+
+
+def unix_inodes(socks: Iterable[UnixSocket]) -> dict[int, str]:
+    """Inode -> name of the named Unix stream listeners among ``socks``.
+
+    ``socks`` from a unix_diag dump or from :func:`parse_proc_net_unix`
+    alike; the name is the one the kernel reports (the path bound, or
+    ``@name``).
+    """
+    return {
+        s.inode: s.name
+        for s in socks
+        if s.state == TCP_LISTEN and s.type == SOCK_STREAM and s.name is not None
+    }
+
+
+def unix_inode_steps() -> Steps[dict[int, str]]:
+    """Inode -> name of every Unix stream listener, as steps (one unix_diag dump)."""
+    make = functools.partial(unix_dump_request, 1 << TCP_LISTEN, UDIAG_SHOW_NAME)
+    return unix_inodes((yield (make, parse_unix_dump)))
