@@ -157,6 +157,16 @@ def test_messages_steps_by_nlmsg_len_and_reports_done() -> None:
     assert k.messages(RESP + bytes(8)) == ([(0, 124), (124, 248)], False, False)  # < a header
 
 
+def test_messages_without_spans_still_checks_and_reports() -> None:
+    """body=None lists no spans, yet still sees the end, NLM_F_DUMP_INTR and bad lengths."""
+    assert k.messages(RESP + DONE, body=None) == ([], True, False)
+    flagged = bytearray(RESP)
+    struct.pack_into("=H", flagged, 124 + 6, k.NLM_F_MULTI | k.NLM_F_DUMP_INTR)
+    assert k.messages(bytes(flagged), body=None) == ([], False, True)
+    with pytest.raises(NetlinkError, match=r"at byte 0 of 100: length 124"):
+        k.messages(RESP[:100], body=None)
+
+
 def test_messages_reports_dump_intr_on_any_message() -> None:
     """NLM_F_DUMP_INTR on any one message, NLMSG_DONE's included, marks the datagram."""
     for at in (6, 124 + 6, 248 + 6):

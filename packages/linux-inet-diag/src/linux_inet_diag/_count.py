@@ -268,7 +268,7 @@ def count_unix_names(buf: bytes, needles: dict[str, bytes]) -> tuple[dict[str, i
     UNIX_DIAG_NAME attribute (length, type and bytes) in the datagram, which
     a path cannot contain by accident (it holds NUL bytes).
     """
-    found = messages(buf)  # the needles need no struct read: no body length to check
+    found = messages(buf, body=None)  # no message is read: only the end and NLM_F_DUMP_INTR
     counts = {name: buf.count(needle) for name, needle in needles.items()}
     return counts, found.done, found.interrupted
 
