@@ -2,10 +2,12 @@
 
 Scenario: one TCP listener on 127.0.0.1 with N (10,000) accepted connections
 held open by a child process (the clients live in this process), then a Unix
-listener with 1,000 accepted connections. Peers are measured in interleaved
-rounds (the kernel's socket table changes while TIME_WAIT sockets expire, so
-every peer must see the same machine). Prints Markdown tables of ms/op and
-ratios, then the targets table (target, measured, met). Run:
+listener with 1,000 accepted connections; in each, ``listener_inodes()`` (every
+listener's inode and name) against the same map read from /proc. Peers are
+measured in interleaved rounds (the kernel's socket table changes while
+TIME_WAIT sockets expire, so every peer must see the same machine). Prints
+Markdown tables of ms/op and ratios, then the targets table (target,
+measured, met). Run:
 ``python bench/bench_listener_stats.py`` (or ``nox -s bench``); ``-n``, ``-u``
 and ``--budget`` shrink the run for a smoke test.
 """
@@ -196,6 +198,36 @@ def proc_net_tcp(port: int) -> tuple[int, int]:
     return active, queued
 
 
+def proc_listener_inodes() -> dict[int, str]:
+    """Inode -> name of every TCP and Unix stream listener, from /proc/net/* in Python."""
+    out: dict[int, str] = {}
+    for path, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        with open(path) as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                if cols[3] != "0A":
+                    continue
+                hexaddr, hexport = cols[1].split(":")
+                # each 32-bit word of the address is printed as a native u32
+                raw = b"".join(
+                    bytes.fromhex(hexaddr[i : i + 8])[:: -1 if sys.byteorder == "little" else 1]
+                    for i in range(0, len(hexaddr), 8)
+                )
+                host = socket.inet_ntop(family, raw)
+                port = int(hexport, 16)
+                out[int(cols[9])] = (
+                    f"{host}:{port}" if family == socket.AF_INET else f"[{host}]:{port}"
+                )
+    with open("/proc/net/unix", encoding="utf-8", errors="surrogateescape") as f:
+        next(f)
+        for line in f:
+            cols = line.split(None, 7)
+            if len(cols) == 8 and int(cols[3], 16) & 0x10000 and cols[4] == "0001":
+                out[int(cols[6])] = cols[7].rstrip("\n")
+    return out
+
+
 Results = dict[str, float | None]  # label -> seconds per operation
 
 
@@ -238,6 +270,28 @@ def targets(results: Results) -> None:
             print(f"| {target} | skipped | n/a |")
         else:
             print(f"| {target} | {p / o:.2f}x | {'yes' if p / o >= minimum else 'NO'} |")
+
+
+def bench_inodes(scenario: str, name: str, budget: float, diag: lid.DiagSocket) -> None:
+    """listener_inodes() against the same inode -> name map read from /proc."""
+    assert name in diag.listener_inodes().values(), name
+    assert name in proc_listener_inodes().values(), name
+    peers: list[tuple[str, Batch | None]] = [
+        ("linux_inet_diag listener_inodes()", py_batch(diag.listener_inodes)),
+        ("/proc/net/{tcp,tcp6,unix} listeners parsed in Python", py_batch(proc_listener_inodes)),
+    ]
+    try:
+        from shm_counters import listening_inodes
+
+        peers.append(("shm_counters.listening_inodes() (/proc, inodes only)",
+                      py_batch(listening_inodes)))  # fmt: skip
+    except ImportError:
+        peers.append(("shm_counters (not installed)", None))
+    times = measure(peers, budget)
+    table(
+        f"Listener inodes (inode -> name, every listener), {scenario}",
+        [(label, t) for (label, _), t in zip(peers, times, strict=True)],
+    )
 
 
 def bench_tcp(n: int, budget: float, diag: lid.DiagSocket, ruby: Ruby) -> Results:
@@ -312,6 +366,7 @@ def bench_tcp(n: int, budget: float, diag: lid.DiagSocket, ruby: Ruby) -> Result
         f"TCP: one listener, {n} accepted connections",
         [(label, t) for (label, _), t in zip(peers, times, strict=True)],
     )
+    bench_inodes(f"{n} TCP connections held", name, budget, diag)
     for c in clients:
         c.close()
     stop_server(proc)
@@ -341,6 +396,7 @@ def bench_unix(n: int, budget: float, diag: lid.DiagSocket, ruby: Ruby) -> Resul
         f"Unix: one listener, {n} accepted connections",
         [(label, t) for (label, _), t in zip(peers, times, strict=True)],
     )
+    bench_inodes(f"{n} Unix connections held", path, budget, diag)
     for c in clients:
         c.close()
     stop_server(proc)

@@ -12,9 +12,11 @@ MODULES = [
     "linux_inet_diag._address",
     "linux_inet_diag._api",
     "linux_inet_diag._escape",
+    "linux_inet_diag._kernel",
     "linux_inet_diag._netstat",
     "linux_inet_diag._records",
     "linux_inet_diag._stats",
+    "linux_inet_diag._steps",
     "linux_inet_diag._tcpinfo",
 ]
 

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import errno
+import functools
 import socket
 import struct
+from itertools import count
 
 import pytest
 from linux_inet_diag import (
+    DumpInterruptedError,
     ListenStats,
     NetlinkError,
     TcpCaState,
     TcpInfo,
     TcpInfoLengthError,
     TcpState,
+    _count,
     _stats,
 )
 from linux_inet_diag import _kernel as k
@@ -27,6 +31,7 @@ from linux_inet_diag._stats import (
     unix_answer,
     unix_plan,
 )
+from linux_inet_diag._steps import MAX_ATTEMPTS, Dump
 from linux_inet_diag._tcpinfo import _FIELDS
 
 # Request for "127.0.0.1:40123" (seq 1) and the kernel's two answer datagrams,
@@ -72,21 +77,21 @@ def test_source_filter_bytecode() -> None:
 
 def test_parse_captured_dump() -> None:
     """A captured 124-byte-per-socket dump is stepped by nlmsg_len."""
-    chunk = k.parse_inet_dump(RESP)
+    records, done, interrupted = k.parse_inet_dump(RESP)
     src = b"\x7f\0\0\x01" + bytes(12)
     port = socket.htons(40123)
-    assert chunk.records == [
+    assert records == [
         (socket.AF_INET, k.TCP_LISTEN, port, src, 1, 7, 213458),
         (socket.AF_INET, k.TCP_ESTABLISHED, port, src, 0, 0, 0),
     ]
-    assert (chunk.done, chunk.interrupted) == (False, False)
-    assert k.parse_inet_dump(DONE).done
+    assert (done, interrupted) == (False, False)
+    assert k.parse_inet_dump(DONE) == ([], True, False)
 
 
 def test_tally_captured_dump() -> None:
     """The captured listener has 1 queued, 0 active (inode 0), backlog 7."""
     addr = parse_address("127.0.0.1:40123")
-    stats = tally_named(["127.0.0.1:40123"], [addr], k.parse_inet_dump(RESP).records)
+    stats = tally_named(["127.0.0.1:40123"], [addr], k.parse_inet_dump(RESP)[0])
     assert (stats["127.0.0.1:40123"].active, stats["127.0.0.1:40123"].queued) == (0, 1)
     assert stats["127.0.0.1:40123"].backlog == 7
 
@@ -103,14 +108,15 @@ def test_nlmsg_error_raises_oserror_with_errno() -> None:
 def test_ack_is_not_an_error() -> None:
     """NLMSG_ERROR with error 0 (an ACK) ends the answer without raising."""
     ack = k.nlmsg(k.NLMSG_ERROR, 0, 1, struct.pack("=i", 0) + REQ[:16])
-    assert k.parse_inet_dump(ack).done
+    assert k.parse_inet_dump(ack) == ([], True, False)
 
 
 def test_dump_intr_flag_is_reported() -> None:
     """NLM_F_DUMP_INTR on any message marks the chunk interrupted."""
     flagged = bytearray(RESP)
     struct.pack_into("=H", flagged, 6, k.NLM_F_MULTI | k.NLM_F_DUMP_INTR)
-    assert k.parse_inet_dump(bytes(flagged)).interrupted
+    records, done, interrupted = k.parse_inet_dump(bytes(flagged))
+    assert (len(records), done, interrupted) == (2, False, True)
 
 
 def test_truncated_message_is_rejected() -> None:
@@ -137,6 +143,180 @@ def test_unix_request_and_parse_round_trip() -> None:
         k.UnixSocket(1, 1, 4243, "@abs", 0, 0),
     ]
     assert (done, intr) == (True, False)
+
+
+# -- the one walk over a datagram ----------------------------------------------
+
+
+def test_messages_steps_by_nlmsg_len_and_reports_done() -> None:
+    """The captured dump's two 124-byte messages are found; NLMSG_DONE ends the answer."""
+    assert k.messages(RESP) == k.Messages([(0, 124), (124, 248)], done=False, interrupted=False)
+    assert k.messages(RESP + DONE) == ([(0, 124), (124, 248)], True, False)
+    assert k.messages(DONE) == ([], True, False)
+    assert k.messages(b"") == ([], False, False)
+    assert k.messages(RESP + bytes(8)) == ([(0, 124), (124, 248)], False, False)  # < a header
+
+
+def test_messages_without_spans_still_checks_and_reports() -> None:
+    """body=None lists no spans, yet still sees the end, NLM_F_DUMP_INTR and bad lengths."""
+    assert k.messages(RESP + DONE, body=None) == ([], True, False)
+    flagged = bytearray(RESP)
+    struct.pack_into("=H", flagged, 124 + 6, k.NLM_F_MULTI | k.NLM_F_DUMP_INTR)
+    assert k.messages(bytes(flagged), body=None) == ([], False, True)
+    with pytest.raises(NetlinkError, match=r"at byte 0 of 100: length 124"):
+        k.messages(RESP[:100], body=None)
+
+
+def test_messages_reports_dump_intr_on_any_message() -> None:
+    """NLM_F_DUMP_INTR on any one message, NLMSG_DONE's included, marks the datagram."""
+    for at in (6, 124 + 6, 248 + 6):
+        flagged = bytearray(RESP + DONE)
+        struct.pack_into("=H", flagged, at, k.NLM_F_MULTI | k.NLM_F_DUMP_INTR)
+        assert k.messages(bytes(flagged)) == ([(0, 124), (124, 248)], True, True)
+
+
+def test_messages_rejects_truncated_messages() -> None:
+    """A message cut short, shorter than its header or than its struct raises EPROTO saying so."""
+    with pytest.raises(NetlinkError, match=r"at byte 0 of 100: length 124, expected 16 to 100"):
+        k.messages(RESP[:100])
+    tiny = bytearray(RESP)
+    struct.pack_into("=I", tiny, 124, 8)  # nlmsg_len 8: less than the header itself
+    with pytest.raises(NetlinkError, match=r"at byte 124 of 248: length 8, expected 16 to 124"):
+        k.messages(bytes(tiny))
+    with pytest.raises(NetlinkError, match=r"at byte 0 of 248: length 124, expected 216") as err:
+        k.messages(RESP, body=200)
+    assert err.value.errno == errno.EPROTO
+    assert k.messages(RESP, body=k.INET_DIAG_MSG.size).spans == [(0, 124), (124, 248)]
+
+
+def test_messages_raises_the_kernels_error_and_takes_an_ack_as_done() -> None:
+    """NLMSG_ERROR raises its errno; error 0 (an ACK) ends the answer; a cut one is EPROTO."""
+    err = k.nlmsg(k.NLMSG_ERROR, 0, 1, struct.pack("=i", -errno.EINVAL) + REQ[:16])
+    with pytest.raises(NetlinkError, match="Invalid argument") as info:
+        k.messages(RESP + err)
+    assert info.value.errno == errno.EINVAL
+    ack = k.nlmsg(k.NLMSG_ERROR, 0, 1, struct.pack("=i", 0) + REQ[:16])
+    assert k.messages(RESP + ack) == ([(0, 124), (124, 248)], True, False)
+    with pytest.raises(NetlinkError, match=r"truncated NLMSG_ERROR \(16 bytes\)") as info:
+        k.messages(k.nlmsg(k.NLMSG_ERROR, 0, 1, b""))
+    assert info.value.errno == errno.EPROTO
+
+
+def test_messages_step_to_the_next_four_byte_boundary() -> None:
+    """After a message whose nlmsg_len is not a multiple of 4, the next starts 4-aligned."""
+    odd = k.nlmsg(k.SOCK_DIAG_BY_FAMILY, k.NLM_F_MULTI, 1, bytes(18))  # nlmsg_len 34
+    assert len(odd) == 34
+    data = odd + bytes(2) + RESP[:124] + DONE
+    assert k.messages(data) == ([(0, 34), (36, 160)], True, False)
+    # The payload stops at nlmsg_len: the pad is not part of the message.
+    attr = k.nlattr(k.UNIX_DIAG_NAME, b"@ab")  # nla_len 7, padded to 8
+    assert attr == b"\x07\x00\x00\x00@ab\x00"
+    assert list(k.iter_attrs(attr + attr, 0, 16)) == [(0, b"@ab"), (0, b"@ab")]
+
+
+def test_hot_records_are_named() -> None:
+    """parse_inet_dump's records read by field name and unpack as the 7-tuples they equal."""
+    (listen, waiting), _, _ = k.parse_inet_dump(RESP)
+    assert isinstance(listen, k.InetRecord)
+    assert (listen.family, listen.state, socket.ntohs(listen.sport_raw)) == (
+        socket.AF_INET, k.TCP_LISTEN, 40123,
+    )  # fmt: skip
+    assert (listen.src, listen.rqueue, listen.wqueue, listen.inode) == (
+        socket.inet_aton("127.0.0.1") + bytes(12), 1, 7, 213458,
+    )  # fmt: skip
+    family, state, _sport, _src, _rq, _wq, inode = waiting
+    assert (family, state, inode) == (socket.AF_INET, k.TCP_ESTABLISHED, 0)
+    (counted,) = _count.count_inet_dump(RESP).listeners
+    assert counted == listen
+    assert counted.inode == 213458
+
+
+def test_full_view_of_a_message_matches_the_hot_one() -> None:
+    """inet_socket reads the captured messages' fields as the hot records do, and the rest."""
+    hot, _, _ = k.parse_inet_dump(RESP)
+    for (start, end), rec in zip(k.messages(RESP).spans, hot, strict=True):
+        s = k.inet_socket(RESP, start, end)
+        assert (s.family, s.state, socket.htons(s.sport), s.src) == rec[:4]
+        assert (s.rqueue, s.wqueue, s.inode) == (rec.rqueue, rec.wqueue, rec.inode)
+        assert sorted(s.attrs) == [8, 15, 21, 22]  # appended unasked, as root
+    listener = k.inet_socket(RESP, 0, 124)
+    assert (listener.dport, listener.dst, listener.uid) == (0, bytes(16), 0)
+
+
+def test_parse_inet_full_honours_dump_intr() -> None:
+    """An inet_diag answer carrying NLM_F_DUMP_INTR says so (and still parses)."""
+    flagged = bytearray(INFO_RESP)
+    struct.pack_into("=H", flagged, 6, k.NLM_F_DUMP_INTR)
+    socks, done, interrupted = k.parse_inet_full(bytes(flagged))
+    assert (len(socks), done, interrupted) == (1, False, True)
+    assert socks[0].inode == 303272
+    assert k.parse_inet_full(INFO_RESP + DONE)[1:] == (True, False)
+
+
+def test_flags_column_is_the_byte_holding_dump_intr() -> None:
+    """The strided parsers read NLM_F_DUMP_INTR from the byte of nlmsg_flags that holds it."""
+    header = k.NLMSGHDR.pack(16, k.NLMSG_DONE, k.NLM_F_DUMP_INTR, 0, 0)
+    assert header[_count._FLAGS_LOW] == k.NLM_F_DUMP_INTR
+
+
+# -- one dump's retries (_steps.Dump) ------------------------------------------
+
+
+def interrupted(datagram: bytes) -> bytes:
+    """``datagram`` with NLM_F_DUMP_INTR set on its first message, as the kernel sets it."""
+    out = bytearray(datagram)
+    (flags,) = struct.unpack_from("=H", out, 6)
+    struct.pack_into("=H", out, 6, flags | k.NLM_F_DUMP_INTR)
+    return bytes(out)
+
+
+def listen_dump() -> Dump:
+    """One LISTEN dump's bookkeeping, its datagrams parsed by parse_inet_dump."""
+    return Dump(
+        functools.partial(k.inet_dump_request, socket.AF_INET, 1 << k.TCP_LISTEN), k.parse_inet_dump
+    )
+
+
+def test_an_uninterrupted_dump_is_run_once() -> None:
+    """Datagrams fed until NLMSG_DONE are the answer; no second request is made."""
+    dump = listen_dump()
+    seq = count(1).__next__
+    assert dump.request(seq) == k.inet_dump_request(socket.AF_INET, 1 << k.TCP_LISTEN, 1)
+    assert dump.feed(RESP) is False
+    assert dump.feed(DONE) is True
+    assert dump.request(seq) is None
+    assert [r.inode for r in dump.items] == [213458, 0]
+    assert dump.attempts == 1
+
+
+def test_an_interrupted_dump_is_run_again_and_its_items_dropped() -> None:
+    """A datagram with NLM_F_DUMP_INTR makes a new request; only the clean attempt's items stay."""
+    dump = listen_dump()
+    seq = count(1).__next__
+    dump.request(seq)
+    dump.feed(interrupted(RESP))
+    dump.feed(DONE)
+    again = dump.request(seq)
+    assert again == k.inet_dump_request(socket.AF_INET, 1 << k.TCP_LISTEN, 2)
+    assert dump.items == []
+    dump.feed(RESP + DONE)
+    assert dump.request(seq) is None
+    assert len(dump.items) == 2
+    assert dump.attempts == 2
+
+
+def test_a_dump_interrupted_every_time_gives_up() -> None:
+    """After MAX_ATTEMPTS interrupted attempts in a row, DumpInterruptedError (EINTR) is raised."""
+    dump = listen_dump()
+    seq = count(1).__next__
+    for _ in range(MAX_ATTEMPTS):
+        assert dump.request(seq) is not None
+        dump.feed(RESP)
+        dump.feed(interrupted(DONE))  # the flag on NLMSG_DONE counts too
+    with pytest.raises(DumpInterruptedError, match="interrupted 5 times in a row") as err:
+        dump.request(seq)
+    assert err.value.errno == errno.EINTR
+    assert isinstance(err.value, OSError)
 
 
 def test_tcp_info_bit_fields() -> None:
@@ -178,13 +358,13 @@ def test_tcp_info_unknown_states_stay_ints() -> None:
 
 def test_count_uniform_datagram() -> None:
     """Same-sized messages are counted by strided columns: inode 0 is not active."""
-    chunk = k.count_inet_dump(RESP)
+    chunk = _count.count_inet_dump(RESP)
     assert (chunk.active, chunk.done, chunk.interrupted) == (0, False, False)
     assert [r[1] for r in chunk.listeners] == [k.TCP_LISTEN]
     accepted = bytearray(RESP)
     struct.pack_into("=I", accepted, 124 + 84, 99)  # give the 2nd socket an inode
     struct.pack_into("=H", accepted, 124 + 6, k.NLM_F_MULTI | k.NLM_F_DUMP_INTR)
-    chunk = k.count_inet_dump(bytes(accepted * 3))
+    chunk = _count.count_inet_dump(bytes(accepted * 3))
     assert (chunk.active, len(chunk.listeners), chunk.interrupted) == (3, 3, True)
 
 
@@ -194,7 +374,7 @@ def test_count_uniform_sees_every_byte_of_the_inode(inode: int) -> None:
     accepted = bytearray(RESP)
     struct.pack_into("=I", accepted, 124 + 84, inode)
     other = bytearray(RESP)  # inode 0: not yet accepted
-    chunk = k.count_inet_dump(bytes(accepted + other + accepted))
+    chunk = _count.count_inet_dump(bytes(accepted + other + accepted))
     assert (chunk.active, len(chunk.listeners), chunk.interrupted) == (2, 3, False)
 
 
@@ -203,8 +383,8 @@ def test_count_uniform_every_message_interrupted() -> None:
     flagged = bytearray(RESP)
     for at in (6, 124 + 6):
         struct.pack_into("=H", flagged, at, k.NLM_F_MULTI | k.NLM_F_DUMP_INTR)
-    assert k.count_inet_dump(bytes(flagged)).interrupted
-    assert k.count_targets([(None, 1)], bytes(flagged)).interrupted
+    assert _count.count_inet_dump(bytes(flagged)).interrupted
+    assert _count.count_targets([(None, 1)], bytes(flagged)).interrupted
 
 
 def test_count_targets_compares_only_the_four_bytes_an_ipv4_address_has() -> None:
@@ -213,7 +393,9 @@ def test_count_targets_compares_only_the_four_bytes_an_ipv4_address_has() -> Non
     struct.pack_into("=I", accepted, 124 + 84, 99)
     loopback = socket.inet_aton("127.0.0.1") + bytes(12)
     stray = socket.inet_aton("127.0.0.1") + b"\1" + bytes(11)
-    chunk = k.count_targets([(loopback, _raw(40123)), (stray, _raw(40123))], bytes(accepted * 2))
+    chunk = _count.count_targets(
+        [(loopback, _raw(40123)), (stray, _raw(40123))], bytes(accepted * 2)
+    )
     assert chunk.counts == [2, 0]
 
 
@@ -226,7 +408,7 @@ def test_count_targets_ipv6_compares_all_sixteen_bytes() -> None:
     here = socket.inet_pton(socket.AF_INET6, "fd00::1")
     there = socket.inet_pton(socket.AF_INET6, "fd00::2")
     v6[124 + 24 : 124 + 40] = here
-    chunk = k.count_targets([(here, _raw(40123)), (there, _raw(40123))], bytes(v6))
+    chunk = _count.count_targets([(here, _raw(40123)), (there, _raw(40123))], bytes(v6))
     assert chunk.counts == [1, 0]
 
 
@@ -234,7 +416,7 @@ def test_count_mixed_datagram_falls_back() -> None:
     """A datagram with NLMSG_DONE appended is stepped message by message."""
     accepted = bytearray(RESP)
     struct.pack_into("=I", accepted, 124 + 84, 99)
-    chunk = k.count_inet_dump(bytes(accepted) + DONE)
+    chunk = _count.count_inet_dump(bytes(accepted) + DONE)
     assert (chunk.active, len(chunk.listeners), chunk.done) == (1, 1, True)
 
 
@@ -248,7 +430,7 @@ def test_count_targets_on_a_uniform_datagram() -> None:
     loopback = socket.inet_aton("127.0.0.1") + bytes(12)
     other = socket.inet_aton("127.0.0.2") + bytes(12)
     targets = [(loopback, _raw(40123)), (None, _raw(40123)), (other, _raw(40123))]
-    chunk = k.count_targets(targets, RESP)
+    chunk = _count.count_targets(targets, RESP)
     assert (chunk.counts, chunk.done, chunk.interrupted) == ([0, 0, 0], False, False)
     assert [r[1] for r in chunk.listeners] == [k.TCP_LISTEN]
     accepted = bytearray(RESP)
@@ -259,26 +441,26 @@ def test_count_targets_on_a_uniform_datagram() -> None:
     struct.pack_into("=H", moved, 124 + 6, k.NLM_F_MULTI | k.NLM_F_DUMP_INTR)
     data = bytes(accepted * 2 + moved)
     targets += [(other, _raw(8080)), (None, _raw(8080)), (loopback, _raw(8080))]
-    chunk = k.count_targets(targets, data)
+    chunk = _count.count_targets(targets, data)
     assert chunk.counts == [2, 2, 0, 1, 1, 0]
     assert (len(chunk.listeners), chunk.interrupted) == (3, True)
     # The message-by-message path (NLMSG_DONE appended) gives the same counts.
-    slow = k.count_targets(targets, data + DONE)
+    slow = _count.count_targets(targets, data + DONE)
     assert (slow.counts, slow.listeners, slow.done) == (chunk.counts, chunk.listeners, True)
 
 
 def test_unix_name_attr_and_count() -> None:
     """Names are counted by their exact UNIX_DIAG_NAME attribute, paths and abstract."""
-    assert k.unix_name_attr("/a") == b"\x07\x00\x00\x00/a\x00"
-    assert k.unix_name_attr("@ab") == b"\x07\x00\x00\x00\x00ab"
+    assert _count.unix_name_attr("/a") == b"\x07\x00\x00\x00/a\x00"
+    assert _count.unix_name_attr("@ab") == b"\x07\x00\x00\x00\x00ab"
 
     def msg(name: bytes) -> bytes:
         body = struct.pack("=BBBxIII", 1, 1, 1, 7, 0, 0) + k.nlattr(0, name)
         return k.nlmsg(20, 2, 9, body)
 
     data = msg(b"/a\0") + msg(b"/a\0") + msg(b"/ab\0") + msg(b"\0ab") + DONE
-    needles = {n: k.unix_name_attr(n) for n in ("/a", "/ab", "@ab", "/none")}
-    counts, done, intr = k.count_unix_names(data, needles)
+    needles = {n: _count.unix_name_attr(n) for n in ("/a", "/ab", "@ab", "/none")}
+    counts, done, intr = _count.count_unix_names(data, needles)
     assert counts == {"/a": 2, "/ab": 1, "@ab": 1, "/none": 0}
     assert (done, intr) == (True, False)
 
@@ -381,7 +563,7 @@ def test_tally_of_unfiltered_records_is_exact() -> None:
         (socket.AF_INET, k.TCP_ESTABLISHED, socket.htons(40124), other.packed, 0, 0, 78),
         (socket.AF_INET, k.TCP_ESTABLISHED, socket.htons(40123), bytes(16), 0, 0, 79),
     ]
-    records = k.parse_inet_dump(RESP).records + unrelated
+    records = k.parse_inet_dump(RESP)[0] + unrelated
     stats = tally_named(["127.0.0.1:40123"], [addr], records)
     assert (stats["127.0.0.1:40123"].active, stats["127.0.0.1:40123"].queued) == (0, 1)
     assert stats["127.0.0.1:40123"].backlog == 7
@@ -424,8 +606,8 @@ def test_lookup_request_bytes() -> None:
 
 def test_parse_captured_inet_diag_info() -> None:
     """The captured INET_DIAG_INFO answer parses to that connection and its tcp_info."""
-    socks, done = k.parse_inet_full(INFO_RESP)
-    assert done is False  # an exact lookup ends with its one message
+    socks, done, interrupted = k.parse_inet_full(INFO_RESP)
+    assert (done, interrupted) == (False, False)  # an exact lookup ends with its one message
     (s,) = socks
     lo = socket.inet_aton("127.0.0.1") + bytes(12)
     assert (s.family, s.state, s.src, s.sport, s.dst, s.dport) == (
@@ -526,7 +708,7 @@ def test_count_unix_stream_names_skips_other_types() -> None:
         return k.nlmsg(20, 2, 9, body)
 
     data = msg(1, b"\0ab") + msg(5, b"\0ab") + msg(1, b"\0ab") + msg(1, b"/x\0") + DONE
-    counts, done, intr = k.count_unix_stream_names(data, frozenset(["@ab", "/y"]))
+    counts, done, intr = _count.count_unix_stream_names(data, frozenset(["@ab", "/y"]))
     assert counts == {"@ab": 2, "/y": 0}
     assert (done, intr) == (True, False)
 

@@ -59,3 +59,20 @@ def test_imports_and_refuses_clearly_off_linux() -> None:
         f"/proc/net/netstat (TcpExt counters) {UNAVAILABLE}",
         f"inet_diag_records|UnavailableError|True|{netlink}",
     ]
+
+
+def test_listener_inodes_refuses_clearly_off_linux() -> None:
+    """Off Linux listener_inodes() raises UnavailableError, as every other query does."""
+    script = (
+        "import sys\n"
+        "sys.platform = 'darwin'\n"
+        "import linux_inet_diag as lid\n"
+        "try:\n"
+        "    lid.listener_inodes()\n"
+        "except lid.UnavailableError as e:\n"
+        "    print(e.errno, e.strerror, sep='|')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert out == f"{errno.EAFNOSUPPORT}|netlink sock_diag {UNAVAILABLE}\n"

@@ -10,6 +10,7 @@ import re
 import resource
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -30,6 +31,8 @@ from linux_inet_diag import (
     tcp_listener_stats,
     unix_listener_stats,
 )
+
+NLM_F_DUMP_INTR = 0x10  # linux/netlink.h
 
 pytestmark = pytest.mark.linux
 
@@ -478,33 +481,93 @@ def test_every_listener_beyond_one_bytecode_program(scenario: Scenario) -> None:
     assert settle(mine, want) == want
 
 
+class Interrupting:
+    """A netlink socket whose first ``times`` answer datagrams say NLM_F_DUMP_INTR.
+
+    The kernel's own bytes, with the flag the kernel sets when its socket
+    table changed during a dump added to each datagram's first message.
+    """
+
+    def __init__(self, sock: socket.socket, times: int) -> None:
+        self.sock = sock
+        self.times = times
+        self.requests = 0
+
+    def send(self, data: bytes) -> int:
+        self.requests += 1
+        return self.sock.send(data)
+
+    def recv(self, size: int) -> bytes:
+        data = bytearray(self.sock.recv(size))
+        if self.times:
+            self.times -= 1
+            (flags,) = struct.unpack_from("=H", data, 6)  # nlmsghdr.nlmsg_flags
+            struct.pack_into("=H", data, 6, flags | NLM_F_DUMP_INTR)
+        return bytes(data)
+
+    def __getattr__(self, name: str) -> object:  # fileno, close, setblocking, ...
+        return getattr(self.sock, name)
+
+
+def interrupting(monkeypatch: pytest.MonkeyPatch, times: int) -> list[Interrupting]:
+    """Make every DiagSocket opened from now on an :class:`Interrupting` one."""
+    real_open = _api._open
+    opened: list[Interrupting] = []
+
+    def open_interrupting() -> Interrupting:
+        opened.append(Interrupting(real_open(), times))
+        return opened[-1]
+
+    monkeypatch.setattr(_api, "_open", open_interrupting)
+    return opened
+
+
 def test_dump_intr_retries(monkeypatch: pytest.MonkeyPatch, scenario: Scenario) -> None:
     """An interrupted dump is retried; a dump interrupted every time raises."""
     srv = scenario.listener(socket.AF_INET, ("127.0.0.1", 0), backlog=3)
     name = f"127.0.0.1:{port_of(srv)}"
-    real = _api.k.parse_inet_dump
-    calls = {"n": 0}
-
-    def flaky(data: bytes) -> object:
-        chunk = real(data)
-        calls["n"] += 1
-        if calls["n"] == 1:
-            chunk.interrupted = True
-        return chunk
-
-    monkeypatch.setattr(_api.k, "parse_inet_dump", flaky)
+    opened = interrupting(monkeypatch, times=1)
     with DiagSocket() as diag:
         assert tcp_listener_stats(name, sock=diag)[name] == ListenStats(0, 0, 3)
-    assert calls["n"] >= 2  # the interrupted dump was run again
-
-    def always(data: bytes) -> object:
-        chunk = real(data)
-        chunk.interrupted = True
-        return chunk
-
-    monkeypatch.setattr(_api.k, "parse_inet_dump", always)
+    assert opened[0].requests == 2  # the interrupted dump was run again
+    opened = interrupting(monkeypatch, times=10**6)
     with DiagSocket() as diag, pytest.raises(lid.DumpInterruptedError, match="interrupted 5 times"):
         tcp_listener_stats(name, sock=diag)
+    assert opened[0].requests == 5
+
+
+def test_async_dump_intr_retries(monkeypatch: pytest.MonkeyPatch, scenario: Scenario) -> None:
+    """AsyncDiagSocket retries an interrupted dump as DiagSocket does, and gives up alike."""
+    srv = scenario.listener(socket.AF_INET, ("127.0.0.1", 0), backlog=3)
+    name = f"127.0.0.1:{port_of(srv)}"
+
+    async def query() -> dict[str, ListenStats]:
+        async with AsyncDiagSocket() as diag:
+            return await diag.tcp_listener_stats(name)
+
+    opened = interrupting(monkeypatch, times=1)
+    assert asyncio.run(query()) == {name: ListenStats(0, 0, 3)}
+    assert opened[0].requests == 2
+    interrupting(monkeypatch, times=10**6)
+    with pytest.raises(lid.DumpInterruptedError, match="interrupted 5 times"):
+        asyncio.run(query())
+
+
+def test_tcp_info_lookup_honours_dump_intr(
+    monkeypatch: pytest.MonkeyPatch, scenario: Scenario
+) -> None:
+    """An exact tcp_info lookup whose answer says NLM_F_DUMP_INTR is asked again."""
+    srv = scenario.listener(socket.AF_INET, ("127.0.0.1", 0), backlog=3)
+    scenario.connect(socket.AF_INET, srv.getsockname(), 1)
+    srv.settimeout(5)
+    conn, peer = srv.accept()
+    scenario.keep(conn)
+    opened = interrupting(monkeypatch, times=1)
+    with DiagSocket() as diag:
+        info = lid.tcp_info_for(conn.getsockname(), peer, sock=diag)
+    assert info is not None
+    assert info.state is lid.TcpState.ESTABLISHED
+    assert opened[0].requests == 2
 
 
 def test_sync_socket_inside_running_loop_and_threads(scenario: Scenario) -> None:

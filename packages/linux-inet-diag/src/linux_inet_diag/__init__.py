@@ -1,8 +1,9 @@
 """Socket statistics over Linux netlink sock_diag.
 
 Listener active/queued/backlog for TCP (IPv4, IPv6) and Unix sockets,
-``struct tcp_info`` per connection, full per-socket records (opt-in, decoded
-with pyroute2), and the kernel's listen-overflow counters.
+every listener's socket inode and name, ``struct tcp_info`` per connection,
+full per-socket records (opt-in, decoded with pyroute2), and the kernel's
+listen-overflow counters.
 Imports on every platform; the Linux-only calls raise UnavailableError
 elsewhere.
 
@@ -22,6 +23,7 @@ from ._api import (
     DiagSocket,
     available,
     inet_diag_records,
+    listener_inodes,
     tcp_info_for,
     tcp_listener_stats,
     unix_listener_stats,
@@ -65,6 +67,7 @@ __all__ = [
     "escape_name",
     "inet_diag_records",
     "listen_overflows",
+    "listener_inodes",
     "parse_address",
     "tcp_info_for",
     "tcp_listener_stats",

@@ -5,33 +5,37 @@ from __future__ import annotations
 import abc
 import asyncio
 import errno
-import ipaddress
+import functools
 import logging
 import os
 import socket
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
 from . import _kernel as k
 from . import _platform
-from ._address import AF_INET, AF_INET6, Address, parse_address
-from ._errors import AddressError, DumpInterruptedError, NetlinkError, UnavailableError
+from ._address import AF_UNIX, Address, parse_address
+from ._errors import AddressError, NetlinkError, UnavailableError
+from ._lookup import HostPort, lookup_steps
 from ._records import SocketRecord, record_args, record_steps
 from ._stats import (
     ListenStats,
-    Parser,
-    Step,
+    inode_families,
     names_arg,
     parse_proc_net_unix,
     tally_proc_unix,
+    tcp_inode_steps,
     tcp_steps,
+    unix_inode_steps,
+    unix_inodes,
     unix_keys,
     unix_steps,
 )
+from ._steps import Dump, Parser, Steps
 from ._tcpinfo import TcpInfo, TcpState
 
 __all__ = [
@@ -40,6 +44,7 @@ __all__ = [
     "DiagSocket",
     "available",
     "inet_diag_records",
+    "listener_inodes",
     "tcp_info_for",
     "tcp_listener_stats",
     "unix_listener_stats",
@@ -49,11 +54,11 @@ log = logging.getLogger(__name__)
 
 AVAILABLE: bool = _platform.AVAILABLE
 _RECV_SIZE = 1 << 16
-_MAX_RETRIES = 5
 _WHAT = "netlink sock_diag"
 PROC_NET_UNIX = "/proc/net/unix"
+# The errors of a kernel built without unix_diag (CONFIG_UNIX_DIAG=n).
+_NO_UNIX_DIAG = (errno.ENOENT, errno.EOPNOTSUPP, errno.EINVAL)
 
-HostPort = tuple[str, int] | str
 T = TypeVar("T")
 
 
@@ -111,35 +116,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _host(value: object, what: str) -> tuple[int, bytes, int]:
-    """(family, 16-byte packed, port) of an ASGI (host, port) or 'host:port'."""
-    if isinstance(value, str):
-        a = parse_address(value)
-        if a.is_unix:
-            raise AddressError(f"{what} {value!r} is a Unix socket, not TCP")
-        host, port = a.host, a.port
-    elif (
-        isinstance(value, (tuple, list))
-        and len(value) >= 2
-        and isinstance(value[0], str)
-        and isinstance(value[1], int)
-    ):
-        host, port = value[0].split("%")[0], value[1]
-    else:
-        raise AddressError(f"invalid {what} {value!r}: expected (host, port) or 'host:port'")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise AddressError(f"invalid {what} {value!r}: {host!r} is not an IP") from None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if not 0 < port < 65536:
-        raise AddressError(f"invalid {what} {value!r}: port out of range 1-65535")
-    if ip.version == 4:
-        return AF_INET, ip.packed + bytes(12), port
-    return AF_INET6, ip.packed, port
-
-
 class _Core(abc.ABC):
     """Request building and result assembly shared by the sync and async sockets."""
 
@@ -147,7 +123,12 @@ class _Core(abc.ABC):
         _platform.require_linux(_WHAT)
         self._seq = 0
         self._pid = os.getpid()
+        self._sock: socket.socket | None = None
         _live.add(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._sock is None else f"fd={self._sock.fileno()}"
+        return f"<{type(self).__name__} {state}>"
 
     @abc.abstractmethod
     def _forked(self) -> None:
@@ -178,7 +159,13 @@ class _Core(abc.ABC):
         return wanted
 
     @staticmethod
-    def _unix_fallback(paths: list[str] | None, err: NetlinkError) -> dict[str, ListenStats]:
+    def _unix_fallback(err: NetlinkError, answer: Callable[[list[k.UnixSocket]], T]) -> T:
+        """``answer`` of /proc/net/unix's sockets where the kernel lacks unix_diag.
+
+        Re-raises ``err`` when it says anything else.
+        """
+        if err.errno not in _NO_UNIX_DIAG:
+            raise err
         warnings.warn(
             f"netlink unix_diag is unavailable ({err.strerror}); falling back to "
             f"scanning {PROC_NET_UNIX}, which is slower and gives no backlog",
@@ -187,41 +174,7 @@ class _Core(abc.ABC):
         )
         with open(PROC_NET_UNIX, encoding="utf-8", errors="surrogateescape") as f:
             text = f.read()
-        return tally_proc_unix(paths, parse_proc_net_unix(text))
-
-    def _lookup(self, local: HostPort, remote: HostPort) -> tuple[bytes, int]:
-        """The exact-socket INET_DIAG_INFO request for a pair, and the remote port."""
-        lf, lsrc, lport = _host(local, "local address")
-        rf, rdst, rport = _host(remote, "remote address")
-        if lf != rf:
-            raise AddressError(f"local {local!r} and remote {remote!r} are of different families")
-        width = 4 if lf == AF_INET else 16
-        req = k.inet_lookup_request(
-            lf, lsrc[:width] + bytes(16 - width), lport,
-            rdst[:width] + bytes(16 - width), rport, self._next_seq(),
-        )  # fmt: skip
-        return req, rport
-
-    @staticmethod
-    def _lookup_feed(got: list[k.InetSocket]) -> Callable[[bytes], bool]:
-        def feed(data: bytes) -> bool:
-            socks, done = k.parse_inet_full(data)
-            got.extend(socks)
-            return done or bool(socks)
-
-        return feed
-
-    @staticmethod
-    def _lookup_answer(got: list[k.InetSocket], rport: int) -> TcpInfo | None:
-        for s in got:
-            # A lookup that misses every connection falls back to a listener
-            # on the local address (inet_lookup): that is not the connection.
-            if s.state == k.TCP_LISTEN or s.dport != rport:
-                continue
-            info = s.attrs.get(k.INET_DIAG_INFO)
-            if info is not None and len(info) >= 104:
-                return TcpInfo.from_bytes(info)
-        return None
+        return answer(parse_proc_net_unix(text))
 
 
 class DiagSocket(_Core):
@@ -242,11 +195,6 @@ class DiagSocket(_Core):
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
-
-    def __repr__(self) -> str:
-        state = "closed" if self._sock is None else f"fd={self._sock.fileno()}"
-        return f"<DiagSocket {state}>"
 
     def __enter__(self) -> DiagSocket:
         return self
@@ -301,26 +249,14 @@ class DiagSocket(_Core):
             raise
 
     def _dump(self, make: Callable[[int], bytes], parse: Parser) -> list[Any]:
-        """Run one dump to NLMSG_DONE, again if NLM_F_DUMP_INTR (bounded)."""
-        for _ in range(_MAX_RETRIES):
-            out: list[Any] = []
-            intr = [False]
+        """Run one dump to NLMSG_DONE, again if NLM_F_DUMP_INTR (see Dump)."""
+        dump = Dump(make, parse)
+        while (request := dump.request(self._next_seq)) is not None:
+            self._run(request, dump.feed)
+        return dump.items
 
-            def feed(data: bytes, acc: list[Any] = out, flag: list[bool] = intr) -> bool:
-                items, done, interrupted = parse(data)
-                acc.extend(items)
-                flag[0] |= interrupted
-                return done
-
-            self._run(make(self._next_seq()), feed)
-            if not intr[0]:
-                return out
-        raise DumpInterruptedError(
-            errno.EINTR, f"sock_diag dump interrupted {_MAX_RETRIES} times in a row"
-        )
-
-    def _drive(self, steps: Generator[Step, list[Any], T]) -> T:
-        """Run a query's dumps (see tcp_steps) under the lock."""
+    def _drive(self, steps: Steps[T]) -> T:
+        """Run a query's dumps (see _steps) under the lock."""
         with self._lock:
             try:
                 make, parse = next(steps)
@@ -344,22 +280,22 @@ class DiagSocket(_Core):
         try:
             return self._drive(unix_steps(wanted))
         except NetlinkError as e:
-            if e.errno not in (errno.ENOENT, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            return self._unix_fallback(wanted, e)
+            return self._unix_fallback(e, functools.partial(tally_proc_unix, wanted))
+
+    def listener_inodes(self, family: int | None = None) -> dict[int, str]:
+        """Inode -> canonical name of every listener; see :func:`listener_inodes`."""
+        families = inode_families(family)
+        found = self._drive(tcp_inode_steps(families))
+        if AF_UNIX in families:
+            try:
+                found.update(self._drive(unix_inode_steps()))
+            except NetlinkError as e:
+                found.update(self._unix_fallback(e, unix_inodes))
+        return found
 
     def tcp_info_for(self, local: HostPort, remote: HostPort) -> TcpInfo | None:
         """TcpInfo of the connection ``local`` <-> ``remote``, None if absent."""
-        got: list[k.InetSocket] = []
-        try:
-            with self._lock:
-                req, rport = self._lookup(local, remote)
-                self._run(req, self._lookup_feed(got))
-        except NetlinkError as e:
-            if e.errno == errno.ENOENT:
-                return None
-            raise
-        return self._lookup_answer(got, rport)
+        return self._drive(lookup_steps(local, remote))
 
     def records(
         self,
@@ -394,11 +330,6 @@ class AsyncDiagSocket(_Core):
     def __init__(self) -> None:
         super().__init__()
         self._lock = asyncio.Lock()
-        self._sock: socket.socket | None = None
-
-    def __repr__(self) -> str:
-        state = "closed" if self._sock is None else f"fd={self._sock.fileno()}"
-        return f"<AsyncDiagSocket {state}>"
 
     async def __aenter__(self) -> AsyncDiagSocket:
         return self
@@ -442,22 +373,10 @@ class AsyncDiagSocket(_Core):
             raise
 
     async def _dump(self, make: Callable[[int], bytes], parse: Parser) -> list[Any]:
-        for _ in range(_MAX_RETRIES):
-            out: list[Any] = []
-            intr = [False]
-
-            def feed(data: bytes, acc: list[Any] = out, flag: list[bool] = intr) -> bool:
-                recs, done, i = parse(data)
-                acc.extend(recs)
-                flag[0] |= i
-                return done
-
-            await self._run(make(self._next_seq()), feed)
-            if not intr[0]:
-                return out
-        raise DumpInterruptedError(
-            errno.EINTR, f"sock_diag dump interrupted {_MAX_RETRIES} times in a row"
-        )
+        dump = Dump(make, parse)
+        while (request := dump.request(self._next_seq)) is not None:
+            await self._run(request, dump.feed)
+        return dump.items
 
     def _checked_lock(self) -> asyncio.Lock:
         """The lock, after renewing lock and socket if forked without hooks."""
@@ -466,7 +385,7 @@ class AsyncDiagSocket(_Core):
             self._pid = os.getpid()
         return self._lock
 
-    async def _drive(self, steps: Generator[Step, list[Any], T]) -> T:
+    async def _drive(self, steps: Steps[T]) -> T:
         async with self._checked_lock():
             try:
                 make, parse = next(steps)
@@ -490,22 +409,22 @@ class AsyncDiagSocket(_Core):
         try:
             return await self._drive(unix_steps(wanted))
         except NetlinkError as e:
-            if e.errno not in (errno.ENOENT, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            return self._unix_fallback(wanted, e)
+            return self._unix_fallback(e, functools.partial(tally_proc_unix, wanted))
+
+    async def listener_inodes(self, family: int | None = None) -> dict[int, str]:
+        """Async :func:`listener_inodes`."""
+        families = inode_families(family)
+        found = await self._drive(tcp_inode_steps(families))
+        if AF_UNIX in families:
+            try:
+                found.update(await self._drive(unix_inode_steps()))
+            except NetlinkError as e:
+                found.update(self._unix_fallback(e, unix_inodes))
+        return found
 
     async def tcp_info_for(self, local: HostPort, remote: HostPort) -> TcpInfo | None:
         """Async :func:`tcp_info_for`: one small round trip read through the loop."""
-        got: list[k.InetSocket] = []
-        try:
-            async with self._checked_lock():
-                req, rport = self._lookup(local, remote)
-                await self._run(req, self._lookup_feed(got))
-        except NetlinkError as e:
-            if e.errno == errno.ENOENT:
-                return None
-            raise
-        return self._lookup_answer(got, rport)
+        return await self._drive(lookup_steps(local, remote))
 
     async def records(
         self,
@@ -573,6 +492,33 @@ def unix_listener_stats(
     ListenStats(active=0, queued=0, backlog=8)
     """
     return _default(sock).unix_listener_stats(paths)
+
+
+def listener_inodes(family: int | None = None, *, sock: DiagSocket | None = None) -> dict[int, str]:
+    """Every listening socket's inode, mapped to its canonical listener name.
+
+    Answers "which listener is the socket behind this descriptor?" for every
+    server of the machine (of the caller's network namespace) at once: the
+    inode is ``os.fstat(fd).st_ino`` of the socket, or the number in a
+    ``/proc/PID/fd`` link ``socket:[INODE]``. Names are spelled as
+    :func:`tcp_listener_stats` and :func:`unix_listener_stats` spell them
+    with no names asked (``"127.0.0.1:8080"``, ``"[::]:8080"``, the path a
+    Unix socket was bound with, ``"@abstract"``); SO_REUSEPORT listeners are
+    one name under several inodes. ``family``: ``socket.AF_INET``,
+    ``socket.AF_INET6`` or ``socket.AF_UNIX`` for that family only; None
+    (default) for all three. TCP listeners come from one LISTEN-only dump
+    per family, which the kernel answers without walking the established
+    connections; Unix *stream* listeners from one unix_diag dump (or, where
+    the kernel lacks unix_diag, from /proc/net/unix, with a RuntimeWarning).
+    A bad ``family`` raises ArgumentError.
+
+    >>> import os, socket
+    >>> with socket.create_server(("127.0.0.1", 0)) as srv:
+    ...     inode = os.fstat(srv.fileno()).st_ino
+    ...     listener_inodes(socket.AF_INET)[inode] == "127.0.0.1:%d" % srv.getsockname()[1]
+    True
+    """
+    return _default(sock).listener_inodes(family)
 
 
 def tcp_info_for(

@@ -12,7 +12,7 @@ synchronous socket.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -22,15 +22,16 @@ from ._errors import AddressError, ArgumentError
 from ._kernel import (
     ALL_STATES,
     INET_DIAG_INFO,
-    INET_DIAG_MSG_SIZE,
-    INET_FULL,
+    INET_DIAG_MSG,
+    NLMSG_HDRLEN,
     inet_dump_request,
-    iter_attrs,
+    inet_socket,
+    messages,
     source_filter,
-    split_dump,
 )
-from ._stats import Step, host_cond, names_arg
-from ._tcpinfo import _STATES, TcpInfo, TcpState
+from ._stats import host_cond, names_arg
+from ._steps import Steps
+from ._tcpinfo import TCP_STATES, TcpInfo, TcpState, tcp_info_attr
 
 __all__ = ["SocketRecord"]
 
@@ -125,37 +126,34 @@ def parse_records(buf: bytes, match: Match | None = None) -> tuple[list[SocketRe
     decoding when it returns False.
     """
     out: list[SocketRecord] = []
-    messages, done, intr = split_dump(buf)
-    for message in messages:
-        if len(message) < 16 + INET_DIAG_MSG_SIZE:
+    found = messages(buf)
+    for start, end in found.spans:
+        if end - start < NLMSG_HDRLEN + INET_DIAG_MSG.size:
             continue
-        f = INET_FULL.unpack_from(message, 16)
-        family, sport, dport = f[0], int.from_bytes(f[4], "big"), int.from_bytes(f[5], "big")
-        if match is not None and not match(family, f[6], sport):
+        s = inet_socket(buf, start, end)
+        if match is not None and not match(s.family, s.src, s.sport):
             continue
-        raw = dict(iter_attrs(message, 16 + INET_DIAG_MSG_SIZE, len(message)))
-        info = raw.get(INET_DIAG_INFO)
         out.append(
             SocketRecord(
-                family=family,
-                state=_STATES.get(f[1], f[1]),
-                local=name_from_packed(family, f[6], sport),
-                remote=name_from_packed(family, f[7], dport),
-                receive_queue=f[12],
-                send_queue=f[13],
-                uid=f[14],
-                inode=f[15],
-                interface=f[8],
-                cookie=f[9] | (f[10] << 32),
-                timer=f[2],
-                retransmits=f[3],
-                expires=f[11],
-                tcp_info=None if info is None or len(info) < 104 else TcpInfo.from_bytes(info),
-                attrs=MappingProxyType(_pyroute2_attrs(message)),
-                raw_attrs=MappingProxyType(raw),
+                family=s.family,
+                state=TCP_STATES.get(s.state, s.state),
+                local=name_from_packed(s.family, s.src, s.sport),
+                remote=name_from_packed(s.family, s.dst, s.dport),
+                receive_queue=s.rqueue,
+                send_queue=s.wqueue,
+                uid=s.uid,
+                inode=s.inode,
+                interface=s.interface,
+                cookie=s.cookie,
+                timer=s.timer,
+                retransmits=s.retrans,
+                expires=s.expires,
+                tcp_info=tcp_info_attr(s.attrs.get(INET_DIAG_INFO)),
+                attrs=MappingProxyType(_pyroute2_attrs(bytes(buf[start:end]))),
+                raw_attrs=MappingProxyType(s.attrs),
             )
         )
-    return out, done, intr
+    return out, found.done, found.interrupted
 
 
 def _matcher(addrs: list[Address]) -> Match:
@@ -187,9 +185,9 @@ def record_args(
             raise ArgumentError(f"states must be None or an iterable of TcpState, not {states!r}")
         mask = 0
         for st in states:
-            if isinstance(st, bool) or not isinstance(st, int) or st not in _STATES:
+            if isinstance(st, bool) or not isinstance(st, int) or st not in TCP_STATES:
                 raise ArgumentError(
-                    f"invalid TCP state {st!r}: expected a TcpState (1-{max(_STATES)})"
+                    f"invalid TCP state {st!r}: expected a TcpState (1-{max(TCP_STATES)})"
                 )
             mask |= 1 << st
     if family is None:
@@ -205,7 +203,7 @@ def record_args(
 
 def record_steps(
     addrs: list[Address] | None, mask: int, families: tuple[int, ...]
-) -> Generator[Step, list[Any], list[SocketRecord]]:
+) -> Steps[list[SocketRecord]]:
     """The dumps of a records query, one per family, as in :func:`tcp_steps`.
 
     With addresses, the kernel filters on them (bytecode) and the records

@@ -1,16 +1,26 @@
-"""Listener statistics: tallies over parsed dumps (pure) and /proc fallback."""
+"""Listener statistics and listener inodes: queries as steps, tallies (pure), /proc fallback."""
 
 from __future__ import annotations
 
 import functools
 import os
 import socket
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._address import AF_INET, AF_INET6, Address, name_from_packed, parse_address
-from ._errors import AddressError
+from ._address import AF_INET, AF_INET6, AF_UNIX, Address, name_from_packed, parse_address
+from ._count import (
+    CountChunk,
+    Target,
+    TargetChunk,
+    count_inet_dump,
+    count_targets,
+    count_unix_names,
+    count_unix_stream_names,
+    unix_name_attr,
+)
+from ._errors import AddressError, ArgumentError
 from ._kernel import (
     LISTEN_AND_ESTABLISHED,
     SOCK_STREAM,
@@ -19,22 +29,16 @@ from ._kernel import (
     UDIAG_SHOW_NAME,
     UDIAG_SHOW_RQLEN,
     UDIAG_SHOW_VFS,
-    CountChunk,
     HostCond,
-    Target,
-    TargetChunk,
+    InetRecord,
     UnixSocket,
-    count_inet_dump,
-    count_targets,
-    count_unix_names,
-    count_unix_stream_names,
     inet_dump_request,
     parse_inet_dump,
     parse_unix_dump,
     source_filter,
     unix_dump_request,
-    unix_name_attr,
 )
+from ._steps import Parser, Steps
 
 __all__ = ["ListenStats"]
 
@@ -63,7 +67,6 @@ class ListenStats:
 
 
 EMPTY = ListenStats(0, 0, None)
-Record = tuple[int, int, int, bytes, int, int, int]
 
 
 def names_arg(names: object, what: str) -> list[str] | None:
@@ -108,16 +111,6 @@ def tcp_plan(addrs: list[Address]) -> list[tuple[int, bytes, bool]]:
     return plan
 
 
-Parser = Callable[[bytes], tuple[list[Any], bool, bool]]
-Step = tuple[Callable[[int], bytes], Parser]
-Steps = Generator[Step, list[Any], dict[str, ListenStats]]
-
-
-def _records(data: bytes) -> tuple[list[Any], bool, bool]:
-    c = parse_inet_dump(data)
-    return c.records, c.done, c.interrupted
-
-
 def _counts(data: bytes) -> tuple[list[Any], bool, bool]:
     c = count_inet_dump(data)
     return [c], c.done, c.interrupted
@@ -133,7 +126,7 @@ Counted = dict[tuple[int, bytes | None, int], int]
 
 def _sum_targets(
     family: int, targets: list[Target], chunks: list[TargetChunk]
-) -> tuple[list[Record], Counted]:
+) -> tuple[list[InetRecord], Counted]:
     """The listeners of a dump's datagrams and each target's total count."""
     listeners = [r for c in chunks for r in c.listeners]
     counted = {
@@ -143,12 +136,14 @@ def _sum_targets(
     return listeners, counted
 
 
-def tcp_steps(asked: list[str] | None, addrs: list[Address] | None) -> Steps:
+def tcp_steps(
+    asked: list[str] | None, addrs: list[Address] | None
+) -> Steps[dict[str, ListenStats]]:
     """The dumps a TCP query needs, as a generator: yields (request, parser),
     is sent each dump's parsed items, returns the answer. No I/O inside."""
     if asked is None or addrs is None:
         return (yield from _all_steps())
-    listeners: list[Record] = []
+    listeners: list[InetRecord] = []
     counted: Counted = {}
     active: dict[int, int] = {}
     for family, bc, single in tcp_plan(addrs):
@@ -178,17 +173,27 @@ def tcp_steps(asked: list[str] | None, addrs: list[Address] | None) -> Steps:
     return result
 
 
-def _all_steps() -> Steps:
-    listeners: list[Record] = []
-    for family in (AF_INET, AF_INET6):
+def _listen_steps(families: Iterable[int]) -> Steps[list[InetRecord]]:
+    """Every TCP LISTEN socket of ``families``, one dump each.
+
+    Asked for LISTEN alone, the kernel walks only its table of listening
+    sockets and skips the established ones (inet_diag_dump_icsk: ``if
+    (!(idiag_states & ~TCPF_LISTEN)) goto out``): the cost does not grow
+    with the connections.
+    """
+    listeners: list[InetRecord] = []
+    for family in families:
         make = functools.partial(inet_dump_request, family, 1 << TCP_LISTEN)
-        listeners += yield (make, _records)
+        listeners += yield (make, parse_inet_dump)
+    return listeners
+
+
+def _all_steps() -> Steps[dict[str, ListenStats]]:
+    listeners = yield from _listen_steps((AF_INET, AF_INET6))
     per_listener: dict[tuple[int, bytes, int], int] = {}
     extra: dict[tuple[int, bytes, int], int] = {}
     for family in (AF_INET, AF_INET6):
-        keys = list(
-            dict.fromkeys((src, sport) for f, _, sport, src, *_ in listeners if f == family)
-        )
+        keys = list(dict.fromkeys((r.src, r.sport_raw) for r in listeners if r.family == family))
         if not keys:
             continue
         bc = source_filter(host_cond(family, src, socket.ntohs(sport)) for src, sport in keys)
@@ -226,10 +231,10 @@ def _all_steps() -> Steps:
 def tally_named(
     asked: list[str],
     addrs: list[Address],
-    records: Iterable[Record],
+    records: Iterable[InetRecord],
     active: Mapping[tuple[int, bytes | None, int], int] | None = None,
 ) -> dict[str, ListenStats]:
-    """Count ``records`` (parse_inet_dump tuples) for each name asked.
+    """Count ``records`` (parse_inet_dump's) for each name asked.
 
     ``active`` adds accepted ESTABLISHED sockets already counted per target
     ``(family, src16, sport_raw)``, ``src16`` None for every address of the
@@ -277,7 +282,7 @@ def tally_named(
 
 
 def tally_all(
-    records: Iterable[Record], active: Mapping[tuple[int, bytes, int], int] | None = None
+    records: Iterable[InetRecord], active: Mapping[tuple[int, bytes, int], int] | None = None
 ) -> dict[str, ListenStats]:
     """Every TCP listener in ``records`` by canonical name, with its counts.
 
@@ -491,7 +496,7 @@ def _unix_exact_counts(names: frozenset[str], data: bytes) -> tuple[list[Any], b
     return [counts], done, intr
 
 
-def unix_steps(paths: list[str] | None) -> Steps:
+def unix_steps(paths: list[str] | None) -> Steps[dict[str, ListenStats]]:
     """The two unix_diag dumps of a Unix query (listeners, then accepted
     connections counted by name), as a generator like :func:`tcp_steps`."""
     make = functools.partial(
@@ -513,3 +518,50 @@ def unix_steps(paths: list[str] | None) -> Steps:
             for name, n in chunk.items():
                 counts[name] += n
     return unix_answer(plan, counts)
+
+
+# -- listener inodes -----------------------------------------------------------
+
+INODE_FAMILIES = (AF_INET, AF_INET6, AF_UNIX)
+
+
+def inode_families(family: object) -> tuple[int, ...]:
+    """Validate ``listener_inodes``' family: None for all three, or one of them."""
+    if family is None:
+        return INODE_FAMILIES
+    if isinstance(family, int) and not isinstance(family, bool) and family in INODE_FAMILIES:
+        return (int(family),)
+    raise ArgumentError(
+        f"invalid family {family!r}: expected socket.AF_INET, socket.AF_INET6, "
+        "socket.AF_UNIX or None"
+    )
+
+
+def tcp_inode_steps(families: tuple[int, ...]) -> Steps[dict[int, str]]:
+    """Inode -> canonical name of every TCP listener of ``families``, as steps."""
+    listeners = yield from _listen_steps(f for f in families if f != AF_UNIX)
+    return {
+        r.inode: name_from_packed(r.family, r.src, socket.ntohs(r.sport_raw))
+        for r in listeners
+        if r.inode
+    }
+
+
+def unix_inodes(socks: Iterable[UnixSocket]) -> dict[int, str]:
+    """Inode -> name of the named Unix stream listeners among ``socks``.
+
+    ``socks`` from a unix_diag dump or from :func:`parse_proc_net_unix`
+    alike; the name is the one the kernel reports (the path bound, or
+    ``@name``).
+    """
+    return {
+        s.inode: s.name
+        for s in socks
+        if s.state == TCP_LISTEN and s.type == SOCK_STREAM and s.name is not None
+    }
+
+
+def unix_inode_steps() -> Steps[dict[int, str]]:
+    """Inode -> name of every Unix stream listener, as steps (one unix_diag dump)."""
+    make = functools.partial(unix_dump_request, 1 << TCP_LISTEN, UDIAG_SHOW_NAME)
+    return unix_inodes((yield (make, parse_unix_dump)))

@@ -13,6 +13,7 @@ from ._errors import TcpInfoLengthError
 from ._platform import require_linux
 
 __all__ = ["TcpCaState", "TcpInfo", "TcpState"]
+# Also for this package's own modules: TCP_STATES, tcp_info_attr.
 
 
 class TcpState(enum.IntEnum):
@@ -81,7 +82,8 @@ _LAYOUT: tuple[tuple[str, str], ...] = (
     ("received_ce_bytes", "I"),
     ("accecn_fail_mode", "H"), ("accecn_opt_seen", "H"),
 )  # fmt: skip
-_CORE_SIZE = 104
+# The size of the Linux 2.6 struct, the fewest bytes any kernel returns.
+TCP_INFO_MIN = 104
 # (name, offset, Struct) for every field after the first 8 bytes.
 _FIELDS: list[tuple[str, int, struct.Struct]] = []
 _off = 8
@@ -93,7 +95,7 @@ for _name, _code in _LAYOUT:
 TCP_INFO_MAX = _off  # 280 on Linux 6.18
 # tcpi_state / tcpi_ca_state values this package knows, by number; a value a
 # newer kernel adds is kept as a plain int.
-_STATES: dict[int, TcpState] = {s.value: s for s in TcpState}
+TCP_STATES: dict[int, TcpState] = {s.value: s for s in TcpState}
 _CA_STATES: dict[int, TcpCaState] = {s.value: s for s in TcpCaState}
 # linux/tcp.h: TCP_INFO (getsockopt option 11 at level IPPROTO_TCP)
 _TCP_INFO = 11
@@ -209,12 +211,12 @@ class TcpInfo:
         9
         """
         size = len(data)
-        if size < _CORE_SIZE:
-            raise TcpInfoLengthError(size, _CORE_SIZE)
+        if size < TCP_INFO_MIN:
+            raise TcpInfoLengthError(size, TCP_INFO_MIN)
         b = data
         kw: dict[str, Any] = {
             "size": size,
-            "state": _STATES.get(b[0], b[0]),
+            "state": TCP_STATES.get(b[0], b[0]),
             "ca_state": _CA_STATES.get(b[1], b[1]),
             "retransmits": b[2],
             "probes": b[3],
@@ -250,3 +252,14 @@ class TcpInfo:
     def as_dict(self) -> dict[str, Any]:
         """All fields as a plain dict (None for fields the kernel lacks)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def tcp_info_attr(raw: bytes | None) -> TcpInfo | None:
+    """An INET_DIAG_INFO attribute's payload decoded; None when absent or too short.
+
+    A socket without ``struct tcp_info`` (TIME_WAIT, NEW_SYN_RECV) carries no
+    INET_DIAG_INFO; one shorter than Linux 2.6's 104 bytes is not decoded.
+    """
+    if raw is None or len(raw) < TCP_INFO_MIN:
+        return None
+    return TcpInfo.from_bytes(raw)
