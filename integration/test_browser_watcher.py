@@ -1,9 +1,10 @@
 """The Watcher's HTML pages in a real browser: Chromium driven through chromedriver (WebDriver).
 
 Debian's ``chromium`` and ``chromium-driver`` packages; the ``browser`` nox
-session runs this, CI installs both.  The pages use no JavaScript: the test
-asks the browser what it rendered (``innerText``, element boxes) and
-decodes its screenshot with the standard library.
+session runs this, CI installs both.  The test asks the browser what it
+rendered (``innerText``, element boxes) and decodes its screenshot with the
+standard library.  The pages' only script is their self-refresh, checked
+here too: the index updates itself without a reload.
 """
 
 from __future__ import annotations
@@ -161,6 +162,20 @@ def test_pages_render_in_chromium(browser: Any) -> None:
             index_rows = table_rows(browser, "table")
             index_svgs = [e.rect for e in browser.find_elements("css selector", "svg")]
 
+            # The page updates itself (every sampling delay, at least 1 s):
+            # "Updated at" moves on while a mark set on the window survives,
+            # so the body was swapped in place, the page never reloaded.
+            browser.execute_script("window.rdMark = 42")
+            first_update = index_text.splitlines()[0]
+
+            def refreshed() -> bool:
+                text = browser.execute_script("return document.body.innerText")
+                return bool(text.splitlines()[0] != first_update)
+
+            wait_until(refreshed, timeout=10, interval=0.2)
+            mark_after_refresh = browser.execute_script("return window.rdMark")
+            rows_after_refresh = table_rows(browser, "table")
+
             browser.get(f"{base}/queued/{url}.html")
             title = browser.title
             summary = dict(table_rows(browser, "table.summary"))
@@ -181,6 +196,8 @@ def test_pages_render_in_chromium(browser: Any) -> None:
             after_reset = summary_of(browser)
             landed = browser.current_url
 
+    assert mark_after_refresh == 42
+    assert [row[:3] for row in rows_after_refresh[1:]] == [[name, "0", str(HELD)]]
     assert index_title.endswith(" - all interfaces")
     assert index_text.startswith("Updated at ")
     assert index_rows[0][:4] == ["address", "active", "queued", "reset"]

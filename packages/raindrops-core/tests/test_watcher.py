@@ -17,6 +17,7 @@ import pytest
 from raindrops_core import ConfigError
 from raindrops_core.adapter import LastDataRecvCore, Reply, TailPlan, WatcherCore, client_gone_probe
 from raindrops_core.watcher import (
+    PAGE_SCRIPT,
     Aggregate,
     WatcherEngine,
     format_number,
@@ -398,7 +399,10 @@ def test_active_json_and_html() -> None:
     assert "<tr><td>Std-Dev</td><td>1.4142135623730951</td></tr>" in text
     assert text.count("<svg") == 2
     assert 'action="/w/reset/127.0.0.1%3A8080"' in text
-    assert "<script" not in text
+    # The only script is the page's own self-refresh, every delay (here 1 s).
+    assert "<script" not in text.replace(PAGE_SCRIPT, "")
+    assert '<body data-refresh="1">' in text
+    assert text.endswith(PAGE_SCRIPT + "</body></html>\n")
     assert "http://" not in text.replace('"http://www.w3.org/', "")
 
 
@@ -838,3 +842,36 @@ def test_set_defer_accept() -> None:
         assert set_defer_accept(unix) is False
         with pytest.raises(ConfigError, match="seconds must be a positive int, not 0"):
             set_defer_accept(tcp, 0)
+
+
+def test_an_idle_queue_histogram_shows_its_zero_samples() -> None:
+    """Samples of 0 (the gem's low outliers) are drawn as a bar labelled 0, not "no samples"."""
+    core = core_with([(1, 0), (2, 0), (1, 0), (1, 3)])
+    page = core.handle("GET", f"/queued/{L}.html", "", peer=LOCAL)
+    assert isinstance(page, Reply)
+    text = page.body.decode()
+    assert "no samples" not in text
+    assert "<title>[0, 1): 3</title>" in text  # three samples of 0
+    assert "<title>[2, 4): 1</title>" in text  # the one of 3
+    # The gem's text histogram (the .txt page and <pre>) is left as Ruby writes it.
+    assert headers(page)["X-Outliers-Low"] == "3"
+    empty = core_with([])
+    nothing = empty.handle("GET", f"/queued/{L}.html", "", peer=LOCAL)
+    assert isinstance(nothing, Reply)
+    assert "no samples" in nothing.body.decode()
+
+
+def test_pages_refresh_every_sampling_delay() -> None:
+    """Index and listener pages update themselves every delay (at least 1 s), JSON does not."""
+    core = WatcherCore([L], clock=Clock(), fetch=fixed({}), delay=2.5)
+    core.engine.record({L: Stats(1, 0)})
+    for path in ("/", f"/active/{L}.html"):
+        page = core.handle("GET", path, "", peer=LOCAL)
+        assert isinstance(page, Reply)
+        text = page.body.decode()
+        assert '<body data-refresh="3">' in text
+        assert '<noscript><meta http-equiv="refresh" content="3"></noscript>' in text
+        assert text.endswith(PAGE_SCRIPT + "</body></html>\n")
+    doc = core.handle("GET", "/index.json", "", peer=LOCAL)
+    assert isinstance(doc, Reply)
+    assert b"<script" not in doc.body

@@ -487,6 +487,7 @@ class WatcherCore:
             host=self.host,
             updated_at=self.engine.updated_at,
             error=self.engine.last_error,
+            refresh=self.engine.delay,
         )
         return reply(200, body, _HTML, lead=extra)
 
@@ -502,7 +503,9 @@ class WatcherCore:
         elif ext == "json":
             body = render_listener_json(report, kind)
         else:
-            body = render_listener_html(report, kind, base=base, host=self.host, expires=expires)
+            body = render_listener_html(
+                report, kind, base=base, host=self.host, expires=expires, refresh=self.engine.delay
+            )
         return reply(200, body, _TYPES[ext], lead=headers)
 
     def _tail(self, name: str, as_json: bool, query: str) -> Reply | TailPlan:

@@ -22,6 +22,7 @@ from linux_inet_diag import escape_name
 from ._watch_stats import AggregateStats, ListenerReport, Sample
 
 __all__ = [
+    "PAGE_SCRIPT",
     "format_number",
     "histogram_text",
     "http_date",
@@ -335,11 +336,37 @@ def _n(name: str) -> str:
     return _e(escape_name(name))
 
 
-def _page(title: str, body: str) -> bytes:
+# The pages update themselves, as the exporter's dashboard does: every
+# ``data-refresh`` seconds the page fetches itself again and swaps its body
+# in place (no reload, no history entry, the scroll position kept); a
+# failed fetch keeps the page as it is. Inline, so the page needs nothing
+# from anywhere; without JavaScript, <noscript>'s meta refresh reloads it.
+_REFRESH_JS = (
+    "(function(){var s=+document.body.dataset.refresh;if(!(s>0))return;"
+    "setInterval(function(){fetch(location.href,{cache:'no-store'})"
+    ".then(function(r){if(!r.ok)throw r.status;return r.text();})"
+    ".then(function(t){var d=new DOMParser().parseFromString(t,'text/html');"
+    "document.body.innerHTML=d.body.innerHTML;}).catch(function(){});},s*1000);})();"
+)
+#: The one script element the Watcher's pages carry (their self-refresh):
+#: nothing else on a page is script, whatever the names it shows. A site
+#: with a Content-Security-Policy allows it by its hash.
+PAGE_SCRIPT = f"<script>{_REFRESH_JS}</script>"
+
+
+def _page(title: str, body: str, *, refresh: float | None = None) -> bytes:
+    """A whole page; with ``refresh`` (seconds) it updates itself that often."""
+    head = f'<meta charset="utf-8"><title>{_e(title)}</title><style>{_STYLE}</style>'
+    tail = ""
+    attrs = ""
+    if refresh is not None and refresh > 0:
+        every = max(1, math.ceil(refresh))
+        head += f'<noscript><meta http-equiv="refresh" content="{every}"></noscript>'
+        attrs = f' data-refresh="{every}"'
+        tail = PAGE_SCRIPT
     doc = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{_e(title)}</title><style>{_STYLE}</style></head>"
-        f"<body>{body}</body></html>\n"
+        f'<!DOCTYPE html>\n<html lang="en"><head>{head}</head>'
+        f"<body{attrs}>{body}{tail}</body></html>\n"
     )
     return doc.encode()
 
@@ -395,8 +422,15 @@ def _history_svg(
 
 
 def _histogram_svg(stats: AggregateStats, *, width: int = 600, height: int = 220) -> str:
-    """The log2 histogram as bars, each labelled with its low bound and count."""
+    """The log2 histogram as bars, each labelled with its low bound and count.
+
+    Samples of 0 (an idle listener, most of the time: the gem counts them
+    as low outliers, not in a bucket) are drawn as a bar of their own,
+    labelled 0, so a histogram of an idle queue is not "no samples".
+    """
     rows = _shown_buckets(stats.buckets)
+    if stats.outliers_low:
+        rows = [(0, 1, stats.outliers_low), *rows]
     pad, label_h = 24, 18
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -432,13 +466,21 @@ def _reset_form(base: str, name: str) -> str:
 
 
 def render_listener_html(
-    report: ListenerReport, kind: str, *, base: str, host: str, expires: float
+    report: ListenerReport,
+    kind: str,
+    *,
+    base: str,
+    host: str,
+    expires: float,
+    refresh: float | None = None,
 ) -> bytes:
     """The ``/active/<L>.html`` (or ``queued``) page, as the Ruby Watcher's and more.
 
     As in Ruby: titled ``HOST - LISTENER``, a table of the ``X-*`` headers
     (names without ``X-``, values as sent), the text histogram in ``<pre>``,
-    a reset form.  Added: links, and SVG charts of the history and histogram.
+    a reset form.  Added: links, SVG charts of the history and histogram
+    (samples of 0 drawn too), and, with ``refresh`` (the sampling delay),
+    the page updating itself.
     """
     stats: AggregateStats = getattr(report, kind)
     other = "queued" if kind == "active" else "active"
@@ -460,7 +502,7 @@ def render_listener_html(
         f"<h2>histogram</h2>{_histogram_svg(stats)}"
         f"<pre>{_e(histogram_text(stats.buckets))}</pre>"
     )
-    return _page(f"{host} - {escape_name(report.name)}", body)
+    return _page(f"{host} - {escape_name(report.name)}", body, refresh=refresh)
 
 
 def render_index_html(
@@ -471,13 +513,15 @@ def render_index_html(
     host: str,
     updated_at: float | None,
     error: str | None,
+    refresh: float | None = None,
 ) -> bytes:
     """The ``/`` page, as the Ruby Watcher's and more.
 
     As in Ruby: titled ``HOST - all interfaces``, ``Updated at`` the last
     sample, one row per listener of that sample sorted by name (its tail
     link, current ``active`` and ``queued`` linking to their pages, a reset
-    form).  Added: a history chart per listener and a link to the JSON.
+    form).  Added: a history chart per listener, a link to the JSON, and,
+    with ``refresh`` (the sampling delay), the page updating itself.
     """
     b = _e(base)
     when = "never" if updated_at is None else iso8601(updated_at)
@@ -505,7 +549,7 @@ def render_index_html(
         "<table><tr><th>address</th><th>active</th><th>queued</th><th>reset</th>"
         f"<th>history ({legend})</th></tr>{''.join(rows)}</table>"
     )
-    return _page(f"{host} - all interfaces", body)
+    return _page(f"{host} - all interfaces", body, refresh=refresh)
 
 
 def hostname() -> str:

@@ -35,6 +35,7 @@ from ._watch_engine import (
 )
 from ._watch_http import FIRST_SAMPLE_WAIT, UNPROBED_TAIL_SECONDS
 from ._watch_render import (
+    PAGE_SCRIPT,
     format_number,
     histogram_text,
     http_date,
@@ -63,6 +64,7 @@ __all__ = [
     "LOG2_BUCKETS",
     "MAX_LISTENERS",
     "MAX_TAIL_STREAMS",
+    "PAGE_SCRIPT",
     "UNPROBED_TAIL_SECONDS",
     "Aggregate",
     "AggregateStats",
