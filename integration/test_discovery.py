@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -158,6 +159,28 @@ class Holder:
         self.pids.append(pid)
         return pid
 
+    def spread(self, want: int, capacity: int) -> None:
+        """Hold requests until ``want`` different workers hold one (at most ``capacity``).
+
+        Which worker accepts a connection is the kernel's and the servers'
+        choice: on a busy machine one worker may win every time. So each
+        worker that takes its first request is stopped (SIGSTOP) while the
+        next ones are sent, and can accept nothing: the next request lands
+        on a worker that holds none yet. All are resumed (SIGCONT) before
+        anything is read. A stopped worker keeps its held request inside
+        the app, counted.
+        """
+        stopped: list[int] = []
+        try:
+            while len(set(self.pids)) < want and len(self.pids) < capacity:
+                pid = self.hold_one()
+                if pid not in stopped:
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+
     def release(self) -> list[bytes]:
         (self.gates / "go").write_text("")
         answers = []
@@ -214,8 +237,7 @@ def test_every_worker_shares_the_gauges(case: Case, tmp_path: Path) -> None:
         holder = Holder(server, tmp_path)
         want = case.workers if case.span_all else 2
         try:
-            while len(set(holder.pids)) < want and len(holder.pids) < _capacity(case):
-                holder.hold_one()
+            holder.spread(want, _capacity(case))
             held = len(holder.pids)
             assert len(set(holder.pids)) >= want, (
                 f"{held} held requests landed on {sorted(set(holder.pids))} only"
@@ -260,8 +282,7 @@ def test_uvicorn_workers_started_before_anyone_listens_still_share(tmp_path: Pat
         time.sleep(1.2)  # every worker's jittered startup is over
         holder = Holder(server, tmp_path)
         try:
-            while len(set(holder.pids)) < 2 and len(holder.pids) < MAX_HELD:
-                holder.hold_one()
+            holder.spread(2, MAX_HELD)
             held = len(holder.pids)
             assert [_calling(server, server.bind) for _ in range(READS)] == [held] * READS
         finally:
