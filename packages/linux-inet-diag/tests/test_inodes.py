@@ -198,3 +198,80 @@ def test_bad_family() -> None:
     for bad in (99, "AF_INET", True, socket.AF_PACKET):
         with pytest.raises(ArgumentError, match=r"invalid family .*: expected socket.AF_INET, "):
             listener_inodes(bad)  # type: ignore[arg-type]
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("not true in time")
+        time.sleep(0.01)
+
+
+def test_listening_sockets_give_each_listener_its_queue_and_backlog(
+    sockets: Sockets, tmp_path: object
+) -> None:
+    """Name, inode, queued (completed, not accepted) and backlog, as the kernel keeps them."""
+    from linux_inet_diag import ListeningSocket, listening_sockets
+
+    v4 = sockets.make(socket.AF_INET)
+    v4.bind(("127.0.0.1", 0))
+    v4.listen(5)
+    path = f"{tmp_path}/q.sock"
+    unix = sockets.make(socket.AF_UNIX)
+    unix.bind(path)
+    unix.listen(3)
+    for _ in range(2):
+        sockets.make(socket.AF_INET).connect(v4.getsockname())
+    sockets.make(socket.AF_UNIX).connect(path)
+    name = f"127.0.0.1:{v4.getsockname()[1]}"
+
+    def mine() -> list[ListeningSocket]:
+        return [s for s in listening_sockets() if s.inode in (inode(v4), inode(unix))]
+
+    _wait(lambda: sorted(s.queued for s in mine()) == [1, 2])
+    assert sorted(mine(), key=lambda s: s.unix) == [
+        ListeningSocket(name, inode(v4), False, 2, 5),
+        ListeningSocket(path, inode(unix), True, 1, 3),
+    ]
+    assert listening_sockets(socket.AF_UNIX) == [
+        s for s in listening_sockets(socket.AF_UNIX) if s.unix
+    ]
+    with DiagSocket() as diag:
+        assert {s.inode: s.name for s in diag.listening_sockets()} == diag.listener_inodes()
+
+    async def from_the_loop() -> list[ListeningSocket]:
+        async with AsyncDiagSocket() as adiag:
+            return await adiag.listening_sockets(socket.AF_INET)
+
+    assert [s for s in asyncio.run(from_the_loop()) if s.inode == inode(v4)] == [
+        ListeningSocket(name, inode(v4), False, 2, 5)
+    ]
+
+
+def test_listening_sockets_equal_the_full_records_of_listen_sockets() -> None:
+    """The cheap LISTEN-only query gives what the full records of LISTEN sockets give."""
+    from linux_inet_diag import TcpState, inet_diag_records, listening_sockets
+
+    with (
+        socket.create_server(("127.0.0.1", 0), backlog=7) as v4,
+        socket.create_server(("::1", 0), family=socket.AF_INET6, backlog=3) as v6,
+    ):
+        waiting = socket.create_connection(v4.getsockname())
+        try:
+            _wait(lambda: any(s.queued for s in listening_sockets(socket.AF_INET)))
+            ours = sorted(
+                (s.inode, s.name, s.queued, s.backlog) for s in listening_sockets() if not s.unix
+            )
+            records = inet_diag_records(states=[TcpState.LISTEN])
+            theirs = sorted(
+                (r.inode, r.local, r.receive_queue, r.send_queue) for r in records if r.inode
+            )
+        finally:
+            waiting.close()
+        assert ours == theirs
+        names = {s[1]: s for s in ours}
+        assert names[f"127.0.0.1:{v4.getsockname()[1]}"][2:] == (1, 7)
+        assert names[f"[::1]:{v6.getsockname()[1]}"][2:] == (0, 3)

@@ -219,9 +219,9 @@ def _inprocess(render: Callable[[], bytes], n: int) -> list[float]:
 def _breakdown(local: object, directory: Path, inode: int) -> list[tuple[str, float]]:
     """The parts of a read, each timed alone (the medians of 30 calls)."""
     from linux_inet_diag import listen_overflows
+    from linux_inet_diag import listening_sockets as kernel_listening
     from process_utilization import worker_stats
     from raindrops_exporter import listening_sockets
-    from raindrops_exporter._listen import tcp_listeners
     from shm_counters import Scoreboard
 
     util = Scoreboard.attach(directory / f"utilization-{inode}")
@@ -238,7 +238,7 @@ def _breakdown(local: object, directory: Path, inode: int) -> list[tuple[str, fl
         ),
         ("  raindrops totals() (C scan of 256 rows)", timed(rd.totals)),
         ("  LISTEN sockets: the TCP and the Unix sock_diag dumps", timed(listening_sockets)),
-        ("    of which the TCP dump", timed(tcp_listeners)),
+        ("    of which the LISTEN-only dumps", timed(kernel_listening)),
         ("  listen_overflows() (/proc/net/netstat)", timed(listen_overflows)),
     ]
 

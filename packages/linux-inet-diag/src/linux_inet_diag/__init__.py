@@ -24,6 +24,7 @@ from ._api import (
     available,
     inet_diag_records,
     listener_inodes,
+    listening_sockets,
     tcp_info_for,
     tcp_listener_stats,
     unix_listener_stats,
@@ -41,7 +42,7 @@ from ._errors import (
 from ._escape import escape_name
 from ._netstat import ListenOverflows, listen_overflows
 from ._records import SocketRecord
-from ._stats import ListenStats
+from ._stats import ListeningSocket, ListenStats
 from ._tcpinfo import TcpCaState, TcpInfo, TcpState
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "LinuxInetDiagError",
     "ListenOverflows",
     "ListenStats",
+    "ListeningSocket",
     "NetlinkError",
     "NetstatFormatError",
     "SocketRecord",
@@ -68,6 +70,7 @@ __all__ = [
     "inet_diag_records",
     "listen_overflows",
     "listener_inodes",
+    "listening_sockets",
     "parse_address",
     "tcp_info_for",
     "tcp_listener_stats",

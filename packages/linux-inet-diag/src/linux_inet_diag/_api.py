@@ -23,16 +23,18 @@ from ._errors import AddressError, NetlinkError, UnavailableError
 from ._lookup import HostPort, lookup_steps
 from ._records import SocketRecord, record_args, record_steps
 from ._stats import (
+    ListeningSocket,
     ListenStats,
     inode_families,
+    inodes_of,
     names_arg,
     parse_proc_net_unix,
     tally_proc_unix,
-    tcp_inode_steps,
+    tcp_listening_steps,
     tcp_steps,
-    unix_inode_steps,
-    unix_inodes,
     unix_keys,
+    unix_listening,
+    unix_listening_steps,
     unix_steps,
 )
 from ._steps import Dump, Parser, Steps
@@ -282,16 +284,20 @@ class DiagSocket(_Core):
         except NetlinkError as e:
             return self._unix_fallback(e, functools.partial(tally_proc_unix, wanted))
 
-    def listener_inodes(self, family: int | None = None) -> dict[int, str]:
-        """Inode -> canonical name of every listener; see :func:`listener_inodes`."""
+    def listening_sockets(self, family: int | None = None) -> list[ListeningSocket]:
+        """Every listening socket with its inode and queue; see :func:`listening_sockets`."""
         families = inode_families(family)
-        found = self._drive(tcp_inode_steps(families))
+        found = self._drive(tcp_listening_steps(families))
         if AF_UNIX in families:
             try:
-                found.update(self._drive(unix_inode_steps()))
+                found += self._drive(unix_listening_steps())
             except NetlinkError as e:
-                found.update(self._unix_fallback(e, unix_inodes))
+                found += self._unix_fallback(e, unix_listening)
         return found
+
+    def listener_inodes(self, family: int | None = None) -> dict[int, str]:
+        """Inode -> canonical name of every listener; see :func:`listener_inodes`."""
+        return inodes_of(self.listening_sockets(family))
 
     def tcp_info_for(self, local: HostPort, remote: HostPort) -> TcpInfo | None:
         """TcpInfo of the connection ``local`` <-> ``remote``, None if absent."""
@@ -411,16 +417,20 @@ class AsyncDiagSocket(_Core):
         except NetlinkError as e:
             return self._unix_fallback(e, functools.partial(tally_proc_unix, wanted))
 
-    async def listener_inodes(self, family: int | None = None) -> dict[int, str]:
-        """Async :func:`listener_inodes`."""
+    async def listening_sockets(self, family: int | None = None) -> list[ListeningSocket]:
+        """Async :func:`listening_sockets`."""
         families = inode_families(family)
-        found = await self._drive(tcp_inode_steps(families))
+        found = await self._drive(tcp_listening_steps(families))
         if AF_UNIX in families:
             try:
-                found.update(await self._drive(unix_inode_steps()))
+                found += await self._drive(unix_listening_steps())
             except NetlinkError as e:
-                found.update(self._unix_fallback(e, unix_inodes))
+                found += self._unix_fallback(e, unix_listening)
         return found
+
+    async def listener_inodes(self, family: int | None = None) -> dict[int, str]:
+        """Async :func:`listener_inodes`."""
+        return inodes_of(await self.listening_sockets(family))
 
     async def tcp_info_for(self, local: HostPort, remote: HostPort) -> TcpInfo | None:
         """Async :func:`tcp_info_for`: one small round trip read through the loop."""
@@ -492,6 +502,33 @@ def unix_listener_stats(
     ListenStats(active=0, queued=0, backlog=8)
     """
     return _default(sock).unix_listener_stats(paths)
+
+
+def listening_sockets(
+    family: int | None = None, *, sock: DiagSocket | None = None
+) -> list[ListeningSocket]:
+    """Every listening socket here: name, inode, accept queue and backlog, cheaply.
+
+    The LISTEN-only query for readers of every server of the machine (of the
+    caller's network namespace) at each scrape: TCP listeners (IPv4, IPv6)
+    from one LISTEN-only dump per family, which the kernel answers without
+    walking the established connections, so it costs the same with 10
+    connections or 10,000; Unix stream listeners, with their queues, from
+    one unix_diag dump (or, where the kernel lacks unix_diag, from
+    /proc/net/unix, with a RuntimeWarning and 0 for the queues it does not
+    give). No ``active`` count: that needs the connections walked
+    (:func:`tcp_listener_stats`). SO_REUSEPORT listeners are one entry
+    each. ``family``: ``socket.AF_INET``, ``socket.AF_INET6`` or
+    ``socket.AF_UNIX`` for that family only; None (default) for all three.
+    A bad ``family`` raises ArgumentError.
+
+    >>> import os, socket
+    >>> with socket.create_server(("127.0.0.1", 0), backlog=7) as srv:
+    ...     inode = os.fstat(srv.fileno()).st_ino
+    ...     [(s.queued, s.backlog) for s in listening_sockets(socket.AF_INET) if s.inode == inode]
+    [(0, 7)]
+    """
+    return _default(sock).listening_sockets(family)
 
 
 def listener_inodes(family: int | None = None, *, sock: DiagSocket | None = None) -> dict[int, str]:

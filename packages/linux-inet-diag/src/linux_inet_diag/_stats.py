@@ -537,31 +537,64 @@ def inode_families(family: object) -> tuple[int, ...]:
     )
 
 
-def tcp_inode_steps(families: tuple[int, ...]) -> Steps[dict[int, str]]:
-    """Inode -> canonical name of every TCP listener of ``families``, as steps."""
+@dataclass(frozen=True, slots=True)
+class ListeningSocket:
+    """One listening socket, as the kernel lists its listeners.
+
+    ``name`` is the canonical listener name (``"127.0.0.1:8080"``,
+    ``"[::]:8080"``, the path a Unix socket was bound with, ``"@abstract"``),
+    ``inode`` the socket's (``os.fstat(fd).st_ino``; the number in a
+    ``/proc/PID/fd`` link ``socket:[INODE]``), ``unix`` whether it is a Unix
+    stream socket, ``queued`` the connections waiting in its accept queue
+    and ``backlog`` the queue's limit (the ``listen()`` argument capped by
+    ``somaxconn``); for Unix sockets read through the /proc/net/unix
+    fallback both are 0, which that file does not give.
+
+    >>> ListeningSocket("127.0.0.1:8080", 81234, False, 0, 128).name
+    '127.0.0.1:8080'
+    """
+
+    name: str
+    inode: int
+    unix: bool
+    queued: int
+    backlog: int
+
+
+def tcp_listening_steps(families: tuple[int, ...]) -> Steps[list[ListeningSocket]]:
+    """Every TCP listener of ``families``, as steps (one LISTEN-only dump each)."""
     listeners = yield from _listen_steps(f for f in families if f != AF_UNIX)
-    return {
-        r.inode: name_from_packed(r.family, r.src, socket.ntohs(r.sport_raw))
+    return [
+        ListeningSocket(
+            name_from_packed(r.family, r.src, socket.ntohs(r.sport_raw)),
+            r.inode,
+            False,
+            r.rqueue,
+            r.wqueue,
+        )
         for r in listeners
         if r.inode
-    }
+    ]
 
 
-def unix_inodes(socks: Iterable[UnixSocket]) -> dict[int, str]:
-    """Inode -> name of the named Unix stream listeners among ``socks``.
+def unix_listening(socks: Iterable[UnixSocket]) -> list[ListeningSocket]:
+    """The named Unix stream listeners among ``socks`` (a unix_diag dump or /proc/net/unix).
 
-    ``socks`` from a unix_diag dump or from :func:`parse_proc_net_unix`
-    alike; the name is the one the kernel reports (the path bound, or
-    ``@name``).
+    The name is the one the kernel reports (the path bound, or ``@name``).
     """
-    return {
-        s.inode: s.name
+    return [
+        ListeningSocket(s.name, s.inode, True, s.rqueue, s.wqueue)
         for s in socks
         if s.state == TCP_LISTEN and s.type == SOCK_STREAM and s.name is not None
-    }
+    ]
 
 
-def unix_inode_steps() -> Steps[dict[int, str]]:
-    """Inode -> name of every Unix stream listener, as steps (one unix_diag dump)."""
-    make = functools.partial(unix_dump_request, 1 << TCP_LISTEN, UDIAG_SHOW_NAME)
-    return unix_inodes((yield (make, parse_unix_dump)))
+def unix_listening_steps() -> Steps[list[ListeningSocket]]:
+    """Every Unix stream listener with its queue and backlog, as steps (one unix_diag dump)."""
+    make = functools.partial(unix_dump_request, 1 << TCP_LISTEN, UDIAG_SHOW_NAME | UDIAG_SHOW_RQLEN)
+    return unix_listening((yield (make, parse_unix_dump)))
+
+
+def inodes_of(listening: Iterable[ListeningSocket]) -> dict[int, str]:
+    """Inode -> name of ``listening`` (what :func:`listener_inodes` answers)."""
+    return {s.inode: s.name for s in listening}

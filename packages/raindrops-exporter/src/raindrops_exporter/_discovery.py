@@ -12,8 +12,8 @@ network namespace; once the server's sockets close, it is no longer listed
 A segment names one inode only. The server's listener *names* come from a
 live worker: the socket inodes among its descriptors (``/proc/PID/fd``),
 kept when they listen (the kernel's LISTEN sockets, TCP and Unix, over
-netlink: ``_listen``). They are looked up once per server and kept; until a
-worker has claimed a row, the listener with the segment's inode alone
+netlink: ``linux_inet_diag.listening_sockets``). They are looked up once
+per server and kept; until a worker has claimed a row, the listener with the segment's inode alone
 names it. A server is labelled by its listener names, TCP first, then
 Unix, comma-joined: ``server="127.0.0.1:8000"``,
 ``server="127.0.0.1:8000,/run/app.sock"``.
@@ -28,7 +28,7 @@ import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ._listen import tcp_listeners, unix_listeners
+from linux_inet_diag import listening_sockets as _kernel_listening
 
 __all__ = [
     "KINDS",
@@ -70,26 +70,20 @@ class ListeningSocket:
 def listening_sockets() -> dict[int, ListeningSocket]:
     """Every listening TCP (IPv4, IPv6) and Unix stream socket here, by inode.
 
-    TCP from one netlink dump of LISTEN sockets only (``_listen``: the
-    kernel then skips its table of connections, so it is cheap whatever
-    the number of connections), Unix likewise (one ``unix_diag`` dump of
-    listening sockets). Raises :class:`OSError` when either cannot be read.
+    linux-inet-diag's LISTEN-only query (``linux_inet_diag.listening_sockets``:
+    the kernel then skips its table of connections, so it is cheap whatever
+    the number of connections; Unix sockets from one ``unix_diag`` dump).
+    Raises :class:`OSError` when it cannot be read.
 
     Example::
 
         listening = listening_sockets()
         {s.name for s in listening.values()}  # {'127.0.0.1:8000', '/run/app.sock'}
     """
-    found: dict[int, ListeningSocket] = {}
-    for tcp in tcp_listeners():
-        found[tcp.inode] = ListeningSocket(
-            tcp.inode, tcp.name, unix=False, queued=tcp.queued, backlog=tcp.backlog
-        )
-    for unix in unix_listeners():
-        found[unix.inode] = ListeningSocket(
-            unix.inode, unix.name, unix=True, queued=unix.queued, backlog=unix.backlog
-        )
-    return found
+    return {
+        s.inode: ListeningSocket(s.inode, s.name, unix=s.unix, queued=s.queued, backlog=s.backlog)
+        for s in _kernel_listening()
+    }
 
 
 def socket_inodes(pid: int) -> frozenset[int]:
