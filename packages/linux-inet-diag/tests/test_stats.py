@@ -648,30 +648,6 @@ def test_async_socket_after_fork(scenario: Scenario) -> None:
     diag.close()
 
 
-def test_socket_of_another_process_is_replaced(scenario: Scenario) -> None:
-    """A socket recorded under another pid (fork without hooks) is closed and replaced."""
-    srv = scenario.listener(socket.AF_INET, ("127.0.0.1", 0), backlog=4)
-    name = f"127.0.0.1:{port_of(srv)}"
-    want = {name: ListenStats(0, 0, 4)}
-    with DiagSocket() as diag:
-        assert diag.tcp_listener_stats(name) == want
-        old = diag._sock
-        diag._pid = -1
-        assert diag.tcp_listener_stats(name) == want
-        assert old is not None
-        assert diag._sock is not old
-        assert old.fileno() == -1
-    adiag = AsyncDiagSocket()
-    assert asyncio.run(adiag.tcp_listener_stats(name)) == want
-    old = adiag._sock
-    adiag._pid = -1
-    assert asyncio.run(adiag.tcp_listener_stats(name)) == want
-    assert old is not None
-    assert adiag._sock is not old
-    assert old.fileno() == -1
-    adiag.close()
-
-
 def test_fork_reopens_socket(scenario: Scenario) -> None:
     """A DiagSocket used before fork() gives correct answers in the child."""
     srv = scenario.listener(socket.AF_INET, ("127.0.0.1", 0), backlog=6)

@@ -298,6 +298,10 @@ def test_no_listener_gives_no_path_and_says_why(base: Path) -> None:
     assert found.path is None
     assert found.reason.startswith("found no listening socket inherited from a server among the ")
     assert f"descriptors of PID {os.getpid()} (its parent (PID {os.getppid()})" in found.reason
+    # This test process's parent (pytest's, readable: the same user) is read, not
+    # reported unreadable, even though this process holds no server socket.
+    assert "could not be read" not in found.reason
+    assert found.reason.endswith(" sockets)") or " sockets; " in found.reason
 
 
 def test_an_unusable_directory_gives_no_path_and_the_error(base: Path) -> None:

@@ -103,9 +103,11 @@ def _open() -> socket.socket:
     return s
 
 
-# Sockets to reset in a forked child: os.register_at_fork runs the hook in
-# the child before any other thread exists there, so a lock another thread
-# of the parent held at fork() time cannot deadlock the child.
+# Sockets to reset in a forked child, the family's one fork-safety pattern:
+# a module-level WeakSet of live instances and one os.register_at_fork hook
+# calling each one's _forked(). The hook runs in the child before any other
+# thread exists there, so a lock another thread of the parent held at
+# fork() time cannot deadlock the child; no PID is checked per query.
 _live: weakref.WeakSet[_Core] = weakref.WeakSet()
 
 
@@ -124,7 +126,6 @@ class _Core(abc.ABC):
     def __init__(self) -> None:
         _platform.require_linux(_WHAT)
         self._seq = 0
-        self._pid = os.getpid()
         self._sock: socket.socket | None = None
         _live.add(self)
 
@@ -232,9 +233,6 @@ class DiagSocket(_Core):
             self._sock = None
 
     def _socket(self) -> socket.socket:
-        if self._pid != os.getpid():  # forked without os.register_at_fork hooks
-            self._drop()
-            self._pid = os.getpid()
         if self._sock is None:
             self._sock = _open()
         return self._sock
@@ -385,10 +383,7 @@ class AsyncDiagSocket(_Core):
         return dump.items
 
     def _checked_lock(self) -> asyncio.Lock:
-        """The lock, after renewing lock and socket if forked without hooks."""
-        if self._pid != os.getpid():
-            self._forked()
-            self._pid = os.getpid()
+        """The lock (renewed, with the socket, in a forked child by the module's fork hook)."""
         return self._lock
 
     async def _drive(self, steps: Steps[T]) -> T:

@@ -237,7 +237,8 @@ def _scan(prefer_parent: bool) -> _Scan:
             continue
         seen.add(key)
         probed.append(listener)
-    parent = _parent_socket_inodes() if probed else None
+    # The parent is read even when nothing was found: the reason says what it holds.
+    parent = _parent_socket_inodes()
     held = parent or frozenset()
     # A socket that is not listening is a server's only if the master holds it.
     usable = [p for p in probed if p.listening or p.inode in held]
