@@ -7,7 +7,13 @@ import importlib
 
 import pytest
 
-MODULES = ["prometheus_shm._table", "prometheus_shm._runtime", "prometheus_shm._collector"]
+MODULES = [
+    "prometheus_shm._table",
+    "prometheus_shm._runtime",
+    "prometheus_shm._values",
+    "prometheus_shm._install",
+    "prometheus_shm._collector",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -166,16 +166,16 @@ def test_a_collector_on_a_missing_segment_says_so(seg_path: str) -> None:
 
 def test_a_corrupt_table_entry_never_breaks_the_scrape(caplog: pytest.LogCaptureFixture) -> None:
     """Junk after the last entry (a damaged segment) is logged once; earlier series still show."""
-    from prometheus_shm import _runtime, _store
+    from prometheus_shm import _layout, _runtime, _store
 
     prometheus_shm.install("anonymous")
     Counter("good", "Good.", registry=None).inc(4)
     store = _runtime.active().store
     cells, geo = store.cells, store.geo
-    used = cells.load_sc(_store.H_USED_HEAP)
+    used = cells.load_sc(_layout.H_USED_HEAP)
     cells.store_many(geo.heap + used // 8, [1 | 1 << 40, 8])
     cells.write_bytes(geo.heap + used // 8 + 2, b"not json")
-    cells.store_sc(_store.H_USED_HEAP, used + 24)
+    cells.store_sc(_layout.H_USED_HEAP, used + 24)
     fresh = _store.Store(cells, geo, None)
     with caplog.at_level(logging.ERROR, logger="prometheus_shm._store"):
         fresh.sync()

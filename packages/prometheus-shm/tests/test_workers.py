@@ -149,7 +149,7 @@ def test_totals_never_go_backwards_over_restarts_and_the_segment_stays_the_same_
 
 def test_a_folder_killed_mid_fold_is_undone_by_the_next_reader() -> None:
     """A folder SIGKILLed mid-fold leaves the archive half written; the next reader undoes it."""
-    from prometheus_shm import _runtime, _store
+    from prometheus_shm import _layout, _runtime, _store
 
     prometheus_shm.install("anonymous", liveness_ttl=0)
     c = Counter("kept", "Kept.", registry=None)
@@ -171,9 +171,9 @@ def test_a_folder_killed_mid_fold_is_undone_by_the_next_reader() -> None:
 
     folder = _fork(fold_and_die)
     assert _wait(folder) == -signal.SIGKILL
-    assert store.cells.load_sc(_store.H_SEQ) % 2 == 1
+    assert store.cells.load_sc(_layout.H_SEQ) % 2 == 1
     assert values(scrape()) == {("kept_total", ()): 11.0}
-    assert store.cells.load_sc(_store.H_SEQ) % 2 == 0
+    assert store.cells.load_sc(_layout.H_SEQ) % 2 == 0
     assert prometheus_shm.segment_info().folded == 1
     assert values(scrape()) == {("kept_total", ()): 11.0}
 

@@ -21,15 +21,15 @@ from ._errors import (
     SeriesTableFullError,
     UnsafeSegmentError,
 )
-from ._runtime import (
+from ._install import (
     ANONYMOUS,
     Installation,
     SegmentInfo,
     install,
-    installed,
     segment_info,
     uninstall,
 )
+from ._runtime import installed
 from ._table import MAX_KEY_BYTES, MAX_LABEL_VALUE_BYTES
 
 __version__ = "0.1.0"

@@ -28,8 +28,10 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from ._errors import ConfigError
+from ._layout import GC_CELLS, Snapshot, present
+from ._liveness import Liveness
 from ._runtime import Runtime, active, current
-from ._store import GC_CELLS, Liveness, Snapshot, Store, present
+from ._store import Store
 from ._table import Entry, Merge
 
 __all__ = ["Collector", "MultiProcessCollectorShim", "mark_process_dead"]

@@ -1,48 +1,4 @@
-"""The shared segment: its layout, and the protocols every process follows on it.
-
-One ``shm_counters.Cells`` block, anonymous (inherited by forked workers) or
-a named file (found by spawned ones). In 8-byte cells from its start::
-
-    cell             cells        what
-    0                HEADER (32)  header, below
-    OWNERS           R            owner word of each row: PID, | CLAIMING (bit 63) while
-                                  being set up, | FOLDING (bit 62) while folded, |
-                                  RETIRED (bit 61) once folded but kept for its "all"
-                                  gauges; 0 when free
-    STIMES           R            each owner's start time (shm_counters.process_start_time)
-    RETIRED_AT       R            each retired row's order (header cell 14 then)
-    ARCHIVE          ROW          the archive: dead processes' values, folded (a whole line)
-    BACKUP           ROW          the archive as it was before the fold in progress
-    ROWS             R x ROW      one row per process (ROW cells each)
-    HEAP             HEAP_BYTES/8 the series table's entries, appended
-
-    header cell  what
-    0            magic, b"PROMSHM1" little-endian
-    1            layout version (1)
-    2            capacity C: value cells per row (the series table's size)
-    3            rows R
-    4            heap bytes
-    5            cells per row, ROW
-    6            value cells handed out to entries so far (<= C)
-    7            heap bytes used by published entries (readers parse up to here)
-    8            table lock: PID of the process appending an entry, 0 if none
-    9            fold lock: PID of the process folding a row, 0 if none
-    10           fold sequence: even when the archive is stable, odd during a fold
-    11           row being folded
-    12           that row's owner word before the fold
-    13           fold stage: 1 while BACKUP holds the archive of the fold in progress
-    14           retire sequence: the order in which rows were retired
-    15           rows folded so far
-    16           retired rows reused (their "all" gauges dropped)
-    17           creation time (a double, Unix seconds)
-
-    row cell     what
-    0..8         GC figures: 3 generations x (collections, collected, uncollectable)
-    16           presence: P = ceil(C / 64) words, bit k set when the process has value k
-    16 + P       values: C doubles, entry e's at its first cell (+1: its timestamp)
-
-Owner words and start times sit together, so a reader loads them in one call.
-The archive and backup rows have the same layout as a process row.
+"""The protocols every process follows on the shared segment (its layout: ``_layout``).
 
 Only a row's owner writes its values; a process's values of one series are
 summed with every other's only when read. A row whose owner died is *folded*
@@ -60,14 +16,10 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import os
-import select
 import threading
 import time
-import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from shm_counters import Cells, SegmentError, process_alive, process_start_time
@@ -79,281 +31,47 @@ from ._errors import (
     SeriesTableFullError,
     UnsafeSegmentError,
 )
+from ._layout import (
+    ALL_MERGES,
+    CLAIMING,
+    FOLDING,
+    GC_CELLS,
+    H_CREATED,
+    H_DROPPED,
+    H_FOLD_LOCK,
+    H_FOLD_OWNER,
+    H_FOLD_ROW,
+    H_FOLD_STAGE,
+    H_FOLDED,
+    H_RETIRE_SEQ,
+    H_SEQ,
+    H_TABLE_LOCK,
+    H_USED_CELLS,
+    H_USED_HEAP,
+    MAGIC,
+    PID_MASK,
+    R_GC,
+    RETIRED,
+    TAG,
+    VERSION,
+    Geometry,
+    RowValues,
+    Snapshot,
+    check_geometry,
+    present,
+    round_up,
+)
+from ._liveness import Liveness
 from ._table import Entry, Merge, decode_entry
 
-__all__ = [
-    "ALL_MERGES",
-    "CLAIMING",
-    "FOLDING",
-    "GC_CELLS",
-    "PID_MASK",
-    "RETIRED",
-    "Geometry",
-    "Snapshot",
-    "Store",
-]
+__all__ = ["Store"]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
-TAG = "prometheus_shm_v1"
-MAGIC = int.from_bytes(b"PROMSHM1", "little")
-VERSION = 1
-
-HEADER = 32
-H_MAGIC, H_VERSION, H_CAPACITY, H_ROWS, H_HEAP, H_ROW = 0, 1, 2, 3, 4, 5
-H_USED_CELLS, H_USED_HEAP, H_TABLE_LOCK, H_FOLD_LOCK = 6, 7, 8, 9
-H_SEQ, H_FOLD_ROW, H_FOLD_OWNER, H_FOLD_STAGE = 10, 11, 12, 13
-H_RETIRE_SEQ, H_FOLDED, H_DROPPED, H_CREATED = 14, 15, 16, 17
-
-ROW_HEADER = 16
-R_GC = 0
-GC_CELLS = 9
-
-CLAIMING = 1 << 63
-FOLDING = 1 << 62
-RETIRED = 1 << 61
-PID_MASK = (1 << 61) - 1
-
-ALL_MERGES = frozenset({Merge.ALL, Merge.LIVEALL})
-
-_MAX_CAPACITY = 1 << 24
-_MAX_ROWS = 1 << 16
 _LOCK_TIMEOUT = 5.0
 # How long a reader waits for a fold in progress (by a live process) to end.
 _READ_PATIENCE = 2.0
-_CELLS_PER_LINE = 8  # rows start on 64-byte boundaries (whole lines on common machines)
-_PIDFD = hasattr(os, "pidfd_open") and hasattr(select, "poll")
-
-
-def _round_up(n: int, unit: int) -> int:
-    return -(-n // unit) * unit
-
-
-@dataclass(frozen=True, slots=True)
-class Geometry:
-    """Where everything is, in cells, for a capacity, a row count and a heap size."""
-
-    capacity: int
-    rows: int
-    heap_bytes: int
-    owners: int = field(init=False)  # owner word of row r at owners + r
-    stimes: int = field(init=False)  # its start time at stimes + r
-    retired_at: int = field(init=False)  # its retire order at retired_at + r
-    words: int = field(init=False)  # presence words per row
-    row_cells: int = field(init=False)  # cells per row: header, presence, values, whole lines
-    archive: int = field(init=False)
-    backup: int = field(init=False)
-    first_row: int = field(init=False)
-    heap: int = field(init=False)
-    total_cells: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        words = -(-self.capacity // 64)
-        row_cells = _round_up(ROW_HEADER + words + self.capacity, _CELLS_PER_LINE)
-        archive = _round_up(HEADER + 3 * self.rows, _CELLS_PER_LINE)
-        first_row = archive + 2 * row_cells
-        heap = first_row + self.rows * row_cells
-        for name, value in (
-            ("owners", HEADER),
-            ("stimes", HEADER + self.rows),
-            ("retired_at", HEADER + 2 * self.rows),
-            ("words", words),
-            ("row_cells", row_cells),
-            ("archive", archive),
-            ("backup", archive + row_cells),
-            ("first_row", first_row),
-            ("heap", heap),
-            ("total_cells", heap + self.heap_bytes // 8),
-        ):
-            object.__setattr__(self, name, value)
-
-    def row(self, r: int) -> int:
-        """First cell of process row ``r``."""
-        return self.first_row + r * self.row_cells
-
-    def presence(self, row_start: int) -> int:
-        return row_start + ROW_HEADER
-
-    def values(self, row_start: int) -> int:
-        return row_start + ROW_HEADER + self.words
-
-
-def _bounded(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an int, not {type(value).__name__} {value!r}")
-    if not low <= value <= high:
-        raise ConfigError(f"{name} {value} out of range: allowed {low} <= {name} <= {high}")
-    return value
-
-
-def check_geometry(capacity: object, processes: object, heap_bytes: object) -> Geometry:
-    """Validate :func:`install`'s sizes; :class:`ConfigError` naming the bad one."""
-    return Geometry(
-        _bounded("capacity", capacity, 1, _MAX_CAPACITY),
-        _bounded("processes", processes, 1, _MAX_ROWS),
-        _round_up(_bounded("heap_bytes", heap_bytes, 1024, 1 << 34), 8),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Everything one collection needs, read under one stable fold sequence.
-
-    ``sums``/``presence``: over the archive and every counted row (live, or
-    dead and not yet folded); ``live_sums``/``live_presence``: live rows
-    only; ``rows``: per-row values and presence of every counted or retired
-    row, by row index, with its PID and state (only when asked for).
-    """
-
-    ncells: int
-    sums: list[float]
-    presence: list[int]
-    live_sums: list[float]
-    live_presence: list[int]
-    archive: list[float]
-    archive_presence: list[int]
-    rows: list[RowValues]
-    live_pids: list[int]
-
-
-@dataclass(frozen=True, slots=True)
-class RowValues:
-    """One process row's values as a snapshot read them."""
-
-    index: int
-    pid: int
-    live: bool
-    retired: bool
-    values: list[float]
-    presence: list[int]
-    gc: list[int]
-
-
-def present(words: list[int], k: int) -> bool:
-    """Whether bit ``k`` is set in a presence bitmap."""
-    return bool(words[k >> 6] >> (k & 63) & 1)
-
-
-class Liveness:
-    """A reader's view of which row owners are alive.
-
-    An owner is (PID, start time). The first time one is seen it is checked
-    as the scoreboard checks (``shm_counters.process_alive``: a zombie is
-    dead, another start time means the PID was reused). On Linux a pidfd is
-    then kept for it: the kernel marks it readable once that very process
-    exits, so one ``poll()`` over every owner's pidfd answers, exactly, at
-    each call, for a few microseconds, and a reused PID cannot fool it.
-    Without pidfds (not Linux, an old kernel), an answer is trusted ``ttl``
-    seconds and one call re-checks at most ``per_call`` owners, the ones due
-    longest; a new owner counts as alive until its first check. A dead owner
-    stays dead.
-    """
-
-    __slots__ = ("__weakref__", "_cache", "_dead", "_fds", "_poll", "per_call", "ttl")
-
-    def __init__(self, ttl: float, per_call: int = 32) -> None:
-        self.ttl = ttl
-        self.per_call = per_call
-        self._cache: dict[tuple[int, int], tuple[bool, float]] = {}
-        self._dead: set[tuple[int, int]] = set()
-        self._fds: dict[tuple[int, int], int] = {}
-        self._poll = select.poll() if _PIDFD else None
-        weakref.finalize(self, _close_fds, self._fds)
-
-    def close(self) -> None:
-        """Close every pidfd held (a forked child does, for its parent's)."""
-        _close_fds(self._fds)
-        self._poll = select.poll() if _PIDFD else None
-
-    def mark_dead(self, pid: int) -> None:
-        """Forget every cached answer for ``pid``: it is checked again at once."""
-        for key in [k for k in self._cache if k[0] == pid]:
-            del self._cache[key]
-        for key in [k for k in self._fds if k[0] == pid]:
-            self._forget_fd(key)
-
-    def _forget_fd(self, key: tuple[int, int]) -> None:
-        fd = self._fds.pop(key, None)
-        if fd is not None:
-            if self._poll is not None:
-                self._poll.unregister(fd)
-            os.close(fd)
-
-    def _watch(self, key: tuple[int, int]) -> bool:
-        """First sight of an owner: check it, and keep a pidfd if it is alive."""
-        try:
-            fd = os.pidfd_open(key[0])
-        except OSError:  # gone already (ESRCH), or pidfds refused: the plain check
-            return process_alive(key[0], key[1])
-        # The pidfd names whatever process has the PID now: keep it only if
-        # that is the owner (same start time, not a zombie).
-        if not process_alive(key[0], key[1]):
-            os.close(fd)
-            return False
-        self._fds[key] = fd
-        if self._poll is not None:
-            self._poll.register(fd, select.POLLIN)
-        return True
-
-    def alive(self, owners: Iterable[tuple[int, int]], now: float) -> dict[tuple[int, int], bool]:
-        """The liveness of each (pid, start time)."""
-        keys = list(dict.fromkeys(owners))
-        answers: dict[tuple[int, int], bool] = {}
-        if self._poll is not None:
-            exited = {fd for fd, _ in self._poll.poll(0)} if self._fds else set()
-            for key in keys:
-                if key in self._dead:
-                    answers[key] = False
-                    continue
-                fd = self._fds.get(key)
-                if fd is None:
-                    ok = self._watch(key)
-                elif fd in exited:
-                    ok = False
-                    self._forget_fd(key)
-                else:
-                    ok = True
-                answers[key] = ok
-                if not ok:
-                    self._dead.add(key)
-            for key in [k for k in self._fds if k not in answers]:
-                self._forget_fd(key)  # its row was reused or freed
-        else:
-            due: list[tuple[float, tuple[int, int]]] = []
-            for key in keys:
-                if key in self._dead:
-                    answers[key] = False
-                    continue
-                cached = self._cache.get(key)
-                if cached is None:
-                    answers[key] = True
-                    due.append((-math.inf, key))
-                else:
-                    answers[key] = cached[0]
-                    if now >= cached[1]:
-                        due.append((cached[1], key))
-            due.sort()
-            for _, key in due[: self.per_call]:
-                ok = process_alive(key[0], key[1])
-                answers[key] = ok
-                if ok:
-                    self._cache[key] = (True, now + self.ttl)
-                else:
-                    self._cache.pop(key, None)
-                    self._dead.add(key)
-        if len(self._dead) > 4096:  # owners long gone: their rows were folded
-            self._dead &= set(answers)
-        return answers
-
-
-def _close_fds(fds: dict[tuple[int, int], int]) -> None:
-    for fd in fds.values():
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    fds.clear()
 
 
 class Store:
@@ -484,7 +202,7 @@ class Store:
                         raise ValueError("entry header runs past the table's end")
                     word, klen = cells.load_many(at, 2)
                     first, ncells = word & ((1 << 40) - 1), word >> 40
-                    size = 16 + _round_up(klen, 8)
+                    size = 16 + round_up(klen, 8)
                     if size > end - pos or first + ncells > self.geo.capacity:
                         raise ValueError("entry runs past the table's end")
                     key = cells.read_bytes(at + 2, klen)
@@ -524,7 +242,7 @@ class Store:
                     return found
                 used_cells = cells.load_sc(H_USED_CELLS)
                 used_heap = cells.load_sc(H_USED_HEAP)
-                size = 16 + _round_up(len(key), 8)
+                size = 16 + round_up(len(key), 8)
                 if used_cells + ncells > geo.capacity:
                     raise SeriesTableFullError(
                         f"cannot add {describe}: the series table of {self._where()} is full"
