@@ -23,9 +23,11 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from typing import Any, ClassVar, overload
 
+from raindrops_core import DEFAULT_ALLOW
+from raindrops_core.adapter import AccessList
 from shm_counters import Histogram, Scoreboard, monotonic_ns
 
 from ._accounting import Accounting
@@ -37,7 +39,7 @@ from ._board import (
     render_text,
     worker_stats,
 )
-from ._endpoint import check_stats_path
+from ._endpoint import StatsEndpoint, check_stats_path
 from ._figures import GcStats, UtilizationStats, read_figures, utilization_stats
 from ._gc import GcTracker
 from ._guard import Guarded
@@ -100,6 +102,7 @@ class UtilizationCore(Guarded):
         "_add_response",
         "_clock",
         "_current",
+        "_endpoint",
         "_finish",
         "_gc",
         "_horizon_wall",
@@ -138,6 +141,7 @@ class UtilizationCore(Guarded):
         segment: str | os.PathLike[str] | None = None,
         slots: int = DEFAULT_SLOTS,
         stats_path: str | None = None,
+        allow: Iterable[str] | AccessList = DEFAULT_ALLOW,
         proctitle: bool = False,
         proctitle_prefix: str | None = None,
         proctitle_interval: float = 1.0,
@@ -155,6 +159,7 @@ class UtilizationCore(Guarded):
         check_text("proctitle_prefix", proctitle_prefix)
         check_text("statsd_prefix", statsd_prefix)
         check_stats_path(stats_path)
+        self._endpoint = StatsEndpoint(allow)
         statsd_address = check_statsd(statsd)
         check_slots(slots)
         self.window = float(window)
@@ -178,11 +183,10 @@ class UtilizationCore(Guarded):
             None if report_interval is None else round(report_interval * 1e9), report_to
         )
         self._title = Title(proctitle, proctitle_prefix, round(proctitle_interval * 1e9))
-        self._statsd: Any = statsd
-        self._owns_statsd = False
-        if statsd_address is not None:
-            self._statsd = make_client(statsd_address, statsd_prefix)
-            self._owns_statsd = True
+        self._owns_statsd = statsd_address is not None
+        self._statsd: Any = (
+            statsd if statsd_address is None else make_client(statsd_address, statsd_prefix)
+        )
         self._current: contextvars.ContextVar[int | None] = contextvars.ContextVar(
             f"process_utilization_start_{id(self)}", default=None
         )
@@ -300,12 +304,7 @@ class UtilizationCore(Guarded):
             )
             return
         self._row = row
-        self._start, self._join, self._settle, self._finish = (
-            row.start,
-            row.join,
-            row.settle,
-            row.finish,
-        )
+        self._start, self._join, self._settle, self._finish = row.steps()
         self._add_response = row.add_response
 
     def _row_broken(self, exc: BaseException) -> None:
@@ -555,14 +554,12 @@ class UtilizationCore(Guarded):
     def reset_stats(self) -> int | None:
         """Start the clock for one request (the seed's per-request reset).
 
-        As in the seed, it marks the start of a request that
-        :meth:`record_request` later records; it does not count in
-        ``total_requests`` (the middleware does that per request). Unlike
-        the seed, the start is not one attribute shared by every request:
-        it is returned, and remembered for the current thread or asyncio
-        task, so :meth:`record_request` without arguments records the
-        right one when requests overlap. Returns ``None`` if the clock
-        failed (logged once). Safe from any thread (it takes the lock).
+        Counts a request in flight (not in ``total_requests``: the
+        middleware counts those per request) and returns its start, also
+        remembered for this thread or asyncio task so that
+        :meth:`record_request` records the right one when requests
+        overlap (the seed keeps one attribute). ``None`` if the clock
+        failed (logged once). Safe from any thread.
 
         Example::
 

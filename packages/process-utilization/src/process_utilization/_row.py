@@ -91,6 +91,10 @@ class Row:
             raise
         return claimed
 
+    def steps(self) -> tuple[Step, Step, Step, Step]:
+        """``start``, ``join``, ``settle``, ``finish``."""
+        return self.start, self.join, self.settle, self.finish
+
     @property
     def closed(self) -> bool:
         """True once the row is gone under the middleware (its scoreboard closed)."""

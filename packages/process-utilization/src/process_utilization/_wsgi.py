@@ -6,10 +6,9 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
-from raindrops_core.adapter import Environ, ExcInfo, StartResponse, WSGIApp
+from raindrops_core.adapter import Environ, ExcInfo, Peer, StartResponse, WSGIApp
 
 from ._core import UtilizationCore
-from ._endpoint import answer
 
 __all__ = ["ProcessUtilization"]
 
@@ -208,7 +207,8 @@ class ProcessUtilization(UtilizationCore):
         self._emit(line, environ.get("wsgi.errors") or sys.stderr)
 
     def _serve_stats(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        reply = answer(
+        reply = self._endpoint.answer(
+            Peer.from_wsgi(environ),
             str(environ.get("QUERY_STRING", "")),
             str(environ.get("HTTP_ACCEPT", "")),
             self.render_stats,

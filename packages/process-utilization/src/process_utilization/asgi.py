@@ -9,15 +9,16 @@ from typing import Any, ClassVar
 from raindrops_core.adapter import (
     ASGIApp,
     Message,
+    Peer,
     Receive,
     Scope,
     Send,
+    app_path,
     asgi_header,
     asgi_query,
 )
 
 from ._core import UtilizationCore
-from ._endpoint import answer
 
 __all__ = ["ProcessUtilization"]
 
@@ -33,6 +34,8 @@ class ProcessUtilization(UtilizationCore):
     header is removed. The periodic report line goes to ``sys.stderr`` (the
     ASGI analogue of ``wsgi.errors``), or to ``report_to`` (a logger or a
     stream). Non-HTTP scopes (websocket, lifespan) pass through untouched.
+    ``stats_path`` is matched below the app's mount point
+    (``scope["root_path"]``: Starlette's ``Mount``, ``uvicorn --root-path``).
 
     Example::
 
@@ -57,9 +60,14 @@ class ProcessUtilization(UtilizationCore):
             await self.app(scope, receive, send)
             return
         stats_path = self.stats_path
-        if stats_path is not None and scope.get("path") == stats_path:
-            await self._serve_stats(scope, send)
-            return
+        if stats_path is not None:
+            path = scope.get("path", "")
+            # Below the app's mount point (root_path), as raindrops' endpoint.
+            if path.endswith(stats_path) and (
+                app_path(path, scope.get("root_path", "")) == stats_path
+            ):
+                await self._serve_stats(scope, send)
+                return
         # The accounting runs on the event loop's thread with no await
         # inside, so it takes no lock until a request comes from another
         # thread (a second event loop), which makes it threaded for good (_guard).
@@ -105,7 +113,8 @@ class ProcessUtilization(UtilizationCore):
                 self._emit(line, sys.stderr)
 
     async def _serve_stats(self, scope: Scope, send: Send) -> None:
-        reply = answer(
+        reply = self._endpoint.answer(
+            Peer.from_asgi(scope),
             asgi_query(scope),
             asgi_header(scope, b"accept") or "",
             self.render_stats,
