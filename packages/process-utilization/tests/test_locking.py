@@ -209,8 +209,12 @@ def test_a_request_starting_while_a_reader_reads_is_counted_after_it() -> None:
     assert (mw.requests, mw.in_flight) == (2, 0)
 
 
-def test_a_reader_inside_the_requests_own_section_does_not_wait_for_itself() -> None:
-    """stats() from inside a request's own section (a signal handler, say) returns at once."""
+@pytest.mark.parametrize("reset_first", [False, True])
+def test_a_reader_inside_the_requests_own_section_does_not_wait_for_itself(
+    reset_first: bool,
+) -> None:
+    """stats() from inside a request's own section (a signal handler, say) returns at once,
+    also when reset_stats() in another thread came before the first request."""
     seen: list[UtilizationStats] = []
 
     class ReadingClock:
@@ -229,14 +233,26 @@ def test_a_reader_inside_the_requests_own_section_does_not_wait_for_itself() -> 
 
     clock = ReadingClock()
     mw = ProcessUtilization(hello, clock=clock)
-    start(mw).close()
-    clock.read = True
-    clock.t = 1001.0
-    body = start(mw)
-    clock.read = False
-    body.close()
+    if reset_first:
+        other = threading.Thread(target=lambda: (mw.reset_stats(), mw.record_request()))
+        other.start()
+        other.join(10)
+    done = 1 if reset_first else 0
+
+    def serve() -> None:  # the server's one thread: two requests, the second one read
+        start(mw).close()
+        clock.read = True
+        clock.t = 1001.0
+        body = start(mw)
+        clock.read = False
+        body.close()
+
+    requests = threading.Thread(target=serve, daemon=True)
+    requests.start()
+    requests.join(10)
+    assert not requests.is_alive(), "the reader waited for its own request's section"
     assert [(s.total_requests, s.in_flight) for s in seen] == [(2, 0)]
-    assert (mw.requests, mw.in_flight, mw.total_requests) == (2, 0, 2)
+    assert (mw.requests, mw.in_flight, mw.total_requests) == (2 + done, 0, 2)
 
 
 def test_a_reader_sees_a_request_in_the_app_in_flight_and_busy_up_to_now(clock: Any) -> None:

@@ -356,7 +356,7 @@ class UtilizationCore(Guarded):
                 if acct.enter(now):
                     self._publish(Row.publish_overlap)
                 if held and self._cold:
-                    self._warm(now)
+                    self._warm(now, env)
         finally:
             if held:
                 self._lock.release()
@@ -426,15 +426,17 @@ class UtilizationCore(Guarded):
                 self._owner = threading.get_ident()
         return True
 
-    def _warm(self, now: int) -> None:
-        """This process's first request started at ``now`` (lock held): the horizon begins.
+    def _warm(self, now: int, env: MutableMapping[str, Any] | None) -> None:
+        """A start at ``now`` while this process is cold (lock held): the horizon begins.
 
-        Until then (and again if the clock failed) every request takes the
-        locked way.
+        The first request (``env``: not :meth:`reset_stats`, which names no
+        thread) opens the lock-free way; until then, and again if the clock
+        failed, every request takes the locked way.
         """
         if not self._acct.started:
             self._first_request(now)
-        self._warmed()
+        if env is not None:
+            self._warmed()
 
     def _retake(self, exc: Exception) -> int | None:
         """A step raised: the time from the clock alone, or ``None`` if it is the clock that fails.
@@ -665,7 +667,6 @@ class UtilizationCore(Guarded):
 
     @report_to.setter
     def report_to(self, value: Any) -> None:
-        check_report_to(value)
         self._report.to = value
 
     def _worker(self) -> int | None:
