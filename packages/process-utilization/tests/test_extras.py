@@ -529,7 +529,9 @@ def test_wsgi_stats_endpoint_formats(clock: Any, extra: dict[str, str], ctype: s
     """The endpoint answers JSON by query or Accept, text otherwise, and is not counted."""
     mw = ProcessUtilization(hello, clock=clock, stats_path="/_utilization")
     request(mw, clock, 1000.0, 1001.0)
-    got, data = request(mw, clock, 1002.0, 1002.0, path="/_utilization", **extra)
+    got, data = request(
+        mw, clock, 1002.0, 1002.0, path="/_utilization", REMOTE_ADDR="127.0.0.1", **extra
+    )
     assert got[0] == "200 OK"
     assert dict(got[1])["Content-Type"] == ctype
     assert dict(got[1])["Content-Length"] == str(len(data))

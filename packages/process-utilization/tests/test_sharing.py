@@ -25,6 +25,9 @@ from shm_counters import SERVER_DIR_ENV
 
 pytestmark = pytest.mark.linux
 
+#: The client address of a local request (the table answers loopback peers).
+LOOPBACK = ("127.0.0.1", 50000)
+
 
 def hello(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -44,6 +47,7 @@ def _call(
         "REQUEST_METHOD": "GET",
         "PATH_INFO": path,
         "QUERY_STRING": query,
+        "REMOTE_ADDR": "127.0.0.1",
         "wsgi.errors": io.StringIO(),
         "wsgi.multithread": False,
     }
@@ -181,7 +185,7 @@ def test_asgi_table_says_when_it_is_one_workers_only(server_dir: Path) -> None:
         sent.append(message)
 
     async def main() -> None:
-        scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "client": LOOPBACK}
         await mw(scope, receive, send)
         await mw({**scope, "path": "/_utilization", "query_string": b"format=json"}, receive, send)
 

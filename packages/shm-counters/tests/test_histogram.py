@@ -161,6 +161,23 @@ def test_closed_histogram() -> None:
             op()
 
 
+def test_bound_record_is_record_without_the_checks() -> None:
+    """bind_record() records as record() does, answers -1 for a negative value, retires on close."""
+    h = Histogram([10, 20, 50])
+    record = h.bind_record()
+    assert [record(v) for v in (3, 10, 19, 49, 50, -1)] == [0, 0, 0, 0, 0, -1]
+    with pytest.raises(OverflowError):
+        record(2**63)
+    s = h.snapshot()
+    assert (s.count, s.sum, s.min, s.max) == (5, 131, 3, 50)
+    assert (s.outliers_low, s.outliers_high, s.buckets) == (1, 1, ((10, 20, 2), (20, 50, 1)))
+    h.close()
+    with pytest.raises(ClosedError, match=r"^operation on closed Histogram$"):
+        record(1)
+    with pytest.raises(ClosedError, match=r"^operation on closed Histogram$"):
+        h.bind_record()
+
+
 def _record_many(h: Histogram, values: list[int]) -> None:
     for v in values:
         h.record(v)

@@ -35,9 +35,11 @@ from ._board import (
     response_ns,
     worker_stats,
 )
-from ._core import GcStats, StatsdClient, UtilizationCore, UtilizationStats
+from ._core import UtilizationCore
 from ._errors import ConfigError, MissingExtraError, ProcessUtilizationError
+from ._figures import GcStats, UtilizationStats
 from ._prometheus import ProcessUtilizationCollector
+from ._statsd import StatsdClient
 from ._wsgi import ProcessUtilization
 
 __all__ = [

@@ -43,12 +43,13 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from shm_counters import HistogramSnapshot, Scoreboard
 
 from ._errors import ConfigError
+from ._figures import WorkerStats, read_figures, response_ns, worker_view
+from ._options import check_slots
 
 __all__ = [
     "ANONYMOUS",
@@ -226,77 +227,12 @@ def open_scoreboard(
         for worker in worker_stats(board):
             print(worker.pid, worker.percentage_active)
     """
-    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-        raise ConfigError(f"slots must be a positive integer, got {slots!r}")
+    check_slots(slots)
     if segment == ANONYMOUS:
         segment = None
     elif create and segment is not None:
         segment = check_segment(segment)
     return Scoreboard(slots, FIELDS, path=segment, create=create)
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerStats:
-    """One worker's row, read at one moment, in seconds.
-
-    ``busy_seconds_total``, ``requests_total`` and ``response_seconds_total``
-    only grow while the worker lives; ``horizon_time``, ``requests``,
-    ``active_time`` and ``response_time`` cover the worker's current horizon,
-    as do the derived ``percentage_active``, ``requests_per_second`` and
-    ``average_response_time``.
-    """
-
-    index: int
-    pid: int
-    in_flight: int
-    requests_total: int
-    busy_seconds_total: float
-    response_seconds_total: float
-    horizon_time: float
-    requests: int
-    active_time: float
-    response_time: float
-    gc_seconds: float
-    gc_collections: int
-
-    @property
-    def percentage_active(self) -> float:
-        """Per cent of the horizon with at least one request in flight."""
-        if self.horizon_time <= 0:
-            return 0.0
-        return min(100.0, 100.0 * self.active_time / self.horizon_time)
-
-    @property
-    def requests_per_second(self) -> float:
-        """Requests completed per second over the horizon."""
-        if self.horizon_time <= 0:
-            return 0.0
-        return self.requests / self.horizon_time
-
-    @property
-    def average_response_time(self) -> float:
-        """Mean duration of the requests completed since the horizon, in ms."""
-        if self.requests == 0:
-            return 0.0
-        return 1000.0 * self.response_time / self.requests
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields and the derived figures, for JSON."""
-        out = asdict(self)
-        out["percentage_active"] = self.percentage_active
-        out["requests_per_second"] = self.requests_per_second
-        out["average_response_time"] = self.average_response_time
-        return out
-
-
-def response_ns(values: Mapping[str, int]) -> int:
-    """The summed request durations of one row's ``values`` (see ``overlapped``).
-
-    Example::
-
-        response_ns(board.rows()[0].values) / 1e9  # seconds
-    """
-    return values["response_ns"] if values["overlapped"] else values["busy_ns"]
 
 
 def worker_stats(
@@ -329,37 +265,8 @@ def worker_stats(
             and before.pid == info.pid
             and before.values["requests"] == info.values["requests"]
         )
-        v = before.values if steady and before is not None else info.values
-        busy = v["busy_ns"]
-        in_flight = max(0, v["entered"] - v["requests"])
-        since = v["busy_since_ns"]
-        if steady and in_flight and 0 < since < now_ns:
-            busy += now_ns - since
-        response = response_ns(v)
-        horizon = v["horizon_ns"]
-        if horizon and horizon <= now_ns:
-            horizon_time = now_ns - horizon
-            requests = max(0, v["requests"] - v["horizon_requests"])
-            active = min(horizon_time, max(0, busy - v["horizon_busy_ns"]))
-            horizon_response = max(0, response - v["horizon_response_ns"])
-        else:
-            horizon_time = requests = active = horizon_response = 0
-        out.append(
-            WorkerStats(
-                index=info.index,
-                pid=info.pid,
-                in_flight=in_flight,
-                requests_total=v["requests"],
-                busy_seconds_total=busy / 1e9,
-                response_seconds_total=response / 1e9,
-                horizon_time=horizon_time / 1e9,
-                requests=requests,
-                active_time=active / 1e9,
-                response_time=horizon_response / 1e9,
-                gc_seconds=v["gc_ns"] / 1e9,
-                gc_collections=v["gc_collections"],
-            )
-        )
+        values = before.values if steady and before is not None else info.values
+        out.append(worker_view(info.index, info.pid, read_figures(values, now_ns, live=steady)))
     return out
 
 

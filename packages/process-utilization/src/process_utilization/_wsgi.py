@@ -2,70 +2,35 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from types import TracebackType
 from typing import Any, ClassVar
-from urllib.parse import parse_qs
 
-from ._core import UNAVAILABLE_HEADER, UtilizationCore
+from raindrops_core.adapter import Environ, ExcInfo, Peer, StartResponse, WSGIApp
+
+from ._core import UtilizationCore
 
 __all__ = ["ProcessUtilization"]
 
-_log = logging.getLogger("process_utilization")
-
 _new = object.__new__
 
-Environ = dict[str, Any]
-StartResponse = Callable[..., Callable[[bytes], object]]
-WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-_ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | None
 
+class _Body:
+    """The PEP 3333 body proxy: ``close()`` closes the app's body, then records the request.
 
-def _wants_json(query: str, accept: str) -> bool:
-    fmt = parse_qs(query).get("format")
-    if fmt:
-        return fmt[-1] == "json"
-    return "application/json" in accept
-
-
-class _Closing:
-    """What every body handed to the server shares: record the request once, on close.
-
-    ``_box`` is ``None`` without statsd, else a one-item list holding the
-    response status (``None`` until ``start_response`` is called).
-    """
-
-    __slots__ = ()
-
-    _mw: ProcessUtilization | None
-    _started: int
-    _environ: Environ
-    _box: list[int | None] | None
-
-    def _record(self, mw: ProcessUtilization) -> None:
-        """Record the request as finished, then write a due report (once: see callers)."""
-        box = self._box
-        if box is None:
-            line = mw._leave(self._started)
-        else:
-            line = mw._leave(self._started, self._environ.get("REQUEST_METHOD"), box[0])
-        if line is not None:
-            mw._report(line, self._environ)
-
-
-class _Body(_Closing):
-    """The PEP 3333 body proxy for any other iterable.
-
-    ``close()`` closes the app's body, then records the request in
-    ``finally`` (even when the inner ``close()`` raises), once. Made with
-    ``object.__new__`` and its slots set directly: no ``__init__`` frame.
+    Recording runs in ``finally`` (even when the inner ``close()`` raises),
+    once. ``_box`` is ``None`` without statsd, else a one-item list holding
+    the response status (``None`` until ``start_response`` is called). Made
+    with ``object.__new__`` and its slots set directly: no ``__init__`` frame.
     """
 
     __slots__ = ("_box", "_environ", "_it", "_mw", "_started")
 
-    _it: Iterable[bytes]
+    _it: Any
+    _mw: ProcessUtilization | None
+    _started: int
+    _environ: Environ
+    _box: list[int | None] | None
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._it)
@@ -81,41 +46,42 @@ class _Body(_Closing):
             if close is not None:
                 close()
         finally:
-            # _record, inlined (one Python call less per request).
             box = self._box
             if box is None:
                 line = mw._leave(self._started)
             else:
                 line = mw._leave(self._started, self._environ.get("REQUEST_METHOD"), box[0])
             if line is not None:
-                mw._report(line, self._environ)
+                mw._write_report(line, self._environ)
 
     def __repr__(self) -> str:
         return f"<process_utilization body of {self._it!r}>"
 
 
-class _FileCloser(_Closing):
-    """``close`` of a ``wsgi.file_wrapper`` body: the wrapper's own, then recording.
+class _WrapperClose:
+    """A ``wsgi.file_wrapper``'s own ``close`` (or none), for the proxy that closes it."""
+
+    __slots__ = ("close",)
+
+    def __init__(self, close: Callable[[], object] | None) -> None:
+        if close is not None:
+            self.close = close
+
+
+class _FileCloser:
+    """``close`` of a ``wsgi.file_wrapper`` body: a proxy's close, over the wrapper's own.
 
     Set as an instance attribute of the server's wrapper object, so the body
     keeps its type and the server still sends it with sendfile().
     """
 
-    __slots__ = ("_box", "_environ", "_inner", "_mw", "_started")
+    __slots__ = ("_proxy",)
 
-    def __init__(self, inner: Callable[[], object] | None) -> None:
-        self._inner = inner
+    def __init__(self, proxy: _Body) -> None:
+        self._proxy = proxy
 
     def __call__(self) -> None:
-        mw = self._mw
-        if mw is None:
-            return
-        self._mw = None
-        try:
-            if self._inner is not None:
-                self._inner()
-        finally:
-            self._record(mw)
+        self._proxy.close()
 
 
 def _close_on_file_wrapper(body: Any, closer: _FileCloser) -> bool:
@@ -175,13 +141,13 @@ class ProcessUtilization(UtilizationCore):
             return self._serve_stats(environ, start_response)
         # PEP 3333: false promises that no other thread calls this app at
         # the same time (gunicorn sync), so no lock is needed; a server that
-        # says true, or nothing, shares the instance for good.
+        # says true, or nothing, makes the instance threaded for good (_guard).
         try:
             threaded = environ["wsgi.multithread"]
         except KeyError:
             threaded = True
-        if threaded and not self._shared:
-            self._share()
+        if threaded and not self._threaded:
+            self._thread_up()
         started = self._enter(environ)
         if "HTTP_X_REQUEST_START" in environ:
             del environ["HTTP_X_REQUEST_START"]
@@ -197,7 +163,7 @@ class ProcessUtilization(UtilizationCore):
             # As rack-statsd: an app that raises sends nothing to statsd.
             line = self._leave(started)
             if line is not None:
-                self._report(line, environ)
+                self._write_report(line, environ)
             raise
         # Every body but the server's file wrapper goes back behind a proxy
         # that is not a list, even a list body: WSGI consumers (WebOb's
@@ -206,12 +172,13 @@ class ProcessUtilization(UtilizationCore):
         if type(body) is not list:
             wrapper = environ.get("wsgi.file_wrapper")
             if wrapper is not None and isinstance(wrapper, type) and isinstance(body, wrapper):
-                closer = _FileCloser(getattr(body, "close", None))
-                if _close_on_file_wrapper(body, closer):
-                    closer._mw = self
-                    closer._started = started
-                    closer._environ = environ
-                    closer._box = box
+                proxy = _new(_Body)
+                proxy._it = _WrapperClose(getattr(body, "close", None))
+                proxy._mw = self
+                proxy._started = started
+                proxy._environ = environ
+                proxy._box = box
+                if _close_on_file_wrapper(body, _FileCloser(proxy)):
                     return body
         proxy = _new(_Body)
         proxy._it = body
@@ -224,7 +191,7 @@ class ProcessUtilization(UtilizationCore):
     @staticmethod
     def _status_catcher(start_response: StartResponse, box: list[int | None]) -> StartResponse:
         def catch(
-            status: str, headers: list[tuple[str, str]], exc_info: _ExcInfo = None
+            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo = None
         ) -> Callable[[bytes], object]:
             code = status[:3]
             # 0 (in no table) for a status with no number: timings only.
@@ -235,29 +202,17 @@ class ProcessUtilization(UtilizationCore):
 
         return catch
 
-    def _report(self, line: str, environ: Environ) -> None:
+    def _write_report(self, line: str, environ: Environ) -> None:
         """Write the periodic report line to ``report_to``, else ``wsgi.errors``."""
         self._emit(line, environ.get("wsgi.errors") or sys.stderr)
 
     def _serve_stats(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        try:
-            ctype, body = self.render_stats(
-                _wants_json(
-                    str(environ.get("QUERY_STRING", "")),
-                    str(environ.get("HTTP_ACCEPT", "")),
-                )
-            )
-            status = "200 OK"
-        except Exception as exc:
-            _log.warning("process_utilization: stats endpoint failed: %r", exc)
-            ctype, body = "text/plain; charset=utf-8", b"stats unavailable\n"
-            status = "500 Internal Server Error"
-        headers = [
-            ("Content-Type", ctype),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-store"),
-        ]
-        if self.unshared is not None:
-            headers.append((UNAVAILABLE_HEADER, "shared"))
-        start_response(status, headers)
-        return [body]
+        reply = self._endpoint.answer(
+            Peer.from_wsgi(environ),
+            str(environ.get("QUERY_STRING", "")),
+            str(environ.get("HTTP_ACCEPT", "")),
+            self.render_stats,
+            self.unshared,
+        )
+        start_response(reply.status_line, list(reply.headers))
+        return [reply.body]

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import logging
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
 from threading import get_ident as _get_ident
 from typing import Any, ClassVar
 
-from ._core import UNAVAILABLE_HEADER, UtilizationCore
-from ._wsgi import _wants_json
+from raindrops_core.adapter import (
+    ASGIApp,
+    Message,
+    Peer,
+    Receive,
+    Scope,
+    Send,
+    app_path,
+    asgi_header,
+    asgi_query,
+)
+
+from ._core import UtilizationCore
 
 __all__ = ["ProcessUtilization"]
-
-_log = logging.getLogger("process_utilization")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class ProcessUtilization(UtilizationCore):
@@ -33,6 +34,8 @@ class ProcessUtilization(UtilizationCore):
     header is removed. The periodic report line goes to ``sys.stderr`` (the
     ASGI analogue of ``wsgi.errors``), or to ``report_to`` (a logger or a
     stream). Non-HTTP scopes (websocket, lifespan) pass through untouched.
+    ``stats_path`` is matched below the app's mount point
+    (``scope["root_path"]``: Starlette's ``Mount``, ``uvicorn --root-path``).
 
     Example::
 
@@ -57,13 +60,18 @@ class ProcessUtilization(UtilizationCore):
             await self.app(scope, receive, send)
             return
         stats_path = self.stats_path
-        if stats_path is not None and scope.get("path") == stats_path:
-            await self._serve_stats(scope, send)
-            return
+        if stats_path is not None:
+            path = scope.get("path", "")
+            # Below the app's mount point (root_path), as raindrops' endpoint.
+            if path.endswith(stats_path) and (
+                app_path(path, scope.get("root_path", "")) == stats_path
+            ):
+                await self._serve_stats(scope, send)
+                return
         # The accounting runs on the event loop's thread with no await
         # inside, so it takes no lock until a request comes from another
-        # thread (a second event loop), which shares the instance for good.
-        if not self._shared and _get_ident() != self._owner:
+        # thread (a second event loop), which makes it threaded for good (_guard).
+        if not self._threaded and _get_ident() != self._owner:
             self._foreign_thread()
         started = self._enter(scope)
         headers = scope.get("headers")
@@ -83,7 +91,7 @@ class ProcessUtilization(UtilizationCore):
         finally:
             line = self._leave(started)
             if line is not None:
-                self._report(line)
+                self._emit(line, sys.stderr)
 
     async def _call_with_statsd(
         self, scope: Scope, receive: Receive, send: Send, started: int
@@ -102,30 +110,16 @@ class ProcessUtilization(UtilizationCore):
             # it starts a response; once started, the status is known.
             line = self._leave(started, scope.get("method"), status[0])
             if line is not None:
-                self._report(line)
-
-    def _report(self, line: str) -> None:
-        """Write the periodic report line to ``report_to``, else ``sys.stderr``."""
-        self._emit(line, sys.stderr)
+                self._emit(line, sys.stderr)
 
     async def _serve_stats(self, scope: Scope, send: Send) -> None:
-        accept = ""
-        for key, value in scope.get("headers") or ():
-            if key == b"accept":
-                accept = value.decode("latin-1")
-        query = scope.get("query_string", b"").decode("latin-1")
-        try:
-            ctype, body = self.render_stats(_wants_json(query, accept))
-            status = 200
-        except Exception as exc:
-            _log.warning("process_utilization: stats endpoint failed: %r", exc)
-            ctype, body, status = "text/plain; charset=utf-8", b"stats unavailable\n", 500
-        headers = [
-            (b"content-type", ctype.encode()),
-            (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"no-store"),
-        ]
-        if self.unshared is not None:
-            headers.append((UNAVAILABLE_HEADER.lower().encode(), b"shared"))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        reply = self._endpoint.answer(
+            Peer.from_asgi(scope),
+            asgi_query(scope),
+            asgi_header(scope, b"accept") or "",
+            self.render_stats,
+            self.unshared,
+        )
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
