@@ -47,7 +47,7 @@ PINNED: dict[str, list[tuple[str, str, str]]] = {
         ("doctest", "", "9d2739ad60e57a990ec211a964cb9e6e4df255be233058cac70ee357f4bd6824"),
     ],
     "packages/process-utilization/README.md": [
-        ("install", "", "7e296aaed4dd1802c871e5782f938971797d85a6fda0f151756185572fe5424d"),
+        ("install", "", "914ef9e5051501c47dd779774aff7ac0873a30b6c3df73afa75925f1b73cfda5"),
         ("file", "app.py", "f8708aa481658944ecfd0b6c4aa36ca4a75eaf8b5edb8390374a476f3fd98bcc"),
         ("console", "", "f7ea8d06a588374db4ec2b55349a5f4e156ad098073f40b51a78a6f7b1da8e49"),
     ],

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Iterable
 from urllib.parse import parse_qs
 
-from raindrops_core.adapter import UNAVAILABLE_HEADER, AccessList, Peer, Reply
+from raindrops_core.adapter import UNAVAILABLE_HEADER, AccessList, Peer, Reply, plain, reply
 
 from ._errors import ConfigError
 
@@ -48,17 +48,6 @@ def check_stats_path(path: object) -> None:
     """``stats_path`` must be ``None`` or a path starting with ``/``."""
     if path is not None and not (isinstance(path, str) and path.startswith("/")):
         raise ConfigError(f"stats_path must be None or a path starting with '/', got {path!r}")
-
-
-def _refused(reason: str) -> Reply:
-    """403, as raindrops' endpoint refuses: plain text, not sniffed (it may quote the client)."""
-    body = f"403 Forbidden: {reason}\n".encode()
-    headers = (
-        ("Content-Type", "text/plain"),
-        ("Content-Length", str(len(body))),
-        ("X-Content-Type-Options", "nosniff"),
-    )
-    return Reply(403, headers, body)
 
 
 class StatsEndpoint:
@@ -93,18 +82,14 @@ class StatsEndpoint:
         """
         reason = self.access.refusal(peer)
         if reason is not None:
-            return _refused(reason)
+            return plain(403, f"403 Forbidden: {reason}\n")
         try:
             ctype, body = render(wants_json(query, accept))
             status = 200
         except Exception as exc:
             _log.warning("process_utilization: stats endpoint failed: %r", exc)
             ctype, body, status = "text/plain; charset=utf-8", b"stats unavailable\n", 500
-        headers: tuple[tuple[str, str], ...] = (
-            ("Content-Type", ctype),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-store"),
-        )
+        extra = [("Cache-Control", "no-store")]
         if unshared is not None:
-            headers += ((UNAVAILABLE_HEADER, "shared"),)
-        return Reply(status, headers, body)
+            extra.append((UNAVAILABLE_HEADER, "shared"))
+        return reply(status, body, ctype, extra)

@@ -17,7 +17,8 @@ written once; Starlette keeps its ASGI aliases the same way, in one small
 - Where the kernel's figures come from: :class:`Kernel` (the seam tests
   replace).
 - The endpoint's final answer, :class:`Reply` (``HEAD`` already applied),
-  the per-request :class:`Steps`, the scoreboard's :data:`FIELDS` and the
+  made by :func:`reply` (type and length first) or :func:`plain` (a
+  refusal, not sniffed), the per-request :class:`Steps`, the scoreboard's :data:`FIELDS` and the
   default segment's :data:`SEGMENT_NAME`, and what a snapshot may lack:
   :data:`UNAVAILABLE_HEADER`, :data:`UNAVAILABLE_PARTS`,
   :func:`unavailable_header`.
@@ -57,7 +58,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._access import DEFAULT_ALLOW, FORWARDING_HEADERS, AccessList, Peer, listens_on_unix
-from ._http import Reply, app_path
+from ._http import Reply, app_path, plain, reply
 from ._ldr import DEFAULT_LAST_DATA_RECV_PATH, LastDataRecvCore, TcpInfoFor, last_data_recv_ms
 from ._prometheus import snapshot_families
 from ._reads import Kernel
@@ -109,6 +110,8 @@ __all__ = [
     "cross_origin_refusal",
     "last_data_recv_ms",
     "listens_on_unix",
+    "plain",
+    "reply",
     "snapshot_families",
     "unavailable_header",
 ]
