@@ -118,9 +118,13 @@ def _skip_reason() -> str | None:
         return "needs Linux (mount namespaces, netlink)"
     if os.geteuid() != 0:
         return "needs root: each host is a mount namespace with a tmpfs on /dev/shm"
-    for tool in ("unshare", "nsenter", "prometheus"):
+    for tool, package in (
+        ("unshare", "util-linux"),
+        ("nsenter", "util-linux"),
+        ("prometheus", "prometheus"),
+    ):
         if shutil.which(tool) is None:
-            return f"{tool} is not installed (util-linux; Debian's prometheus package)"
+            return f"{tool} is not installed (Debian's {package} package)"
     return None
 
 
