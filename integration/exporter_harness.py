@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,15 +81,24 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def exporter(
-    *args: str, env: Mapping[str, str] | None = None, startup_timeout: float = 30.0
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    startup_timeout: float = 30.0,
+    bind: str = "127.0.0.1:0",
+    wrapper: Sequence[str] = (),
 ) -> Iterator[RunningExporter]:
-    """``raindrops-exporter --bind 127.0.0.1:0 ARGS`` until the block ends."""
+    """``raindrops-exporter --bind 127.0.0.1:0 ARGS`` until the block ends.
+
+    ``bind`` is another loopback address (port 0: the kernel picks one);
+    ``wrapper`` a command that execs the rest (``nsenter --mount=...``), so the
+    process started is the exporter itself.
+    """
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with tempfile.TemporaryDirectory(prefix="rd-exp-") as logdir:
         log_path = Path(logdir) / "exporter.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [tool("raindrops-exporter"), "--bind", "127.0.0.1:0", *args],
+                [*wrapper, tool("raindrops-exporter"), "--bind", bind, *args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
