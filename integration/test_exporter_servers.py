@@ -62,10 +62,17 @@ def test_figures_equal_the_middlewares_and_the_kernels(
     shm.mkdir()
     env = {"RAINDROPS_SHM_DIR": str(shm), "RD_GATE_DIR": str(tmp_path)}
     with launch(kind, app, tcp("127.0.0.1"), workers=workers, env=env, ready_path="/hello") as srv:
-        # The start's readiness probes (one or more) were requests too: count from here.
+        # The start's readiness probes (one or more) were requests too: count from
+        # here, once none is in flight (a probe's client has its answer before the
+        # worker's accounting of it ends).
         def total() -> int:
             return int(_in_band(srv, "/_utilization?format=json")["total"]["requests_total"])
 
+        def settled() -> int | None:
+            doc = _in_band(srv, "/_utilization?format=json")["total"]
+            return None if doc["in_flight"] else int(doc["requests_total"])
+
+        wait_until(lambda: settled() is not None)
         before = total()
         for _ in range(REQUESTS):
             assert srv.get("/hello", headers={"Connection": "close"})[0] == 200
